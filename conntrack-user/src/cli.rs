@@ -1,0 +1,763 @@
+//! The command line: conntrack(8)-compatible subcommands and flags.
+//!
+//! Exit codes as conntrack: 0 ok, 2 bad parameters (one line saying why),
+//! 1 anything else (missing entry, missing privilege, kernel error).
+use std::{
+    io::{self, Write},
+    net::IpAddr,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+use crate::{
+    filter::{Filter, NatFilter, StateFilter},
+    format::{self, EventMeta, LabelMap, OutputOptions},
+    netlink::{Conntrack, CtSocket, NetlinkError, ProtoState, Tuple, codec::AttrWriter, cta},
+    netns,
+};
+
+/// What ends a command early, and with which exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad parameters: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else: exit 1.
+    #[error("{0}")]
+    Failed(String),
+    /// Standard output was closed (e.g. `| head`): end quietly.
+    #[error("broken pipe")]
+    BrokenPipe,
+}
+
+impl From<NetlinkError> for CliError {
+    fn from(e: NetlinkError) -> Self {
+        Self::Failed(e.to_string())
+    }
+}
+
+impl From<io::Error> for CliError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            Self::BrokenPipe
+        } else {
+            Self::Failed(format!("writing output: {e}"))
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, CliError>;
+
+fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+/// ctscope: what the Linux connection tracker is doing.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ctscope",
+    version,
+    about = "Shows what the Linux connection tracker (conntrack) is doing",
+    disable_help_subcommand = true,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// Act inside another network namespace: a name under /run/netns, or a path
+    /// such as /proc/PID/ns/net.
+    #[arg(long, global = true, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands; conntrack's short options are aliases (`-L` = `list`).
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the connection tracking table (conntrack -L).
+    #[command(short_flag = 'L', long_flag = "dump", visible_alias = "dump")]
+    List(ListArgs),
+    /// Get one entry by its tuple (conntrack -G).
+    #[command(short_flag = 'G', long_flag = "get")]
+    Get(ListArgs),
+    /// Delete the entries that match the filters (conntrack -D).
+    #[command(short_flag = 'D', long_flag = "delete")]
+    Delete(ListArgs),
+    /// Flush the whole table (conntrack -F).
+    #[command(short_flag = 'F', long_flag = "flush")]
+    Flush(FlushArgs),
+    /// Print the number of entries in the table (conntrack -C).
+    #[command(short_flag = 'C', long_flag = "count")]
+    Count,
+    /// Print per-CPU statistics (conntrack -S).
+    #[command(short_flag = 'S', long_flag = "stats")]
+    Stats(StatsArgs),
+}
+
+/// Filters shared by list, get, delete (and later events and top).
+#[derive(Args, Debug, Default, Clone)]
+pub struct FilterArgs {
+    /// Original source address or network (ADDR or ADDR/PREFIX).
+    #[arg(short = 's', long = "src", visible_alias = "orig-src", value_parser = parse_net)]
+    pub src: Option<IpNet>,
+    /// Original destination address or network.
+    #[arg(short = 'd', long = "dst", visible_alias = "orig-dst", value_parser = parse_net)]
+    pub dst: Option<IpNet>,
+    /// Reply source address or network.
+    #[arg(short = 'r', long = "reply-src", value_parser = parse_net)]
+    pub reply_src: Option<IpNet>,
+    /// Reply destination address or network.
+    #[arg(short = 'q', long = "reply-dst", value_parser = parse_net)]
+    pub reply_dst: Option<IpNet>,
+    /// Layer 4 protocol, by name (tcp, udp, icmp...) or number.
+    #[arg(short = 'p', long = "proto", visible_alias = "protonum", value_parser = parse_proto)]
+    pub proto: Option<u8>,
+    /// Layer 3 family: ipv4 or ipv6 (default: both).
+    #[arg(short = 'f', long = "family", value_parser = parse_family)]
+    pub family: Option<u8>,
+    /// Original source port.
+    #[arg(long = "sport", visible_alias = "orig-port-src")]
+    pub sport: Option<u16>,
+    /// Original destination port.
+    #[arg(long = "dport", visible_alias = "orig-port-dst")]
+    pub dport: Option<u16>,
+    /// Reply source port.
+    #[arg(long = "reply-port-src")]
+    pub reply_port_src: Option<u16>,
+    /// Reply destination port.
+    #[arg(long = "reply-port-dst")]
+    pub reply_port_dst: Option<u16>,
+    /// Protocol state (TCP, SCTP, DCCP), e.g. ESTABLISHED.
+    #[arg(long = "state")]
+    pub state: Option<String>,
+    /// ICMP type.
+    #[arg(long = "icmp-type")]
+    pub icmp_type: Option<u8>,
+    /// ICMP code.
+    #[arg(long = "icmp-code")]
+    pub icmp_code: Option<u8>,
+    /// ICMP id.
+    #[arg(long = "icmp-id")]
+    pub icmp_id: Option<u16>,
+    /// Connection mark, MARK or MARK/MASK (decimal or 0x hex).
+    #[arg(short = 'm', long = "mark", value_parser = parse_mark)]
+    pub mark: Option<(u32, u32)>,
+    /// Status flags that must be set, comma-separated (ASSURED, SEEN_REPLY,
+    /// EXPECTED, FIXED_TIMEOUT, ...; UNSET for none).
+    #[arg(short = 'u', long = "status", value_parser = parse_status)]
+    pub status: Option<u32>,
+    /// Zone.
+    #[arg(short = 'w', long = "zone")]
+    pub zone: Option<u16>,
+    /// Original-direction zone.
+    #[arg(long = "orig-zone")]
+    pub orig_zone: Option<u16>,
+    /// Reply-direction zone.
+    #[arg(long = "reply-zone")]
+    pub reply_zone: Option<u16>,
+    /// Source-NATed entries, optionally to ADDR.
+    #[arg(short = 'n', long = "src-nat", num_args = 0..=1, default_missing_value = "", value_name = "ADDR")]
+    pub src_nat: Option<String>,
+    /// Destination-NATed entries, optionally to ADDR.
+    #[arg(short = 'g', long = "dst-nat", num_args = 0..=1, default_missing_value = "", value_name = "ADDR")]
+    pub dst_nat: Option<String>,
+    /// Entries NATed either way, optionally to ADDR.
+    #[arg(short = 'j', long = "any-nat", num_args = 0..=1, default_missing_value = "", value_name = "ADDR")]
+    pub any_nat: Option<String>,
+    /// Connection labels that must be set (names from connlabel.conf, or bit
+    /// numbers), comma-separated.
+    #[arg(short = 'l', long = "label")]
+    pub label: Vec<String>,
+}
+
+/// Arguments of list, get and delete.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Output: extended, id, ktimestamp, labels, json (comma-separated).
+    #[arg(short = 'o', long = "output", value_name = "FORMAT")]
+    pub output: Vec<String>,
+}
+
+/// Arguments of flush.
+#[derive(Args, Debug, Default, Clone)]
+pub struct FlushArgs {
+    /// Only this family: ipv4 or ipv6.
+    #[arg(short = 'f', long = "family", value_parser = parse_family)]
+    pub family: Option<u8>,
+}
+
+/// Arguments of stats.
+#[derive(Args, Debug, Default, Clone)]
+pub struct StatsArgs {
+    /// Add a line with the sum over all CPUs.
+    #[arg(long)]
+    pub total: bool,
+}
+
+fn parse_net(s: &str) -> std::result::Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("invalid address `{s}'"))
+}
+
+fn parse_proto(s: &str) -> std::result::Result<u8, String> {
+    format::proto_number(s).ok_or_else(|| format!("unknown protocol `{s}'"))
+}
+
+fn parse_family(s: &str) -> std::result::Result<u8, String> {
+    match s {
+        "ipv4" => Ok(libc::AF_INET as u8),
+        "ipv6" => Ok(libc::AF_INET6 as u8),
+        _ => Err(format!("unknown family `{s}' (ipv4 or ipv6)")),
+    }
+}
+
+fn parse_u32(s: &str) -> Option<u32> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn parse_mark(s: &str) -> std::result::Result<(u32, u32), String> {
+    let bad = || format!("invalid mark `{s}' (MARK or MARK/MASK)");
+    match s.split_once('/') {
+        Some((v, m)) => Ok((parse_u32(v).ok_or_else(bad)?, parse_u32(m).ok_or_else(bad)?)),
+        None => Ok((parse_u32(s).ok_or_else(bad)?, u32::MAX)),
+    }
+}
+
+fn parse_status(s: &str) -> std::result::Result<u32, String> {
+    let mut bits = 0;
+    for word in s.split(',') {
+        if word == "UNSET" {
+            continue;
+        }
+        let bit = crate::netlink::ips::NAMES
+            .iter()
+            .find(|(n, _)| *n == word)
+            .map(|(_, b)| *b)
+            .ok_or_else(|| format!("unknown status `{word}'"))?;
+        bits |= bit;
+    }
+    Ok(bits)
+}
+
+fn parse_state(proto: Option<u8>, name: &str) -> Result<StateFilter> {
+    let upper = name.to_ascii_uppercase();
+    let find = |table: &[&str; 10]| table.iter().position(|s| *s == upper).map(|i| i as u8);
+    let state = match proto {
+        Some(6) => find(&format::TCP_STATES).map(ProtoState::Tcp),
+        Some(132) => find(&format::SCTP_STATES).map(ProtoState::Sctp),
+        Some(33) => find(&format::DCCP_STATES).map(ProtoState::Dccp),
+        _ => return Err(usage("--state needs -p tcp, sctp or dccp")),
+    };
+    state
+        .map(StateFilter)
+        .ok_or_else(|| usage(format!("unknown state `{name}'")))
+}
+
+fn parse_nat(value: &Option<String>, flag: &str) -> Result<NatFilter> {
+    match value.as_deref() {
+        None => Ok(NatFilter::Off),
+        Some("") => Ok(NatFilter::Any),
+        Some(a) => a
+            .parse()
+            .map(NatFilter::To)
+            .map_err(|_| usage(format!("invalid address `{a}' for {flag}"))),
+    }
+}
+
+fn family_of(net: &Option<IpNet>) -> Option<u8> {
+    net.as_ref().map(|n| match n {
+        IpNet::V4(_) => libc::AF_INET as u8,
+        IpNet::V6(_) => libc::AF_INET6 as u8,
+    })
+}
+
+impl FilterArgs {
+    /// Checks the combination and builds the filter.
+    pub fn to_filter(&self) -> Result<Filter> {
+        let mut family = self.family;
+        for net in [&self.src, &self.dst, &self.reply_src, &self.reply_dst] {
+            if let Some(f) = family_of(net) {
+                match family {
+                    Some(have) if have != f => {
+                        return Err(usage(
+                            "mixed address families: -f and the addresses disagree",
+                        ));
+                    }
+                    _ => family = Some(f),
+                }
+            }
+        }
+        let ports = [
+            self.sport,
+            self.dport,
+            self.reply_port_src,
+            self.reply_port_dst,
+        ];
+        if ports.iter().any(Option::is_some) && self.proto.is_none() {
+            return Err(usage("port filters need -p/--proto"));
+        }
+        let icmp = self.icmp_type.is_some() || self.icmp_code.is_some() || self.icmp_id.is_some();
+        if icmp && !matches!(self.proto, Some(1 | 58)) {
+            return Err(usage(
+                "--icmp-type/--icmp-code/--icmp-id need -p icmp or icmpv6",
+            ));
+        }
+        let state = self
+            .state
+            .as_deref()
+            .map(|s| parse_state(self.proto, s))
+            .transpose()?;
+        let labels = if self.label.is_empty() {
+            Vec::new()
+        } else {
+            let map = LabelMap::load_default();
+            let mut bits = Vec::new();
+            for name in self.label.iter().flat_map(|l| l.split(',')) {
+                bits.push(
+                    map.bit(name)
+                        .ok_or_else(|| usage(format!("unknown label `{name}'")))?,
+                );
+            }
+            bits
+        };
+        Ok(Filter {
+            family,
+            orig_src: self.src,
+            orig_dst: self.dst,
+            reply_src: self.reply_src,
+            reply_dst: self.reply_dst,
+            l4proto: self.proto,
+            orig_sport: self.sport,
+            orig_dport: self.dport,
+            reply_sport: self.reply_port_src,
+            reply_dport: self.reply_port_dst,
+            state,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+            icmp_id: self.icmp_id,
+            mark: self.mark,
+            status: self.status,
+            zone: self.zone,
+            orig_zone: self.orig_zone,
+            reply_zone: self.reply_zone,
+            src_nat: parse_nat(&self.src_nat, "-n")?,
+            dst_nat: parse_nat(&self.dst_nat, "-g")?,
+            any_nat: parse_nat(&self.any_nat, "-j")?,
+            labels,
+        })
+    }
+}
+
+const OUT_CHUNK: usize = 256 * 1024;
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes entries to stdout in large chunks; memory stays bounded.
+struct Printer {
+    out: Vec<u8>,
+    stdout: io::Stdout,
+    opts: OutputOptions,
+    now: i64,
+    error: Option<io::Error>,
+}
+
+impl Printer {
+    fn new(opts: OutputOptions) -> Self {
+        Self {
+            out: Vec::with_capacity(OUT_CHUNK + 4096),
+            stdout: io::stdout(),
+            opts,
+            now: now_secs(),
+            error: None,
+        }
+    }
+
+    /// Adds one entry; false once stdout has failed.
+    fn entry(&mut self, ct: &Conntrack) -> bool {
+        if self.opts.json {
+            format::write_json(&mut self.out, ct, &self.opts, EventMeta::default());
+        } else {
+            format::write_text(&mut self.out, ct, &self.opts, None, self.now);
+        }
+        if self.out.len() >= OUT_CHUNK {
+            return self.flush_out();
+        }
+        true
+    }
+
+    fn flush_out(&mut self) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        if let Err(e) = self.stdout.lock().write_all(&self.out) {
+            self.error = Some(e);
+            return false;
+        }
+        self.out.clear();
+        true
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.flush_out();
+        if let Some(e) = self.error.take() {
+            return Err(e.into());
+        }
+        self.stdout.lock().flush()?;
+        Ok(())
+    }
+}
+
+fn summary(n: u64, what: &str) {
+    eprintln!(
+        "ctscope v{} (conntrack-tools compatible): {n} flow entries have been {what}.",
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+fn list(args: &ListArgs) -> Result<()> {
+    let filter = args.filter.to_filter()?;
+    let opts = OutputOptions::parse(args.output.iter().map(String::as_str))
+        .map_err(|e| usage(e.to_string()))?;
+    let mut sock = CtSocket::open()?;
+    let mut printer = Printer::new(opts);
+    let mut shown = 0u64;
+    let kernel_filter = filter.kernel_attrs();
+    sock.dump(filter.family.unwrap_or(0), kernel_filter.as_bytes(), |ct| {
+        if !filter.matches(ct) {
+            return true;
+        }
+        shown += 1;
+        printer.entry(ct)
+    })?;
+    printer.finish()?;
+    summary(shown, "shown");
+    Ok(())
+}
+
+/// The tuple conntrack -G / -D take: orig (-s -d --sport --dport) or reply.
+fn tuple_request(f: &FilterArgs) -> Result<(u8, AttrWriter)> {
+    let single = |net: &Option<IpNet>| -> Option<IpAddr> {
+        net.as_ref()
+            .filter(|n| n.prefix_len() == n.max_prefix_len())
+            .map(IpNet::addr)
+    };
+    let proto = f.proto.ok_or_else(|| usage("get needs -p/--proto"))?;
+    let (kind, src, dst, sport, dport) = if f.src.is_some() || f.dst.is_some() {
+        (
+            cta::TUPLE_ORIG,
+            single(&f.src),
+            single(&f.dst),
+            f.sport,
+            f.dport,
+        )
+    } else {
+        (
+            cta::TUPLE_REPLY,
+            single(&f.reply_src),
+            single(&f.reply_dst),
+            f.reply_port_src,
+            f.reply_port_dst,
+        )
+    };
+    let (Some(src), Some(dst)) = (src, dst) else {
+        return Err(usage(
+            "get needs a full tuple: -s and -d (or -r and -q) as single addresses, -p, and ports",
+        ));
+    };
+    if src.is_ipv4() != dst.is_ipv4() {
+        return Err(usage("mixed address families"));
+    }
+    let has_ports = matches!(proto, 6 | 17 | 136 | 132 | 33);
+    if has_ports && (sport.is_none() || dport.is_none()) {
+        return Err(usage(
+            "get needs --sport and --dport (or the reply ports) for this protocol",
+        ));
+    }
+    let tuple = Tuple {
+        src: Some(src),
+        dst: Some(dst),
+        l4proto: Some(proto),
+        sport,
+        dport,
+        icmp_type: f.icmp_type,
+        icmp_code: f.icmp_code,
+        icmp_id: f.icmp_id,
+        zone: None,
+    };
+    let mut w = AttrWriter::new();
+    w.tuple(kind, &tuple);
+    if let Some(z) = f.zone {
+        w.be16(cta::ZONE, z);
+    }
+    let family = if src.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    } as u8;
+    Ok((family, w))
+}
+
+fn get(args: &ListArgs) -> Result<()> {
+    let opts = OutputOptions::parse(args.output.iter().map(String::as_str))
+        .map_err(|e| usage(e.to_string()))?;
+    let (family, attrs) = tuple_request(&args.filter)?;
+    let mut sock = CtSocket::open()?;
+    match sock.get(family, attrs.as_bytes())? {
+        Some(ct) => {
+            let mut printer = Printer::new(opts);
+            printer.entry(&ct);
+            printer.finish()?;
+            summary(1, "shown");
+            Ok(())
+        }
+        None => Err(CliError::Failed("such conntrack doesn't exist".into())),
+    }
+}
+
+fn delete(args: &ListArgs) -> Result<()> {
+    let filter = args.filter.to_filter()?;
+    let opts = OutputOptions::parse(args.output.iter().map(String::as_str))
+        .map_err(|e| usage(e.to_string()))?;
+    let mut sock = CtSocket::open()?;
+    // Collect first: deleting while dumping would disturb the dump.
+    let mut victims: Vec<Conntrack> = Vec::new();
+    let kernel_filter = filter.kernel_attrs();
+    sock.dump(filter.family.unwrap_or(0), kernel_filter.as_bytes(), |ct| {
+        if filter.matches(ct) {
+            victims.push(ct.clone());
+        }
+        true
+    })?;
+    let mut printer = Printer::new(opts);
+    let mut deleted = 0u64;
+    for ct in &victims {
+        let mut w = AttrWriter::new();
+        let mut orig = ct.orig;
+        orig.zone = ct.orig.zone;
+        w.tuple(cta::TUPLE_ORIG, &orig);
+        if let Some(z) = ct.zone {
+            w.be16(cta::ZONE, z);
+        }
+        if let Some(id) = ct.id {
+            w.be32(cta::ID, id);
+        }
+        if sock.delete(ct.family, w.as_bytes())? {
+            deleted += 1;
+            printer.entry(ct);
+        }
+    }
+    printer.finish()?;
+    summary(deleted, "deleted");
+    Ok(())
+}
+
+fn flush(args: &FlushArgs) -> Result<()> {
+    let mut sock = CtSocket::open()?;
+    sock.flush(args.family.unwrap_or(0))?;
+    eprintln!(
+        "ctscope v{} (conntrack-tools compatible): connection tracking table has been emptied.",
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(())
+}
+
+fn count() -> Result<()> {
+    let mut sock = CtSocket::open()?;
+    let entries = match sock.stats_global() {
+        Ok((Some(n), _)) => n,
+        // Kernels before 4.6 lack the global stats message.
+        Ok((None, _)) | Err(NetlinkError::Kernel { .. }) => {
+            let text = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+                .map_err(|e| CliError::Failed(format!("cannot read the entry count: {e}")))?;
+            text.trim()
+                .parse()
+                .map_err(|_| CliError::Failed("unreadable nf_conntrack_count".into()))?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "{entries}")?;
+    Ok(())
+}
+
+fn stats(args: &StatsArgs) -> Result<()> {
+    let mut sock = CtSocket::open()?;
+    let cpus = sock.stats_cpu()?;
+    let mut out = String::new();
+    let mut totals = [0u64; format_stats::LEN];
+    let mut seen = [false; format_stats::LEN];
+    for cpu in &cpus {
+        out.push_str(&format!("cpu={:<4}\t", cpu.cpu));
+        for (kind, value) in &cpu.counters {
+            let k = usize::from(*kind);
+            out.push_str(&format!(
+                "{}={} ",
+                crate::netlink::codec::STATS_NAMES[k],
+                value
+            ));
+            totals[k] += u64::from(*value);
+            seen[k] = true;
+        }
+        out.push('\n');
+    }
+    if args.total {
+        out.push_str(&format!("{:<8}\t", "total"));
+        for k in 0..format_stats::LEN {
+            if seen[k] {
+                out.push_str(&format!(
+                    "{}={} ",
+                    crate::netlink::codec::STATS_NAMES[k],
+                    totals[k]
+                ));
+            }
+        }
+        out.push('\n');
+    }
+    io::stdout().lock().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+mod format_stats {
+    pub const LEN: usize = crate::netlink::codec::STATS_NAMES.len();
+}
+
+fn dispatch(cli: &Cli) -> Result<()> {
+    if let Some(ns) = &cli.netns {
+        netns::enter(ns).map_err(|e| CliError::Failed(e.to_string()))?;
+    }
+    match &cli.command {
+        Command::List(a) => list(a),
+        Command::Get(a) => get(a),
+        Command::Delete(a) => delete(a),
+        Command::Flush(a) => flush(a),
+        Command::Count => count(),
+        Command::Stats(a) => stats(a),
+    }
+}
+
+/// Runs ctscope with the process arguments; returns the exit code.
+pub fn main() -> i32 {
+    run(std::env::args_os())
+}
+
+/// Runs ctscope with these arguments; returns the exit code.
+pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        2
+                    } else {
+                        0
+                    };
+                }
+                _ => {
+                    // One line: clap's first line, without its "error: ".
+                    let text = e.render().to_string();
+                    let first = text.lines().next().unwrap_or("bad arguments");
+                    let first = first.strip_prefix("error: ").unwrap_or(first);
+                    eprintln!("ctscope: {first} (see ctscope --help)");
+                    return 2;
+                }
+            }
+        }
+    };
+    match dispatch(&cli) {
+        Ok(()) => 0,
+        Err(CliError::BrokenPipe) => 0,
+        Err(CliError::Usage(msg)) => {
+            eprintln!("ctscope: {msg}");
+            2
+        }
+        Err(CliError::Failed(msg)) => {
+            eprintln!("ctscope: {msg}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ctscope").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn conntrack_short_flags_select_subcommands() {
+        let cli = parse(&["-L", "-p", "tcp", "-o", "extended,id"]).expect("parses");
+        let Command::List(a) = cli.command else {
+            panic!("not list");
+        };
+        assert_eq!(a.filter.proto, Some(6));
+        assert_eq!(a.output, vec!["extended,id"]);
+        assert!(matches!(
+            parse(&["-C"]).expect("parses").command,
+            Command::Count
+        ));
+        assert!(matches!(
+            parse(&["-F"]).expect("parses").command,
+            Command::Flush(_)
+        ));
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        assert!(parse(&["list", "-s", "300.1.1.1"]).is_err());
+        assert!(parse(&["list", "-m", "x"]).is_err());
+        assert!(parse(&["list", "--sport", "70000"]).is_err());
+        assert!(parse(&["list", "-f", "ipx"]).is_err());
+        assert!(parse(&["list", "-p", "nosuchproto"]).is_err());
+        assert_eq!(run(["ctscope", "list", "--bogus"]), 2);
+    }
+
+    #[test]
+    fn filter_combinations() {
+        let cli = parse(&["list", "-s", "10.0.0.0/8", "-m", "0x10/0xf0", "-n"]).expect("parses");
+        let Command::List(a) = cli.command else {
+            panic!("not list");
+        };
+        let f = a.filter.to_filter().expect("valid");
+        assert_eq!(f.family, Some(libc::AF_INET as u8));
+        assert_eq!(f.mark, Some((0x10, 0xf0)));
+        assert_eq!(f.src_nat, NatFilter::Any);
+        let cli = parse(&["list", "-f", "ipv6", "-s", "10.0.0.1"]).expect("parses");
+        let Command::List(a) = cli.command else {
+            panic!("not list");
+        };
+        assert!(matches!(a.filter.to_filter(), Err(CliError::Usage(_))));
+        let cli = parse(&["list", "--state", "ESTABLISHED"]).expect("parses");
+        let Command::List(a) = cli.command else {
+            panic!("not list");
+        };
+        assert!(matches!(a.filter.to_filter(), Err(CliError::Usage(_))));
+    }
+}

@@ -1,0 +1,330 @@
+//! Entry filters shared by list, delete, events and top, with conntrack(8)'s
+//! semantics. What the kernel can filter (family, mark/mask, zone, status)
+//! is also sent with the dump request; the user-space check stays
+//! authoritative, so an older kernel that ignores an attribute changes
+//! speed, never results.
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::{
+    format::{is_dnat, is_snat},
+    netlink::{Conntrack, ProtoState, codec::AttrWriter, cta},
+};
+
+/// NAT filter: `-n`, `-g`, `-j`, each with an optional address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NatFilter {
+    /// Not asked.
+    #[default]
+    Off,
+    /// Any entry NATed this way.
+    Any,
+    /// NATed to this address.
+    To(IpAddr),
+}
+
+/// Which protocol state `--state` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateFilter(pub ProtoState);
+
+/// A conjunction of conditions on an entry. `Default` matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// `-f`: AF_INET or AF_INET6.
+    pub family: Option<u8>,
+    /// `-s`: original source address or network.
+    pub orig_src: Option<IpNet>,
+    /// `-d`: original destination.
+    pub orig_dst: Option<IpNet>,
+    /// `-r`: reply source.
+    pub reply_src: Option<IpNet>,
+    /// `-q`: reply destination.
+    pub reply_dst: Option<IpNet>,
+    /// `-p`: layer 4 protocol.
+    pub l4proto: Option<u8>,
+    /// `--sport`.
+    pub orig_sport: Option<u16>,
+    /// `--dport`.
+    pub orig_dport: Option<u16>,
+    /// `--reply-port-src`.
+    pub reply_sport: Option<u16>,
+    /// `--reply-port-dst`.
+    pub reply_dport: Option<u16>,
+    /// `--state`.
+    pub state: Option<StateFilter>,
+    /// `--icmp-type`.
+    pub icmp_type: Option<u8>,
+    /// `--icmp-code`.
+    pub icmp_code: Option<u8>,
+    /// `--icmp-id`.
+    pub icmp_id: Option<u16>,
+    /// `-m MARK[/MASK]`: (value, mask).
+    pub mark: Option<(u32, u32)>,
+    /// `-u`: status bits that must all be set; `Some(0)` (UNSET) means none.
+    pub status: Option<u32>,
+    /// `-w`: zone.
+    pub zone: Option<u16>,
+    /// `--orig-zone`.
+    pub orig_zone: Option<u16>,
+    /// `--reply-zone`.
+    pub reply_zone: Option<u16>,
+    /// `-n`.
+    pub src_nat: NatFilter,
+    /// `-g`.
+    pub dst_nat: NatFilter,
+    /// `-j`.
+    pub any_nat: NatFilter,
+    /// `-l`: label bits that must all be set.
+    pub labels: Vec<u16>,
+}
+
+fn net_matches(net: &Option<IpNet>, addr: &Option<IpAddr>) -> bool {
+    match (net, addr) {
+        (None, _) => true,
+        (Some(net), Some(a)) => net.contains(a),
+        (Some(_), None) => false,
+    }
+}
+
+fn eq_opt<T: PartialEq>(want: &Option<T>, have: &Option<T>) -> bool {
+    want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
+}
+
+impl Filter {
+    /// Whether the filter asks for nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether `ct` passes every condition.
+    pub fn matches(&self, ct: &Conntrack) -> bool {
+        if self.family.is_some_and(|f| f != ct.family) {
+            return false;
+        }
+        if !(net_matches(&self.orig_src, &ct.orig.src)
+            && net_matches(&self.orig_dst, &ct.orig.dst)
+            && net_matches(&self.reply_src, &ct.reply.src)
+            && net_matches(&self.reply_dst, &ct.reply.dst))
+        {
+            return false;
+        }
+        if self.l4proto.is_some_and(|p| p != ct.l4proto()) {
+            return false;
+        }
+        if !(eq_opt(&self.orig_sport, &ct.orig.sport)
+            && eq_opt(&self.orig_dport, &ct.orig.dport)
+            && eq_opt(&self.reply_sport, &ct.reply.sport)
+            && eq_opt(&self.reply_dport, &ct.reply.dport)
+            && eq_opt(&self.icmp_type, &ct.orig.icmp_type)
+            && eq_opt(&self.icmp_code, &ct.orig.icmp_code)
+            && eq_opt(&self.icmp_id, &ct.orig.icmp_id))
+        {
+            return false;
+        }
+        if let Some(StateFilter(want)) = self.state
+            && ct.proto_state != Some(want)
+        {
+            return false;
+        }
+        if let Some((value, mask)) = self.mark
+            && ct.mark.unwrap_or(0) & mask != value
+        {
+            return false;
+        }
+        if let Some(bits) = self.status {
+            let have = ct.status.unwrap_or(0);
+            let ok = if bits == 0 {
+                have == 0
+            } else {
+                have & bits == bits
+            };
+            if !ok {
+                return false;
+            }
+        }
+        // The kernel sends no zone attribute for zone 0.
+        if self.zone.is_some_and(|z| z != ct.zone.unwrap_or(0))
+            || self
+                .orig_zone
+                .is_some_and(|z| z != ct.orig.zone.unwrap_or(0))
+            || self
+                .reply_zone
+                .is_some_and(|z| z != ct.reply.zone.unwrap_or(0))
+        {
+            return false;
+        }
+        if !self.nat_matches(ct) {
+            return false;
+        }
+        if !self.labels.is_empty() {
+            let Some(l) = &ct.labels else {
+                return false;
+            };
+            if !self
+                .labels
+                .iter()
+                .all(|bit| l[usize::from(bit / 8)] & (1 << (bit % 8)) != 0)
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// conntrack's `filter_nat`: with -j, either; with -n and -g, both.
+    fn nat_matches(&self, ct: &Conntrack) -> bool {
+        let snat = |f: NatFilter| match f {
+            NatFilter::Off => false,
+            NatFilter::Any => is_snat(ct),
+            NatFilter::To(a) => is_snat(ct) && ct.reply.dst == Some(a),
+        };
+        let dnat = |f: NatFilter| match f {
+            NatFilter::Off => false,
+            NatFilter::Any => is_dnat(ct),
+            NatFilter::To(a) => is_dnat(ct) && ct.reply.src == Some(a),
+        };
+        if self.any_nat != NatFilter::Off {
+            return snat(self.any_nat) || dnat(self.any_nat);
+        }
+        match (self.src_nat, self.dst_nat) {
+            (NatFilter::Off, NatFilter::Off) => true,
+            (s, NatFilter::Off) => snat(s),
+            (NatFilter::Off, d) => dnat(d),
+            (s, d) => snat(s) && dnat(d),
+        }
+    }
+
+    /// The dump request's kernel-side filter attributes.
+    pub fn kernel_attrs(&self) -> AttrWriter {
+        let mut w = AttrWriter::new();
+        if let Some((value, mask)) = self.mark {
+            w.be32(cta::MARK, value);
+            w.be32(cta::MARK_MASK, mask);
+        }
+        // Zone 0 means "no zone filter" to the kernel; user space checks it.
+        if let Some(z) = self.zone.filter(|z| *z != 0) {
+            w.be16(cta::ZONE, z);
+        }
+        if let Some(bits) = self.status.filter(|b| *b != 0) {
+            w.be32(cta::STATUS, bits);
+            w.be32(cta::STATUS_MASK, bits);
+        }
+        w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::{Tuple, ips};
+
+    fn entry(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Conntrack {
+        let src: IpAddr = src.parse().expect("addr");
+        let dst: IpAddr = dst.parse().expect("addr");
+        Conntrack {
+            family: if src.is_ipv4() { 2 } else { 10 },
+            orig: Tuple {
+                src: Some(src),
+                dst: Some(dst),
+                l4proto: Some(proto),
+                sport: Some(sport),
+                dport: Some(dport),
+                ..Tuple::default()
+            },
+            reply: Tuple {
+                src: Some(dst),
+                dst: Some(src),
+                l4proto: Some(proto),
+                sport: Some(dport),
+                dport: Some(sport),
+                ..Tuple::default()
+            },
+            status: Some(ips::CONFIRMED | ips::SEEN_REPLY),
+            mark: Some(0x12),
+            ..Conntrack::default()
+        }
+    }
+
+    #[test]
+    fn address_networks_and_ports() {
+        let ct = entry("10.1.2.3", "10.9.9.9", 6, 1000, 80);
+        let mut f = Filter {
+            orig_src: Some("10.1.0.0/16".parse().expect("net")),
+            ..Filter::default()
+        };
+        assert!(f.matches(&ct));
+        f.orig_dport = Some(81);
+        assert!(!f.matches(&ct));
+        f.orig_dport = Some(80);
+        f.reply_dst = Some("10.1.2.3/32".parse().expect("net"));
+        assert!(f.matches(&ct));
+        // IPv4 filters never match IPv6 entries.
+        assert!(!f.matches(&entry("::1", "::2", 6, 1000, 80)));
+    }
+
+    #[test]
+    fn mark_mask_status_zone() {
+        let mut ct = entry("10.1.2.3", "10.9.9.9", 17, 1, 2);
+        let f = Filter {
+            mark: Some((0x10, 0xf0)),
+            ..Filter::default()
+        };
+        assert!(f.matches(&ct));
+        let f = Filter {
+            status: Some(ips::ASSURED),
+            ..Filter::default()
+        };
+        assert!(!f.matches(&ct));
+        ct.status = Some(ct.status.unwrap_or(0) | ips::ASSURED);
+        assert!(f.matches(&ct));
+        let f = Filter {
+            zone: Some(0),
+            ..Filter::default()
+        };
+        assert!(f.matches(&ct), "no zone attribute means zone 0");
+        ct.zone = Some(5);
+        assert!(!f.matches(&ct));
+    }
+
+    #[test]
+    fn nat_semantics() {
+        let mut ct = entry("192.168.1.5", "10.0.0.1", 6, 1000, 80);
+        // DNAT to 10.0.0.2: the reply comes from the translated address.
+        ct.reply.src = Some("10.0.0.2".parse().expect("addr"));
+        ct.status = Some(ips::CONFIRMED | ips::DST_NAT | ips::DST_NAT_DONE);
+        let dnat = Filter {
+            dst_nat: NatFilter::Any,
+            ..Filter::default()
+        };
+        let snat = Filter {
+            src_nat: NatFilter::Any,
+            ..Filter::default()
+        };
+        assert!(dnat.matches(&ct));
+        assert!(!snat.matches(&ct));
+        let to = Filter {
+            dst_nat: NatFilter::To("10.0.0.2".parse().expect("addr")),
+            ..Filter::default()
+        };
+        assert!(to.matches(&ct));
+        let any = Filter {
+            any_nat: NatFilter::Any,
+            ..Filter::default()
+        };
+        assert!(any.matches(&ct));
+        assert!(!any.matches(&entry("1.1.1.1", "2.2.2.2", 6, 1, 2)));
+    }
+
+    #[test]
+    fn kernel_attrs_only_for_what_the_kernel_filters() {
+        assert!(Filter::default().kernel_attrs().as_bytes().is_empty());
+        let f = Filter {
+            mark: Some((1, 0xff)),
+            zone: Some(0),
+            ..Filter::default()
+        };
+        // CTA_MARK and CTA_MARK_MASK, 8 bytes each; zone 0 is not sent.
+        assert_eq!(f.kernel_attrs().as_bytes().len(), 16);
+    }
+}

@@ -1,0 +1,10 @@
+//! ctscope: shows what the Linux connection tracker is doing.
+//!
+//! Data flows one way: sources (`netlink`, `tracer`) -> `table` -> views
+//! (`format`, `tui`).
+pub mod cli;
+pub mod filter;
+pub mod format;
+pub mod netlink;
+pub mod netns;
+pub mod tracer;

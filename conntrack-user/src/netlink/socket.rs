@@ -1,0 +1,356 @@
+//! A ctnetlink request socket: dumps, get, delete, flush, statistics.
+use std::io;
+
+use netlink_packet_core::NetlinkBuffer;
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+use super::{
+    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_GET_STATS, IPCTNL_MSG_CT_GET_STATS_CPU,
+    IPCTNL_MSG_CT_NEW,
+    codec::{self, CodecError, Conntrack, StatsCpu},
+    ct_msg_type,
+};
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_NOOP: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_OVERRUN: u16 = 4;
+
+/// The receive buffer: larger than the biggest skb a dump sends (32 KiB).
+const RECV_BUF: usize = 256 * 1024;
+/// Socket receive buffer asked of the kernel (SO_RCVBUFFORCE as root).
+const SO_RCVBUF_BYTES: usize = 8 * 1024 * 1024;
+
+/// What went wrong talking to ctnetlink.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The kernel refused for lack of privilege.
+    #[error("{op}: operation not permitted: needs root or CAP_NET_ADMIN")]
+    PermissionDenied {
+        /// What was being done.
+        op: &'static str,
+    },
+    /// The kernel answered with an error.
+    #[error("{op}: {source}")]
+    Kernel {
+        /// What was being done.
+        op: &'static str,
+        /// The errno, as an io::Error.
+        source: io::Error,
+    },
+    /// A socket call failed.
+    #[error("netlink socket: {op}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// A message could not be decoded.
+    #[error("ctnetlink: {0}")]
+    Codec(#[from] CodecError),
+    /// The caller asked to stop a dump early (not an error for callers of
+    /// [`CtSocket::dump`]).
+    #[error("dump stopped")]
+    Stopped,
+}
+
+impl NetlinkError {
+    fn kernel(op: &'static str, errno: i32) -> Self {
+        if errno == libc::EPERM || errno == libc::EACCES {
+            Self::PermissionDenied { op }
+        } else {
+            Self::Kernel {
+                op,
+                source: io::Error::from_raw_os_error(errno),
+            }
+        }
+    }
+
+    /// The errno the kernel answered with, if it did.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Kernel { source, .. } | Self::Io { source, .. } => source.raw_os_error(),
+            Self::PermissionDenied { .. } => Some(libc::EPERM),
+            Self::Codec(_) | Self::Stopped => None,
+        }
+    }
+}
+
+/// What a dump saw besides the entries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DumpSummary {
+    /// Entries handed to the callback.
+    pub entries: u64,
+    /// Messages that could not be decoded (skipped, not fatal).
+    pub malformed: u64,
+    /// Times the dump was restarted after the socket overran.
+    pub restarts: u32,
+}
+
+/// A socket for ctnetlink requests (no multicast groups joined, so the
+/// kernel never drops dump messages: it pauses the dump until we read).
+pub struct CtSocket {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl CtSocket {
+    /// Opens a ctnetlink socket in the current network namespace.
+    pub fn open() -> Result<Self, NetlinkError> {
+        let io = |op| move |source| NetlinkError::Io { op, source };
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("socket"))?;
+        socket.bind_auto().map_err(io("bind"))?;
+        // Best effort: a larger buffer lets the kernel fill whole 32 KiB skbs.
+        let size = SO_RCVBUF_BYTES as libc::c_int;
+        // SAFETY: setsockopt on our own fd with a c_int value.
+        unsafe {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+            let p = (&size as *const libc::c_int).cast();
+            let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, p, len) != 0 {
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, p, len);
+            }
+        }
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(io("connect"))?;
+        Ok(Self {
+            socket,
+            seq: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as u32)
+                .unwrap_or(1),
+            buf: vec![0; RECV_BUF],
+        })
+    }
+
+    fn send(&mut self, msg: u8, flags: u16, family: u8, attrs: &[u8]) -> Result<u32, NetlinkError> {
+        self.seq = self.seq.wrapping_add(1);
+        let len = 16 + 4 + attrs.len();
+        let mut req = Vec::with_capacity(len);
+        req.extend_from_slice(&(len as u32).to_ne_bytes());
+        req.extend_from_slice(&ct_msg_type(msg).to_ne_bytes());
+        req.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        req.extend_from_slice(&self.seq.to_ne_bytes());
+        req.extend_from_slice(&0u32.to_ne_bytes());
+        req.extend_from_slice(&[family, 0, 0, 0]);
+        req.extend_from_slice(attrs);
+        loop {
+            match self.socket.send(&req, 0) {
+                Ok(_) => return Ok(self.seq),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(NetlinkError::Io { op: "send", source }),
+            }
+        }
+    }
+
+    /// Receives one datagram; EINTR is retried. Returns its length.
+    fn recv(&mut self) -> io::Result<usize> {
+        loop {
+            let mut slice = &mut self.buf[..];
+            match self.socket.recv(&mut slice, 0) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(n) => return Ok(n.min(self.buf.len())),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs a request and hands every reply message of type `want` (payload
+    /// after the netlink header) to `on_msg`, until DONE or the ACK.
+    fn transact(
+        &mut self,
+        op: &'static str,
+        msg: u8,
+        flags: u16,
+        family: u8,
+        attrs: &[u8],
+        mut on_msg: impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
+    ) -> Result<(), NetlinkError> {
+        let seq = self.send(msg, flags, family, attrs)?;
+        let is_dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        loop {
+            let n = self
+                .recv()
+                .map_err(|source| NetlinkError::Io { op, source })?;
+            let mut off = 0;
+            // Moved out so `on_msg` may borrow self's buffer immutably.
+            let buf = std::mem::take(&mut self.buf);
+            let result = (|| {
+                while off < n {
+                    let Ok(packet) = NetlinkBuffer::new_checked(&buf[off..n]) else {
+                        return Err(CodecError::Truncated("netlink header").into());
+                    };
+                    let len = packet.length() as usize;
+                    off += (len + 3) & !3;
+                    if packet.sequence_number() != seq {
+                        continue;
+                    }
+                    match packet.message_type() {
+                        NLMSG_NOOP | NLMSG_OVERRUN => {}
+                        NLMSG_DONE => return Ok(true),
+                        NLMSG_ERROR => {
+                            let payload = packet.payload();
+                            let errno = payload
+                                .get(..4)
+                                .and_then(|b| b.try_into().ok())
+                                .map(i32::from_ne_bytes)
+                                .ok_or(CodecError::Truncated("nlmsgerr"))?;
+                            if errno == 0 {
+                                return Ok(true);
+                            }
+                            return Err(NetlinkError::kernel(op, -errno));
+                        }
+                        t => {
+                            on_msg(t, packet.payload())?;
+                            if !is_dump && flags & NLM_F_ACK == 0 {
+                                return Ok(true);
+                            }
+                        }
+                    }
+                }
+                Ok(false)
+            })();
+            self.buf = buf;
+            if result? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Dumps the table (`family` 0: IPv4 and IPv6), handing each entry to
+    /// `on_entry`, which returns false to stop early. `attrs` are
+    /// kernel-side filters (mark, zone, status).
+    pub fn dump(
+        &mut self,
+        family: u8,
+        attrs: &[u8],
+        mut on_entry: impl FnMut(&Conntrack) -> bool,
+    ) -> Result<DumpSummary, NetlinkError> {
+        let mut summary = DumpSummary::default();
+        let mut ct = Conntrack::default();
+        let result = self.transact(
+            "dump",
+            IPCTNL_MSG_CT_GET,
+            NLM_F_DUMP,
+            family,
+            attrs,
+            |_, payload| {
+                let Ok((head, body)) = codec::split_nfgenmsg(payload) else {
+                    summary.malformed += 1;
+                    return Ok(());
+                };
+                match codec::decode_conntrack(head.family, body, &mut ct) {
+                    Ok(()) => {
+                        summary.entries += 1;
+                        if on_entry(&ct) {
+                            Ok(())
+                        } else {
+                            Err(NetlinkError::Stopped)
+                        }
+                    }
+                    Err(_) => {
+                        summary.malformed += 1;
+                        Ok(())
+                    }
+                }
+            },
+        );
+        match result {
+            Ok(()) | Err(NetlinkError::Stopped) => Ok(summary),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gets one entry by tuple; `None` when there is no such entry.
+    pub fn get(&mut self, family: u8, attrs: &[u8]) -> Result<Option<Conntrack>, NetlinkError> {
+        let mut found = None;
+        let result = self.transact("get", IPCTNL_MSG_CT_GET, 0, family, attrs, |_, payload| {
+            let (head, body) = codec::split_nfgenmsg(payload)?;
+            let mut ct = Conntrack::default();
+            codec::decode_conntrack(head.family, body, &mut ct)?;
+            found = Some(ct);
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok(found),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes one entry by tuple (and id, when given in `attrs`).
+    /// Returns false when it was already gone.
+    pub fn delete(&mut self, family: u8, attrs: &[u8]) -> Result<bool, NetlinkError> {
+        match self.transact(
+            "delete",
+            IPCTNL_MSG_CT_DELETE,
+            NLM_F_ACK,
+            family,
+            attrs,
+            |_, _| Ok(()),
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Flushes the table (`family` 0: all families).
+    pub fn flush(&mut self, family: u8) -> Result<(), NetlinkError> {
+        self.transact(
+            "flush",
+            IPCTNL_MSG_CT_DELETE,
+            NLM_F_ACK,
+            family,
+            &[],
+            |_, _| Ok(()),
+        )
+    }
+
+    /// Creates an entry from attributes (as `conntrack -I`).
+    pub fn create(&mut self, family: u8, attrs: &[u8]) -> Result<(), NetlinkError> {
+        const NLM_F_CREATE: u16 = 0x400;
+        const NLM_F_EXCL: u16 = 0x200;
+        self.transact(
+            "create",
+            IPCTNL_MSG_CT_NEW,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            family,
+            attrs,
+            |_, _| Ok(()),
+        )
+    }
+
+    /// Per-CPU statistics, one element per CPU.
+    pub fn stats_cpu(&mut self) -> Result<Vec<StatsCpu>, NetlinkError> {
+        let mut out = Vec::new();
+        self.transact(
+            "stats",
+            IPCTNL_MSG_CT_GET_STATS_CPU,
+            NLM_F_DUMP,
+            0,
+            &[],
+            |_, payload| {
+                out.push(codec::decode_stats_cpu(payload)?);
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Global statistics: (entries in the table, nf_conntrack_max).
+    pub fn stats_global(&mut self) -> Result<(Option<u32>, Option<u32>), NetlinkError> {
+        let mut out = (None, None);
+        self.transact("count", IPCTNL_MSG_CT_GET_STATS, 0, 0, &[], |_, payload| {
+            out = codec::decode_stats_global(payload)?;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,43 @@
+//! Entering another network namespace (`--netns NAME|PATH`), so an operator
+//! can look into a container without `ip netns exec`.
+use std::{fs::File, path::PathBuf};
+
+use nix::sched::{CloneFlags, setns};
+
+/// Why the namespace could not be entered.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot enter network namespace '{name}' ({path}): {reason}")]
+pub struct NetnsError {
+    name: String,
+    path: String,
+    reason: String,
+}
+
+/// Where a namespace name or path points: names live in /run/netns, as
+/// `ip netns` keeps them.
+pub fn resolve(name: &str) -> PathBuf {
+    if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        PathBuf::from("/run/netns").join(name)
+    }
+}
+
+/// Moves the calling thread into the namespace. Call before opening any
+/// socket: sockets stay in the namespace they were made in.
+pub fn enter(name: &str) -> Result<(), NetnsError> {
+    let path = resolve(name);
+    let err = |reason: String| NetnsError {
+        name: name.to_string(),
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = File::open(&path).map_err(|e| err(e.to_string()))?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| match e {
+        nix::errno::Errno::EPERM => {
+            err("operation not permitted: needs root or CAP_SYS_ADMIN".into())
+        }
+        nix::errno::Errno::EINVAL => err("not a network namespace".into()),
+        e => err(e.desc().to_string()),
+    })
+}

@@ -1,0 +1,134 @@
+//! `cargo xtask`: set-up, build-and-run, the full test command, benchmarks.
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "ctscope developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building ctscope needs (Debian packages, toolchains,
+    /// bpf-linker); with --test, what the tests need too.
+    Setup {
+        /// Also install the test tools (conntrack, nftables, tmux, qemu...).
+        #[arg(long)]
+        test: bool,
+    },
+    /// Set up, build ctscope (release) and run it as root with ARGS.
+    Run {
+        /// Arguments for ctscope.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: formatting, clippy, unit, host namespace tests,
+    /// bench --quick.
+    Test,
+    /// Benchmarks against conntrack and iptstate; rewrites BENCHMARKS.md.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup { test } => setup::ensure(setup::Needs { test }).map(|()| ExitCode::SUCCESS),
+        Task::Run { args } => run(&args),
+        Task::Test => test(),
+        Task::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of xtask/).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command in the workspace root; an error if it does not exit 0.
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.env("PATH", setup::path_with_cargo_bin());
+    cmd
+}
+
+fn run(args: &[String]) -> Result<ExitCode> {
+    setup::ensure(setup::Needs { test: false })?;
+    run_checked(cargo().args(["build", "--release", "--package", "conntrack-user"]))?;
+    let bin = workspace_root().join("target/release/ctscope");
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        Command::new(&bin)
+    } else {
+        eprintln!("xtask: ctscope needs root (CAP_NET_ADMIN); running it with sudo");
+        let mut sudo = Command::new("sudo");
+        sudo.arg(&bin);
+        sudo
+    };
+    let status = cmd.args(args).status().context("cannot start ctscope")?;
+    Ok(ExitCode::from(
+        u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
+    ))
+}
+
+fn test() -> Result<ExitCode> {
+    setup::ensure(setup::Needs { test: true })?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "the tests create network namespaces and read conntrack tables: run as root \
+             (CTSCOPE_SKIP_NETNS=1 skips the namespace tests, and says so)"
+        );
+    }
+    run_checked(cargo().args(["fmt", "--all", "--check"]))?;
+    run_checked(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The ABI crate's lib is no_std and builds for the host too.
+    run_checked(cargo().args([
+        "clippy",
+        "--package",
+        "conntrack-ebpf",
+        "--lib",
+        "--features",
+        "user",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run_checked(cargo().args(["build", "--package", "conntrack-user", "--bins"]))?;
+    let bin = workspace_root().join("target/debug/ctscope");
+    run_checked(
+        cargo()
+            .args(["test", "--no-fail-fast"])
+            .env("CTSCOPE_BIN", &bin),
+    )?;
+    bench::run(&bench::BenchArgs::quick())?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -13,9 +13,16 @@ use ipnet::IpNet;
 
 use crate::{
     filter::{Filter, NatFilter, StateFilter},
-    format::{self, EventMeta, LabelMap, OutputOptions},
-    netlink::{Conntrack, CtSocket, NetlinkError, ProtoState, Tuple, codec::AttrWriter, cta},
+    format::{self, EventKind, EventMeta, LabelMap, OutputOptions},
+    netlink::{
+        Conntrack, CtSocket, NetlinkError, ProtoState, Tuple,
+        codec::AttrWriter,
+        cta,
+        events::{EventConfig, EventMask, EventSocket},
+    },
     netns,
+    progname::ProgName,
+    tracer,
 };
 
 /// What ends a command early, and with which exit code.
@@ -95,6 +102,65 @@ pub enum Command {
     /// Print per-CPU statistics (conntrack -S).
     #[command(short_flag = 'S', long_flag = "stats")]
     Stats(StatsArgs),
+    /// Print connection events as they happen (conntrack -E).
+    #[command(short_flag = 'E', long_flag = "event")]
+    Events(EventArgs),
+}
+
+/// Where events come from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SourceChoice {
+    /// eBPF when it loads and attaches, else ctnetlink (said on stderr).
+    #[default]
+    Auto,
+    /// eBPF only: exit 1 with the reason when it cannot attach.
+    Ebpf,
+    /// ctnetlink events only.
+    Netlink,
+}
+
+/// Arguments of events.
+#[derive(Args, Debug, Clone)]
+pub struct EventArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Output: extended, id, timestamp, json (comma-separated).
+    #[arg(short = 'o', long = "output", value_name = "FORMAT")]
+    pub output: Vec<String>,
+    /// Events to show: NEW, UPDATE, DESTROY, ALL (comma-separated).
+    #[arg(short = 'e', long = "event-mask", value_parser = EventMask::parse, default_value = "ALL")]
+    pub event_mask: EventMask,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Netlink receive buffer in bytes (raised with SO_RCVBUFFORCE).
+    #[arg(short = 'b', long = "buffer-size", default_value_t = 256 << 20, value_parser = parse_buffer_size)]
+    pub buffer_size: usize,
+    /// Reliable ctnetlink delivery: the kernel drops the conntrack change
+    /// rather than the event when ctscope falls behind (slows the packet path).
+    #[arg(long)]
+    pub reliable: bool,
+    /// Event source.
+    #[arg(long, value_enum, default_value_t = SourceChoice::Auto)]
+    pub source: SourceChoice,
+}
+
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("invalid duration `{s}' (seconds, > 0)"))
+}
+
+fn parse_buffer_size(s: &str) -> std::result::Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|v| (4096..=(1 << 31)).contains(v))
+        .ok_or_else(|| format!("invalid buffer size `{s}' (bytes, 4096 to 2147483648)"))
 }
 
 /// Filters shared by list, get, delete (and later events and top).
@@ -402,6 +468,57 @@ impl Printer {
         true
     }
 
+    /// Adds one event line.
+    fn event(
+        &mut self,
+        kind: EventKind,
+        ct: &Conntrack,
+        source: &str,
+        portid: u32,
+        prognames: &mut ProgName,
+    ) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        if self.opts.json {
+            let meta = EventMeta {
+                kind: Some(kind),
+                time_ns: Some(now.as_nanos() as u64),
+                source: Some(source),
+            };
+            format::write_json(&mut self.out, ct, &self.opts, meta);
+        } else {
+            if self.opts.timestamp {
+                // conntrack's "[%-.8ld.%-.6ld]\t".
+                let _ = write!(
+                    self.out,
+                    "[{:08}.{:06}]\t",
+                    now.as_secs(),
+                    now.subsec_micros()
+                );
+            }
+            format::write_text(
+                &mut self.out,
+                ct,
+                &self.opts,
+                Some(kind),
+                now.as_secs() as i64,
+            );
+            if portid != 0 {
+                self.out.pop();
+                let _ = write!(self.out, " [USERSPACE] portid={portid}");
+                if let Some(name) = prognames.lookup(portid) {
+                    let _ = write!(self.out, " progname={name}");
+                }
+                self.out.push(b'\n');
+            }
+        }
+        if self.out.len() >= OUT_CHUNK {
+            return self.flush_out();
+        }
+        true
+    }
+
     fn flush_out(&mut self) -> bool {
         if self.error.is_some() {
             return false;
@@ -634,6 +751,91 @@ fn stats(args: &StatsArgs) -> Result<()> {
     Ok(())
 }
 
+/// Picks the event source; says on stderr why eBPF is not used.
+fn choose_source(choice: SourceChoice) -> Result<&'static str> {
+    match choice {
+        SourceChoice::Netlink => Ok("netlink"),
+        SourceChoice::Ebpf => match tracer::try_attach() {
+            Err(reason) => Err(CliError::Failed(format!(
+                "eBPF source unavailable: {reason}"
+            ))),
+            Ok(()) => Err(CliError::Failed(
+                "eBPF source: the probes attach on this kernel, but this version does not \
+                 decode their records yet; use --source netlink"
+                    .into(),
+            )),
+        },
+        SourceChoice::Auto => {
+            let reason = match tracer::try_attach() {
+                Err(reason) => reason,
+                Ok(()) => "this version does not decode eBPF records yet".into(),
+            };
+            eprintln!("ctscope: eBPF source unavailable ({reason}); using ctnetlink events");
+            Ok("netlink")
+        }
+    }
+}
+
+fn events(args: &EventArgs) -> Result<()> {
+    let filter = args.filter.to_filter()?;
+    let opts = OutputOptions::parse(args.output.iter().map(String::as_str))
+        .map_err(|e| usage(e.to_string()))?;
+    if !(args.event_mask.new || args.event_mask.update || args.event_mask.destroy) {
+        return Err(usage("-e selects no event"));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))
+            .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
+    }
+    let source = choose_source(args.source)?;
+    let mut sock = EventSocket::open(EventConfig {
+        mask: args.event_mask,
+        rcvbuf: args.buffer_size,
+        reliable: args.reliable,
+    })?;
+    let deadline = args.duration.map(|d| std::time::Instant::now() + d);
+    let mut printer = Printer::new(opts);
+    let (mut shown, mut overruns) = (0u64, 0u64);
+    let limit = args.count.unwrap_or(u64::MAX);
+    let mut prognames = ProgName::default();
+    let mut out_ok = true;
+    while out_ok && shown < limit && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            break;
+        }
+        let batch = sock.read_batch(100, 256, |kind, ct, portid| {
+            if shown >= limit || !out_ok || !filter.matches(ct) {
+                return;
+            }
+            shown += 1;
+            out_ok = printer.event(kind, ct, source, portid, &mut prognames);
+        })?;
+        if batch.overruns > 0 {
+            if overruns == 0 {
+                eprintln!(
+                    "ctscope: the kernel dropped events (netlink receive buffer overrun, ENOBUFS); \
+                     counting, and going on (raise -b/--buffer-size)"
+                );
+            }
+            overruns += batch.overruns;
+        }
+        out_ok = out_ok && printer.flush_out();
+    }
+    printer.finish()?;
+    eprintln!(
+        "ctscope v{} (conntrack-tools compatible): {shown} flow events have been shown.",
+        env!("CARGO_PKG_VERSION")
+    );
+    if overruns > 0 {
+        eprintln!(
+            "ctscope: events were lost in {overruns} receive buffer overruns (ENOBUFS); \
+             ctnetlink does not say how many"
+        );
+    }
+    Ok(())
+}
+
 mod format_stats {
     pub const LEN: usize = crate::netlink::codec::STATS_NAMES.len();
 }
@@ -649,6 +851,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Command::Flush(a) => flush(a),
         Command::Count => count(),
         Command::Stats(a) => stats(a),
+        Command::Events(a) => events(a),
     }
 }
 

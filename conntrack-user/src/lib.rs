@@ -7,4 +7,5 @@ pub mod filter;
 pub mod format;
 pub mod netlink;
 pub mod netns;
+pub mod progname;
 pub mod tracer;

@@ -14,6 +14,7 @@
 //! per entry, so the decoder walks the borrowed receive buffer and allocates
 //! nothing per entry.
 pub mod codec;
+pub mod events;
 pub mod socket;
 
 pub use codec::{Conntrack, ProtoState, StatsCpu, Tuple};

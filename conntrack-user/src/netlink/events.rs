@@ -1,0 +1,342 @@
+//! The ctnetlink event source: conntrack's NEW / UPDATE / DESTROY multicast
+//! groups, read in batches from a socket with a large receive buffer.
+//!
+//! `conntrack -E` loses events in bursts because its buffer is small and
+//! its consumer slow, then exits on ENOBUFS. Here ENOBUFS is counted and
+//! reported, never fatal, and the receive buffer is raised with
+//! SO_RCVBUFFORCE (as root) to absorb bursts.
+use std::{io, os::fd::AsRawFd};
+
+use netlink_packet_core::NetlinkBuffer;
+use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+
+use super::{
+    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW, NFNL_SUBSYS_CTNETLINK,
+    codec::{self, Conntrack},
+    socket::NetlinkError,
+};
+use crate::format::EventKind;
+
+/// `NFNLGRP_CONNTRACK_NEW`.
+const NFNLGRP_CONNTRACK_NEW: u32 = 1;
+/// `NFNLGRP_CONNTRACK_UPDATE`.
+const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
+/// `NFNLGRP_CONNTRACK_DESTROY`.
+const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_EXCL: u16 = 0x200;
+
+/// Which events to receive (`-e`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventMask {
+    /// NEW.
+    pub new: bool,
+    /// UPDATE.
+    pub update: bool,
+    /// DESTROY.
+    pub destroy: bool,
+}
+
+impl Default for EventMask {
+    fn default() -> Self {
+        Self {
+            new: true,
+            update: true,
+            destroy: true,
+        }
+    }
+}
+
+impl EventMask {
+    /// Parses conntrack's `-e` value: NEW, UPDATE, DESTROY, ALL, comma-separated.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut m = Self {
+            new: false,
+            update: false,
+            destroy: false,
+        };
+        for word in s.split(',') {
+            match word.trim().to_ascii_uppercase().as_str() {
+                "NEW" => m.new = true,
+                "UPDATE" => m.update = true,
+                "DESTROY" => m.destroy = true,
+                "ALL" => m = Self::default(),
+                other => {
+                    return Err(format!(
+                        "unknown event `{other}' (NEW, UPDATE, DESTROY, ALL)"
+                    ));
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// Whether an event of this kind is wanted.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        match kind {
+            EventKind::New => self.new,
+            EventKind::Update => self.update,
+            EventKind::Destroy => self.destroy,
+        }
+    }
+}
+
+/// Settings of the event socket.
+#[derive(Clone, Copy, Debug)]
+pub struct EventConfig {
+    /// Groups to join.
+    pub mask: EventMask,
+    /// Receive buffer in bytes (SO_RCVBUFFORCE, else SO_RCVBUF).
+    pub rcvbuf: usize,
+    /// NETLINK_BROADCAST_SEND_ERROR + NETLINK_NO_ENOBUFS: the kernel drops
+    /// the conntrack change instead of the event when we cannot keep up (as
+    /// conntrackd's NetlinkEventsReliable). Slows the packet path.
+    pub reliable: bool,
+}
+
+/// What one [`EventSocket::read_batch`] saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Events decoded.
+    pub events: u64,
+    /// ENOBUFS seen: the kernel dropped events for us.
+    pub overruns: u64,
+    /// Messages that could not be decoded.
+    pub malformed: u64,
+}
+
+/// A socket subscribed to conntrack events in the current namespace.
+pub struct EventSocket {
+    socket: Socket,
+    buf: Vec<u8>,
+    /// The receive buffer the kernel granted (doubled by the kernel).
+    pub granted_rcvbuf: usize,
+}
+
+fn set_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: setsockopt with a c_int value on our own fd.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl EventSocket {
+    /// Opens and subscribes.
+    pub fn open(config: EventConfig) -> Result<Self, NetlinkError> {
+        let io = |op| move |source| NetlinkError::Io { op, source };
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("socket"))?;
+        socket.bind_auto().map_err(io("bind"))?;
+        let fd = socket.as_raw_fd();
+        let size = i32::try_from(config.rcvbuf).unwrap_or(i32::MAX);
+        if set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
+            set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, size).map_err(io("SO_RCVBUF"))?;
+        }
+        if config.reliable {
+            socket
+                .set_broadcast_error(true)
+                .map_err(io("NETLINK_BROADCAST_ERROR"))?;
+            socket
+                .set_no_enobufs(true)
+                .map_err(io("NETLINK_NO_ENOBUFS"))?;
+        }
+        let groups = [
+            (config.mask.new, NFNLGRP_CONNTRACK_NEW),
+            (config.mask.update, NFNLGRP_CONNTRACK_UPDATE),
+            (config.mask.destroy, NFNLGRP_CONNTRACK_DESTROY),
+        ];
+        for (wanted, group) in groups {
+            if wanted {
+                socket.add_membership(group).map_err(|source| {
+                    if source.raw_os_error() == Some(libc::EPERM) {
+                        NetlinkError::PermissionDenied {
+                            op: "subscribe to conntrack events",
+                        }
+                    } else {
+                        NetlinkError::Io {
+                            op: "subscribe",
+                            source,
+                        }
+                    }
+                })?;
+            }
+        }
+        socket.set_non_blocking(true).map_err(io("O_NONBLOCK"))?;
+        let granted_rcvbuf = socket.get_rx_buf_sz().unwrap_or(0);
+        Ok(Self {
+            socket,
+            buf: vec![0; 1 << 20],
+            granted_rcvbuf,
+        })
+    }
+
+    /// Waits up to `timeout_ms` for events, then reads until the socket is
+    /// empty (at most `max_reads` datagrams), handing each event to
+    /// `on_event` (see [`decode_datagram`]). Returns early (with what it read) on a signal.
+    pub fn read_batch(
+        &mut self,
+        timeout_ms: i32,
+        max_reads: usize,
+        mut on_event: impl FnMut(EventKind, &Conntrack, u32),
+    ) -> Result<Batch, NetlinkError> {
+        let mut batch = Batch::default();
+        let mut pfd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if ready <= 0 {
+            return Ok(batch);
+        }
+        let mut ct = Conntrack::default();
+        for _ in 0..max_reads {
+            let mut slice = &mut self.buf[..];
+            let n = match self.socket.recv(&mut slice, 0) {
+                Ok(n) => n.min(self.buf.len()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    batch.overruns += 1;
+                    continue;
+                }
+                Err(source) => return Err(NetlinkError::Io { op: "recv", source }),
+            };
+            decode_datagram(&self.buf[..n], &mut ct, &mut batch, &mut on_event);
+        }
+        Ok(batch)
+    }
+}
+
+/// Decodes every event message of one datagram; `on_event` also gets the
+/// netlink port id of the program that caused the event (0: the kernel).
+pub fn decode_datagram(
+    buf: &[u8],
+    ct: &mut Conntrack,
+    batch: &mut Batch,
+    on_event: &mut impl FnMut(EventKind, &Conntrack, u32),
+) {
+    let mut off = 0;
+    while off < buf.len() {
+        let Ok(packet) = NetlinkBuffer::new_checked(&buf[off..]) else {
+            batch.malformed += 1;
+            return;
+        };
+        off += (packet.length() as usize + 3) & !3;
+        let t = packet.message_type();
+        if t >> 8 != NFNL_SUBSYS_CTNETLINK {
+            continue;
+        }
+        let kind = match (t & 0xff) as u8 {
+            IPCTNL_MSG_CT_NEW if packet.flags() & (NLM_F_CREATE | NLM_F_EXCL) != 0 => {
+                EventKind::New
+            }
+            IPCTNL_MSG_CT_NEW => EventKind::Update,
+            IPCTNL_MSG_CT_DELETE => EventKind::Destroy,
+            _ => continue,
+        };
+        let decoded = codec::split_nfgenmsg(packet.payload())
+            .and_then(|(head, body)| codec::decode_conntrack(head.family, body, ct));
+        match decoded {
+            Ok(()) => {
+                batch.events += 1;
+                on_event(kind, ct, packet.port_number());
+            }
+            Err(_) => batch.malformed += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::{Tuple, codec::AttrWriter, ct_msg_type, cta};
+
+    fn message(msg: u8, flags: u16) -> Vec<u8> {
+        let mut w = AttrWriter::new();
+        w.tuple(
+            cta::TUPLE_ORIG,
+            &Tuple {
+                src: Some("10.0.0.1".parse().expect("addr")),
+                dst: Some("10.0.0.2".parse().expect("addr")),
+                l4proto: Some(17),
+                sport: Some(1),
+                dport: Some(2),
+                ..Tuple::default()
+            },
+        );
+        let len = 16 + 4 + w.as_bytes().len();
+        let mut b = Vec::new();
+        b.extend_from_slice(&(len as u32).to_ne_bytes());
+        b.extend_from_slice(&ct_msg_type(msg).to_ne_bytes());
+        b.extend_from_slice(&flags.to_ne_bytes());
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&[2, 0, 0, 0]);
+        b.extend_from_slice(w.as_bytes());
+        b
+    }
+
+    #[test]
+    fn event_kinds_from_type_and_flags() {
+        let mut buf = message(IPCTNL_MSG_CT_NEW, NLM_F_CREATE | NLM_F_EXCL);
+        buf.extend(message(IPCTNL_MSG_CT_NEW, 0));
+        buf.extend(message(IPCTNL_MSG_CT_DELETE, 0));
+        let mut kinds = Vec::new();
+        let mut batch = Batch::default();
+        decode_datagram(
+            &buf,
+            &mut Conntrack::default(),
+            &mut batch,
+            &mut |k, ct, _| {
+                assert_eq!(ct.orig.sport, Some(1));
+                kinds.push(k);
+            },
+        );
+        assert_eq!(
+            kinds,
+            vec![EventKind::New, EventKind::Update, EventKind::Destroy]
+        );
+        assert_eq!(batch.events, 3);
+    }
+
+    #[test]
+    fn truncated_datagrams_are_counted_not_fatal() {
+        let buf = message(IPCTNL_MSG_CT_NEW, NLM_F_CREATE);
+        for cut in 1..buf.len() {
+            let mut batch = Batch::default();
+            decode_datagram(
+                &buf[..cut],
+                &mut Conntrack::default(),
+                &mut batch,
+                &mut |_, _, _| {},
+            );
+            assert_eq!(batch.events, 0);
+            assert!(batch.malformed >= 1, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn event_mask_parses_like_conntrack() {
+        assert_eq!(
+            EventMask::parse("NEW,destroy"),
+            Ok(EventMask {
+                new: true,
+                update: false,
+                destroy: true
+            })
+        );
+        assert_eq!(EventMask::parse("ALL"), Ok(EventMask::default()));
+        assert!(EventMask::parse("OPEN").is_err());
+    }
+}

@@ -58,7 +58,7 @@ pub struct CtEvent {
     pub status: u32,
     /// `ct->mark`.
     pub mark: u32,
-    /// Remaining timeout in seconds.
+    /// Remaining timeout in jiffies (user space divides by the kernel's HZ).
     pub timeout: u32,
     /// CPU the event was seen on.
     pub cpu: u32,
@@ -82,6 +82,98 @@ pub struct CtEvent {
     pub reply: CtTuple,
 }
 
+/// An offset the running kernel does not have (e.g. no CONFIG_NF_CONNTRACK_MARK).
+pub const ABSENT: u32 = u32::MAX;
+
+/// Kernel struct offsets, read from the running kernel's BTF by user space
+/// and set as the load-time global `OFFSETS` (Rust eBPF has no CO-RE).
+/// Offsets are in bytes; [`ABSENT`] marks a field this kernel lacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    /// `sk_buff._nfct` (ct pointer | ctinfo in the low 3 bits).
+    pub skb_nfct: u32,
+    /// `nf_conn.status`.
+    pub ct_status: u32,
+    /// `nf_conn.timeout` (jiffies).
+    pub ct_timeout: u32,
+    /// `nf_conn.mark`.
+    pub ct_mark: u32,
+    /// `nf_conn.zone.id`.
+    pub ct_zone: u32,
+    /// `nf_conn.ct_net.net` (pointer to `struct net`).
+    pub ct_net: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
+    /// `nf_conn.ext` (pointer to `struct nf_ct_ext`).
+    pub ct_ext: u32,
+    /// `nf_conn.proto.tcp.state`.
+    pub ct_tcp_state: u32,
+    /// `nf_conn.tuplehash` (array of two `nf_conntrack_tuple_hash`).
+    pub ct_tuplehash: u32,
+    /// `sizeof(struct nf_conntrack_tuple_hash)`.
+    pub tuplehash_size: u32,
+    /// `nf_conntrack_tuple_hash.tuple`.
+    pub hash_tuple: u32,
+    /// `nf_conntrack_tuple.src.u3`.
+    pub tuple_src_u3: u32,
+    /// `nf_conntrack_tuple.src.u` (port / ICMP id).
+    pub tuple_src_u: u32,
+    /// `nf_conntrack_tuple.src.l3num`.
+    pub tuple_src_l3num: u32,
+    /// `nf_conntrack_tuple.dst.u3`.
+    pub tuple_dst_u3: u32,
+    /// `nf_conntrack_tuple.dst.u` (port / ICMP type and code).
+    pub tuple_dst_u: u32,
+    /// `nf_conntrack_tuple.dst.protonum`.
+    pub tuple_dst_protonum: u32,
+    /// `nf_ct_ext.offset` (u8 array indexed by extension id).
+    pub ext_offset: u32,
+    /// `NF_CT_EXT_ACCT` (enum nf_ct_ext_id).
+    pub ext_acct_id: u32,
+    /// `NF_CT_EXT_TSTAMP`.
+    pub ext_tstamp_id: u32,
+    /// Only report entries of this network namespace inode (0: all).
+    pub filter_netns: u32,
+}
+
+/// Offsets with every field absent: the value compiled into the object.
+pub const UNSET_OFFSETS: Offsets = Offsets {
+    skb_nfct: ABSENT,
+    ct_status: ABSENT,
+    ct_timeout: ABSENT,
+    ct_mark: ABSENT,
+    ct_zone: ABSENT,
+    ct_net: ABSENT,
+    net_inum: ABSENT,
+    ct_ext: ABSENT,
+    ct_tcp_state: ABSENT,
+    ct_tuplehash: ABSENT,
+    tuplehash_size: ABSENT,
+    hash_tuple: ABSENT,
+    tuple_src_u3: ABSENT,
+    tuple_src_u: ABSENT,
+    tuple_src_l3num: ABSENT,
+    tuple_dst_u3: ABSENT,
+    tuple_dst_u: ABSENT,
+    tuple_dst_protonum: ABSENT,
+    ext_offset: ABSENT,
+    ext_acct_id: ABSENT,
+    ext_tstamp_id: ABSENT,
+    filter_netns: 0,
+};
+
+impl Default for Offsets {
+    fn default() -> Self {
+        UNSET_OFFSETS
+    }
+}
+
+/// `CtEvent::flags`: the counters are valid (acct extension present).
+pub const FLAG_COUNTERS: u8 = 1;
+/// `CtEvent::flags`: the timestamps are valid (tstamp extension present).
+pub const FLAG_TIMESTAMPS: u8 = 2;
+
 /// The size of one record in the ring buffer.
 pub const CT_EVENT_SIZE: usize = core::mem::size_of::<CtEvent>();
 
@@ -91,3 +183,7 @@ const _: () = assert!(core::mem::size_of::<CtTuple>() == 40);
 #[cfg(feature = "user")]
 // SAFETY: plain old data, repr(C), no padding the compiler adds (checked above).
 unsafe impl aya::Pod for CtEvent {}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data: u32 fields only.
+unsafe impl aya::Pod for Offsets {}

@@ -146,6 +146,20 @@ pub struct EventArgs {
     /// Event source.
     #[arg(long, value_enum, default_value_t = SourceChoice::Auto)]
     pub source: SourceChoice,
+    /// eBPF ring buffer size in bytes (a power of two; the default absorbs
+    /// a 100 ms consumer stall at 1M events/s).
+    #[arg(long = "ring-size", default_value_t = 32 << 20, value_parser = parse_ring_size)]
+    pub ring_size: u32,
+    /// Show events of every network namespace (eBPF source), not only ours.
+    #[arg(long = "all-netns")]
+    pub all_netns: bool,
+}
+
+fn parse_ring_size(s: &str) -> std::result::Result<u32, String> {
+    s.parse::<u32>()
+        .ok()
+        .filter(|v| *v >= 4096 && v.is_power_of_two())
+        .ok_or_else(|| format!("invalid ring size `{s}' (bytes: a power of two, at least 4096)"))
 }
 
 fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
@@ -476,10 +490,14 @@ impl Printer {
         source: &str,
         portid: u32,
         prognames: &mut ProgName,
+        time_ns: Option<u64>,
     ) -> bool {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = match time_ns {
+            Some(ns) => std::time::Duration::from_nanos(ns),
+            None => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        };
         if self.opts.json {
             let meta = EventMeta {
                 kind: Some(kind),
@@ -751,29 +769,98 @@ fn stats(args: &StatsArgs) -> Result<()> {
     Ok(())
 }
 
+/// The event source in use.
+enum Source {
+    Netlink,
+    Ebpf(Box<tracer::Tracer>),
+}
+
 /// Picks the event source; says on stderr why eBPF is not used.
-fn choose_source(choice: SourceChoice) -> Result<&'static str> {
-    match choice {
-        SourceChoice::Netlink => Ok("netlink"),
-        SourceChoice::Ebpf => match tracer::try_attach() {
-            Err(reason) => Err(CliError::Failed(format!(
-                "eBPF source unavailable: {reason}"
-            ))),
-            Ok(()) => Err(CliError::Failed(
-                "eBPF source: the probes attach on this kernel, but this version does not \
-                 decode their records yet; use --source netlink"
-                    .into(),
-            )),
-        },
-        SourceChoice::Auto => {
-            let reason = match tracer::try_attach() {
-                Err(reason) => reason,
-                Ok(()) => "this version does not decode eBPF records yet".into(),
-            };
-            eprintln!("ctscope: eBPF source unavailable ({reason}); using ctnetlink events");
-            Ok("netlink")
+fn choose_source(args: &EventArgs) -> Result<Source> {
+    if args.source == SourceChoice::Netlink {
+        if args.all_netns {
+            return Err(usage("--all-netns needs the eBPF source"));
+        }
+        return Ok(Source::Netlink);
+    }
+    let filter_netns = if args.all_netns {
+        0
+    } else {
+        tracer::netns_inode("/proc/self/ns/net").unwrap_or(0)
+    };
+    let started = tracer::Tracer::start(tracer::TracerConfig {
+        ring_size: args.ring_size,
+        filter_netns,
+    });
+    match (started, args.source) {
+        (Ok(t), _) => {
+            eprintln!("ctscope: event source: eBPF (kprobes on nf_conntrack)");
+            Ok(Source::Ebpf(Box::new(t)))
+        }
+        (Err(e), SourceChoice::Ebpf) => {
+            Err(CliError::Failed(format!("eBPF source unavailable: {e}")))
+        }
+        (Err(e), _) => {
+            if args.all_netns {
+                return Err(CliError::Failed(format!(
+                    "--all-netns needs the eBPF source, which is unavailable: {e}"
+                )));
+            }
+            eprintln!("ctscope: eBPF source unavailable ({e}); using ctnetlink events");
+            Ok(Source::Netlink)
         }
     }
+}
+
+fn events_ebpf(
+    mut tracer: Box<tracer::Tracer>,
+    args: &EventArgs,
+    filter: &Filter,
+    mut printer: Printer,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    let deadline = args.duration.map(|d| std::time::Instant::now() + d);
+    let limit = args.count.unwrap_or(u64::MAX);
+    let mut shown = 0u64;
+    let mut prognames = ProgName::default();
+    let result: Result<()> = runtime.block_on(async {
+        // SAFETY: the ring's fd is owned by `tracer`, which outlives `fd`
+        // (fd is dropped at the end of this block, tracer after it).
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(tracer.ring_fd()) }
+            .map_err(|e| CliError::Failed(format!("cannot poll the ring buffer: {e}")))?;
+        let mut out_ok = true;
+        while out_ok && shown < limit && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                break;
+            }
+            tracer::Tracer::readable(&fd, std::time::Duration::from_millis(100)).await;
+            tracer.drain(|kind, ct, time_ns| {
+                if shown >= limit || !out_ok || !args.event_mask.wants(kind) || !filter.matches(ct)
+                {
+                    return;
+                }
+                shown += 1;
+                out_ok = printer.event(kind, ct, "ebpf", 0, &mut prognames, Some(time_ns));
+            });
+            out_ok = out_ok && printer.flush_out();
+        }
+        Ok(())
+    });
+    let lost = tracer.lost();
+    printer.finish()?;
+    result?;
+    eprintln!(
+        "ctscope v{} (conntrack-tools compatible): {shown} flow events have been shown.",
+        env!("CARGO_PKG_VERSION")
+    );
+    if lost > 0 {
+        eprintln!("ctscope: {lost} events lost: the ring buffer was full (raise --ring-size)");
+    }
+    Ok(())
 }
 
 fn events(args: &EventArgs) -> Result<()> {
@@ -788,7 +875,10 @@ fn events(args: &EventArgs) -> Result<()> {
         signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))
             .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
     }
-    let source = choose_source(args.source)?;
+    let source = choose_source(args)?;
+    if let Source::Ebpf(tracer) = source {
+        return events_ebpf(tracer, args, &filter, Printer::new(opts), &stop);
+    }
     let mut sock = EventSocket::open(EventConfig {
         mask: args.event_mask,
         rcvbuf: args.buffer_size,
@@ -809,7 +899,7 @@ fn events(args: &EventArgs) -> Result<()> {
                 return;
             }
             shown += 1;
-            out_ok = printer.event(kind, ct, source, portid, &mut prognames);
+            out_ok = printer.event(kind, ct, "netlink", portid, &mut prognames, None);
         })?;
         if batch.overruns > 0 {
             if overruns == 0 {

@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: sources (`netlink`, `tracer`) -> `table` -> views
 //! (`format`, `tui`).
+pub mod btf;
 pub mod cli;
 pub mod filter;
 pub mod format;

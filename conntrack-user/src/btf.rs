@@ -1,0 +1,413 @@
+//! Kernel struct offsets from the running kernel's BTF, handed to the eBPF
+//! programs as load-time globals (Rust eBPF has no CO-RE relocations).
+//!
+//! Hand-written reader, and why: aya-obj parses BTF but keeps its type and
+//! member accessors crate-private; btf-rs is LGPL-2.1, which does not sit
+//! well with statically linking into an MIT/Apache-2.0 binary. We need only
+//! struct member offsets and enum values, from vmlinux and, when
+//! nf_conntrack is a module, its split BTF, so a reader of the BTF type
+//! section (a stable, documented format: Documentation/bpf/btf.rst) is small.
+//! It never panics: every read is bounds-checked.
+use std::{collections::HashMap, path::Path};
+
+use conntrack_ebpf::{ABSENT, Offsets};
+
+/// Why offsets could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BtfError {
+    /// No BTF file (kernel built without CONFIG_DEBUG_INFO_BTF).
+    #[error("no kernel BTF at {0} (the kernel needs CONFIG_DEBUG_INFO_BTF)")]
+    Missing(String),
+    /// The file is not BTF or is cut short.
+    #[error("malformed BTF in {0}")]
+    Malformed(String),
+    /// A type or member the programs need is not in this kernel.
+    #[error("this kernel's BTF has no {0}")]
+    NoField(String),
+}
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// One member of a struct or union.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Member {
+    name: String,
+    type_id: u32,
+    /// Offset in bits.
+    bit_offset: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Type {
+    Composite {
+        size: u32,
+        members: Vec<Member>,
+    },
+    Enum {
+        variants: Vec<(String, i64)>,
+    },
+    /// typedef, const, volatile...: refers to another type.
+    Alias(u32),
+    Other,
+}
+
+/// Types from vmlinux BTF plus, optionally, a module's split BTF.
+#[derive(Debug, Default)]
+pub struct KernelBtf {
+    types: Vec<Type>,
+    names: HashMap<String, Vec<u32>>,
+}
+
+fn u16_at(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
+}
+
+fn cstr(strings: &[u8], off: u32) -> String {
+    let start = off as usize;
+    let Some(tail) = strings.get(start..) else {
+        return String::new();
+    };
+    let end = tail.iter().position(|&c| c == 0).unwrap_or(tail.len());
+    String::from_utf8_lossy(&tail[..end]).into_owned()
+}
+
+impl KernelBtf {
+    /// Reads /sys/kernel/btf/vmlinux and, if present, the split BTF of the
+    /// nf_conntrack module.
+    pub fn load_running() -> Result<Self, BtfError> {
+        let vmlinux = Path::new("/sys/kernel/btf/vmlinux");
+        let data =
+            std::fs::read(vmlinux).map_err(|_| BtfError::Missing(vmlinux.display().to_string()))?;
+        let mut btf = Self::default();
+        btf.types.push(Type::Other); // id 0 is void
+        let base_strings = btf.parse(&data, "vmlinux", &[])?;
+        let module = Path::new("/sys/kernel/btf/nf_conntrack");
+        if let Ok(data) = std::fs::read(module) {
+            btf.parse(&data, "nf_conntrack", &base_strings)?;
+        }
+        Ok(btf)
+    }
+
+    /// Parses one BTF blob, appending its types (split BTF continues the
+    /// base's ids and string offsets). Returns the blob's string section
+    /// prefixed by `base_strings`.
+    pub fn parse(
+        &mut self,
+        data: &[u8],
+        what: &str,
+        base_strings: &[u8],
+    ) -> Result<Vec<u8>, BtfError> {
+        let bad = || BtfError::Malformed(what.to_string());
+        if u16_at(data, 0) != Some(BTF_MAGIC) {
+            return Err(bad());
+        }
+        let hdr_len = u32_at(data, 4).ok_or_else(bad)? as usize;
+        let type_off = u32_at(data, 8).ok_or_else(bad)? as usize;
+        let type_len = u32_at(data, 12).ok_or_else(bad)? as usize;
+        let str_off = u32_at(data, 16).ok_or_else(bad)? as usize;
+        let str_len = u32_at(data, 20).ok_or_else(bad)? as usize;
+        let types = data
+            .get(hdr_len.checked_add(type_off).ok_or_else(bad)?..)
+            .and_then(|t| t.get(..type_len))
+            .ok_or_else(bad)?;
+        let own_strings = data
+            .get(hdr_len.checked_add(str_off).ok_or_else(bad)?..)
+            .and_then(|s| s.get(..str_len))
+            .ok_or_else(bad)?;
+        let mut strings = base_strings.to_vec();
+        strings.extend_from_slice(own_strings);
+        let mut off = 0;
+        while off < types.len() {
+            let name_off = u32_at(types, off).ok_or_else(bad)?;
+            let info = u32_at(types, off + 4).ok_or_else(bad)?;
+            let size_or_type = u32_at(types, off + 8).ok_or_else(bad)?;
+            off += 12;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            let id = self.types.len() as u32;
+            let name = cstr(&strings, name_off);
+            let ty = match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => {
+                    off += 4;
+                    Type::Other
+                }
+                KIND_ARRAY => {
+                    off += 12;
+                    Type::Other
+                }
+                KIND_STRUCT | KIND_UNION => {
+                    let mut members = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let m_name = u32_at(types, off).ok_or_else(bad)?;
+                        let m_type = u32_at(types, off + 4).ok_or_else(bad)?;
+                        let m_off = u32_at(types, off + 8).ok_or_else(bad)?;
+                        off += 12;
+                        members.push(Member {
+                            name: cstr(&strings, m_name),
+                            type_id: m_type,
+                            bit_offset: if kind_flag {
+                                m_off & 0x00ff_ffff
+                            } else {
+                                m_off
+                            },
+                        });
+                    }
+                    Type::Composite {
+                        size: size_or_type,
+                        members,
+                    }
+                }
+                KIND_ENUM => {
+                    let mut variants = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let v_name = u32_at(types, off).ok_or_else(bad)?;
+                        let v = u32_at(types, off + 4).ok_or_else(bad)? as i32;
+                        off += 8;
+                        variants.push((cstr(&strings, v_name), i64::from(v)));
+                    }
+                    Type::Enum { variants }
+                }
+                KIND_ENUM64 => {
+                    let mut variants = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let v_name = u32_at(types, off).ok_or_else(bad)?;
+                        let lo = u32_at(types, off + 4).ok_or_else(bad)?;
+                        let hi = u32_at(types, off + 8).ok_or_else(bad)?;
+                        off += 12;
+                        variants.push((
+                            cstr(&strings, v_name),
+                            ((u64::from(hi) << 32) | u64::from(lo)) as i64,
+                        ));
+                    }
+                    Type::Enum { variants }
+                }
+                KIND_FUNC_PROTO => {
+                    off += 8 * vlen;
+                    Type::Other
+                }
+                KIND_DATASEC => {
+                    off += 12 * vlen;
+                    Type::Other
+                }
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    Type::Alias(size_or_type)
+                }
+                // PTR, FWD, FUNC, FLOAT: nothing follows the header.
+                2 | 7 | 12 | 16 => Type::Other,
+                _ => return Err(bad()),
+            };
+            if !name.is_empty() {
+                self.names.entry(name).or_default().push(id);
+            }
+            self.types.push(ty);
+        }
+        Ok(strings)
+    }
+
+    fn resolve(&self, mut id: u32) -> Option<&Type> {
+        for _ in 0..32 {
+            match self.types.get(id as usize)? {
+                Type::Alias(next) => id = *next,
+                t => return Some(t),
+            }
+        }
+        None
+    }
+
+    fn composite(&self, name: &str) -> Option<u32> {
+        self.names.get(name)?.iter().copied().find(|id| {
+            matches!(self.types.get(*id as usize), Some(Type::Composite { members, .. }) if !members.is_empty())
+        })
+    }
+
+    /// Byte offset of a member path inside a named struct, e.g.
+    /// `("nf_conn", &["tuplehash"])`. Anonymous unions and structs are
+    /// searched through.
+    pub fn offset_of(&self, type_name: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let missing = || BtfError::NoField(format!("struct {type_name}.{}", path.join(".")));
+        let mut id = self.composite(type_name).ok_or_else(missing)?;
+        let mut total_bits = 0u32;
+        for field in path {
+            let (bits, next) = self.find_member(id, field).ok_or_else(missing)?;
+            total_bits += bits;
+            id = next;
+        }
+        Ok(total_bits / 8)
+    }
+
+    fn find_member(&self, id: u32, field: &str) -> Option<(u32, u32)> {
+        let Type::Composite { members, .. } = self.resolve(id)? else {
+            return None;
+        };
+        for m in members {
+            if m.name == field {
+                return Some((m.bit_offset, m.type_id));
+            }
+        }
+        for m in members.iter().filter(|m| m.name.is_empty()) {
+            if let Some((bits, ty)) = self.find_member(m.type_id, field) {
+                return Some((m.bit_offset + bits, ty));
+            }
+        }
+        None
+    }
+
+    /// Size in bytes of a named struct or union.
+    pub fn size_of(&self, type_name: &str) -> Result<u32, BtfError> {
+        let id = self
+            .composite(type_name)
+            .ok_or_else(|| BtfError::NoField(format!("struct {type_name}")))?;
+        match self.resolve(id) {
+            Some(Type::Composite { size, .. }) => Ok(*size),
+            _ => Err(BtfError::NoField(format!("struct {type_name}"))),
+        }
+    }
+
+    /// The value of an enumerator, searched in every enum.
+    pub fn enum_value(&self, variant: &str) -> Option<i64> {
+        self.types.iter().find_map(|t| match t {
+            Type::Enum { variants } => variants.iter().find(|(n, _)| n == variant).map(|(_, v)| *v),
+            _ => None,
+        })
+    }
+
+    /// Everything the programs need, or the first missing piece by name.
+    pub fn conntrack_offsets(&self) -> Result<Offsets, BtfError> {
+        let optional = |r: Result<u32, BtfError>| r.unwrap_or(ABSENT);
+        let ext_id = |name: &str| {
+            self.enum_value(name)
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(ABSENT)
+        };
+        Ok(Offsets {
+            skb_nfct: self.offset_of("sk_buff", &["_nfct"])?,
+            ct_status: self.offset_of("nf_conn", &["status"])?,
+            ct_timeout: self.offset_of("nf_conn", &["timeout"])?,
+            ct_mark: optional(self.offset_of("nf_conn", &["mark"])),
+            ct_zone: optional(self.offset_of("nf_conn", &["zone", "id"])),
+            ct_net: self.offset_of("nf_conn", &["ct_net", "net"])?,
+            net_inum: self.offset_of("net", &["ns", "inum"])?,
+            ct_ext: self.offset_of("nf_conn", &["ext"])?,
+            ct_tcp_state: optional(self.offset_of("nf_conn", &["proto", "tcp", "state"])),
+            ct_tuplehash: self.offset_of("nf_conn", &["tuplehash"])?,
+            tuplehash_size: self.size_of("nf_conntrack_tuple_hash")?,
+            hash_tuple: self.offset_of("nf_conntrack_tuple_hash", &["tuple"])?,
+            tuple_src_u3: self.offset_of("nf_conntrack_tuple", &["src", "u3"])?,
+            tuple_src_u: self.offset_of("nf_conntrack_tuple", &["src", "u"])?,
+            tuple_src_l3num: self.offset_of("nf_conntrack_tuple", &["src", "l3num"])?,
+            tuple_dst_u3: self.offset_of("nf_conntrack_tuple", &["dst", "u3"])?,
+            tuple_dst_u: self.offset_of("nf_conntrack_tuple", &["dst", "u"])?,
+            tuple_dst_protonum: self.offset_of("nf_conntrack_tuple", &["dst", "protonum"])?,
+            ext_offset: optional(self.offset_of("nf_ct_ext", &["offset"])),
+            ext_acct_id: ext_id("NF_CT_EXT_ACCT"),
+            ext_tstamp_id: ext_id("NF_CT_EXT_TSTAMP"),
+            ..Offsets::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob with `struct pair { int a; union { int b; int c; }; }`.
+    fn sample() -> Vec<u8> {
+        let strings = b"\0int\0pair\0a\0b\0c\0E\0V1\0".to_vec();
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| {
+            for w in words {
+                types.extend_from_slice(&w.to_le_bytes());
+            }
+        };
+        // 1: int (name "int" at 1), size 4, encoding word.
+        push(&[1, KIND_INT << 24, 4, 32]);
+        // 2: anonymous union { b; c } size 4.
+        push(&[0, (KIND_UNION << 24) | 2, 4, 12, 1, 0, 14, 1, 0]);
+        // 3: struct pair { a @0; <anon> @32 } size 8.
+        push(&[5, (KIND_STRUCT << 24) | 2, 8, 10, 1, 0, 0, 2, 32]);
+        // 4: enum E { V1 = 7 }.
+        push(&[16, (KIND_ENUM << 24) | 1, 4, 18, 7]);
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        blob.extend_from_slice(&[1, 0]);
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            blob.extend_from_slice(&w.to_le_bytes());
+        }
+        blob.extend_from_slice(&types);
+        blob.extend_from_slice(&strings);
+        blob
+    }
+
+    fn parsed(blob: &[u8]) -> Result<KernelBtf, BtfError> {
+        let mut btf = KernelBtf::default();
+        btf.types.push(Type::Other);
+        btf.parse(blob, "sample", &[])?;
+        Ok(btf)
+    }
+
+    #[test]
+    fn offsets_through_anonymous_unions_and_enums() {
+        let btf = parsed(&sample()).expect("parses");
+        assert_eq!(btf.offset_of("pair", &["a"]), Ok(0));
+        assert_eq!(btf.offset_of("pair", &["c"]), Ok(4));
+        assert_eq!(btf.size_of("pair"), Ok(8));
+        assert_eq!(btf.enum_value("V1"), Some(7));
+        assert!(matches!(
+            btf.offset_of("pair", &["z"]),
+            Err(BtfError::NoField(_))
+        ));
+    }
+
+    #[test]
+    fn truncated_or_corrupt_blobs_are_errors_not_panics() {
+        let blob = sample();
+        for cut in 0..blob.len() {
+            let _ = parsed(&blob[..cut]);
+        }
+        for i in 0..blob.len() {
+            let mut b = blob.clone();
+            b[i] ^= 0xff;
+            let _ = parsed(&b);
+        }
+        assert!(parsed(&blob[..10]).is_err());
+    }
+
+    #[test]
+    fn the_running_kernel_has_every_offset_the_programs_need() {
+        // Real kernel BTF: the host (6.18, nf_conntrack built in) and the
+        // qemu guests (nf_conntrack a module with split BTF).
+        let btf = KernelBtf::load_running().expect("kernel BTF");
+        let o = btf.conntrack_offsets().expect("offsets");
+        // struct nf_conn starts with its refcount and lock; tuplehash
+        // follows, and the two directions are one tuple_hash apart.
+        assert!(o.ct_tuplehash > 0 && o.tuplehash_size >= 40, "{o:?}");
+        assert_eq!(o.tuple_src_u3, 0);
+        assert_ne!(o.ext_acct_id, ABSENT);
+    }
+}

@@ -37,6 +37,9 @@ pub enum CliError {
     /// Standard output was closed (e.g. `| head`): end quietly.
     #[error("broken pipe")]
     BrokenPipe,
+    /// Exit 1 with nothing more to say (the summary said it).
+    #[error("")]
+    Silent,
 }
 
 impl From<NetlinkError> for CliError {
@@ -228,7 +231,7 @@ pub struct FilterArgs {
     /// Status flags that must be set, comma-separated (ASSURED, SEEN_REPLY,
     /// EXPECTED, FIXED_TIMEOUT, ...; UNSET for none).
     #[arg(short = 'u', long = "status", value_parser = parse_status)]
-    pub status: Option<u32>,
+    pub status: Option<(u32, u32)>,
     /// Zone.
     #[arg(short = 'w', long = "zone")]
     pub zone: Option<u16>,
@@ -315,20 +318,26 @@ fn parse_mark(s: &str) -> std::result::Result<(u32, u32), String> {
     }
 }
 
-fn parse_status(s: &str) -> std::result::Result<u32, String> {
-    let mut bits = 0;
+/// `-u`: (value, mask). UNREPLIED means SEEN_REPLY unset; UNSET asks
+/// nothing, as in conntrack.
+fn parse_status(s: &str) -> std::result::Result<(u32, u32), String> {
+    let (mut value, mut mask) = (0, 0);
     for word in s.split(',') {
-        if word == "UNSET" {
-            continue;
+        match word {
+            "UNSET" => {}
+            "UNREPLIED" => mask |= crate::netlink::ips::SEEN_REPLY,
+            _ => {
+                let bit = crate::netlink::ips::NAMES
+                    .iter()
+                    .find(|(n, _)| *n == word)
+                    .map(|(_, b)| *b)
+                    .ok_or_else(|| format!("Bad parameter `{word}'"))?;
+                value |= bit;
+                mask |= bit;
+            }
         }
-        let bit = crate::netlink::ips::NAMES
-            .iter()
-            .find(|(n, _)| *n == word)
-            .map(|(_, b)| *b)
-            .ok_or_else(|| format!("unknown status `{word}'"))?;
-        bits |= bit;
     }
-    Ok(bits)
+    Ok((value, mask))
 }
 
 fn parse_state(proto: Option<u8>, name: &str) -> Result<StateFilter> {
@@ -366,6 +375,19 @@ fn family_of(net: &Option<IpNet>) -> Option<u8> {
 impl FilterArgs {
     /// Checks the combination and builds the filter.
     pub fn to_filter(&self) -> Result<Filter> {
+        for (net, flag) in [
+            (&self.reply_src, "--reply-src"),
+            (&self.reply_dst, "--reply-dst"),
+        ] {
+            if net.is_some_and(|n| n.prefix_len() != n.max_prefix_len()) {
+                return Err(usage(format!("CIDR notation unavailable for `{flag}'")));
+            }
+        }
+        if self.any_nat.is_some() && (self.src_nat.is_some() || self.dst_nat.is_some()) {
+            return Err(usage(
+                "cannot specify `--src-nat' or `--dst-nat' with `--any-nat'",
+            ));
+        }
         let mut family = self.family;
         for net in [&self.src, &self.dst, &self.reply_src, &self.reply_dst] {
             if let Some(f) = family_of(net) {
@@ -593,6 +615,9 @@ fn tuple_request(f: &FilterArgs) -> Result<(u8, AttrWriter)> {
             .filter(|n| n.prefix_len() == n.max_prefix_len())
             .map(IpNet::addr)
     };
+    if f.zone.is_some() {
+        return Err(usage("Illegal option `--zone' with this command"));
+    }
     let proto = f.proto.ok_or_else(|| usage("get needs -p/--proto"))?;
     let (kind, src, dst, sport, dport) = if f.src.is_some() || f.dst.is_some() {
         (
@@ -638,9 +663,6 @@ fn tuple_request(f: &FilterArgs) -> Result<(u8, AttrWriter)> {
     };
     let mut w = AttrWriter::new();
     w.tuple(kind, &tuple);
-    if let Some(z) = f.zone {
-        w.be16(cta::ZONE, z);
-    }
     let family = if src.is_ipv4() {
         libc::AF_INET
     } else {
@@ -700,6 +722,10 @@ fn delete(args: &ListArgs) -> Result<()> {
     }
     printer.finish()?;
     summary(deleted, "deleted");
+    if deleted == 0 {
+        // conntrack -D exits 1 when nothing matched.
+        return Err(CliError::Silent);
+    }
     Ok(())
 }
 
@@ -985,6 +1011,7 @@ where
     match dispatch(&cli) {
         Ok(()) => 0,
         Err(CliError::BrokenPipe) => 0,
+        Err(CliError::Silent) => 1,
         Err(CliError::Usage(msg)) => {
             eprintln!("ctscope: {msg}");
             2

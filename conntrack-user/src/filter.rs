@@ -7,10 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::{
-    format::{is_dnat, is_snat},
-    netlink::{Conntrack, ProtoState, codec::AttrWriter, cta},
-};
+use crate::netlink::{Conntrack, ProtoState, Tuple, codec::AttrWriter, cta, ips};
 
 /// NAT filter: `-n`, `-g`, `-j`, each with an optional address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,8 +58,9 @@ pub struct Filter {
     pub icmp_id: Option<u16>,
     /// `-m MARK[/MASK]`: (value, mask).
     pub mark: Option<(u32, u32)>,
-    /// `-u`: status bits that must all be set; `Some(0)` (UNSET) means none.
-    pub status: Option<u32>,
+    /// `-u`: `(value, mask)`: the entry's status masked equals value
+    /// (ASSURED sets a bit in both; UNREPLIED puts SEEN_REPLY in the mask only).
+    pub status: Option<(u32, u32)>,
     /// `-w`: zone.
     pub zone: Option<u16>,
     /// `--orig-zone`.
@@ -132,16 +130,10 @@ impl Filter {
         {
             return false;
         }
-        if let Some(bits) = self.status {
-            let have = ct.status.unwrap_or(0);
-            let ok = if bits == 0 {
-                have == 0
-            } else {
-                have & bits == bits
-            };
-            if !ok {
-                return false;
-            }
+        if let Some((value, mask)) = self.status
+            && ct.status.unwrap_or(0) & mask != value
+        {
+            return false;
         }
         // The kernel sends no zone attribute for zone 0.
         if self.zone.is_some_and(|z| z != ct.zone.unwrap_or(0))
@@ -173,16 +165,25 @@ impl Filter {
     }
 
     /// conntrack's `filter_nat`: with -j, either; with -n and -g, both.
+    /// Without an address, an entry is NATed when its address or its
+    /// layer 4 "port" changed (libnetfilter_conntrack's IS_SNAT / IS_SPAT,
+    /// which compare the raw tuple unions: for ICMP that is the id against
+    /// type and code, so every NATed-hook ICMP entry counts); with an
+    /// address, only the address test applies.
     fn nat_matches(&self, ct: &Conntrack) -> bool {
+        let src_done = ct.has_status(ips::SRC_NAT_DONE);
+        let dst_done = ct.has_status(ips::DST_NAT_DONE);
+        let snat_addr = src_done && ct.reply.dst != ct.orig.src;
+        let dnat_addr = dst_done && ct.reply.src != ct.orig.dst;
         let snat = |f: NatFilter| match f {
             NatFilter::Off => false,
-            NatFilter::Any => is_snat(ct),
-            NatFilter::To(a) => is_snat(ct) && ct.reply.dst == Some(a),
+            NatFilter::Any => snat_addr || (src_done && raw_dst(&ct.reply) != raw_src(&ct.orig)),
+            NatFilter::To(a) => snat_addr && ct.reply.dst == Some(a),
         };
         let dnat = |f: NatFilter| match f {
             NatFilter::Off => false,
-            NatFilter::Any => is_dnat(ct),
-            NatFilter::To(a) => is_dnat(ct) && ct.reply.src == Some(a),
+            NatFilter::Any => dnat_addr || (dst_done && raw_src(&ct.reply) != raw_dst(&ct.orig)),
+            NatFilter::To(a) => dnat_addr && ct.reply.src == Some(a),
         };
         if self.any_nat != NatFilter::Off {
             return snat(self.any_nat) || dnat(self.any_nat);
@@ -206,18 +207,29 @@ impl Filter {
         if let Some(z) = self.zone.filter(|z| *z != 0) {
             w.be16(cta::ZONE, z);
         }
-        if let Some(bits) = self.status.filter(|b| *b != 0) {
-            w.be32(cta::STATUS, bits);
-            w.be32(cta::STATUS_MASK, bits);
+        if let Some((value, mask)) = self.status.filter(|(_, m)| *m != 0) {
+            w.be32(cta::STATUS, value);
+            w.be32(cta::STATUS_MASK, mask);
         }
         w
     }
 }
 
+/// The tuple's source "port" as the kernel's union holds it (ICMP: the id).
+fn raw_src(t: &Tuple) -> u16 {
+    t.sport.or(t.icmp_id).unwrap_or(0)
+}
+
+/// The tuple's destination "port" (ICMP: type and code, as one u16).
+fn raw_dst(t: &Tuple) -> u16 {
+    t.dport.unwrap_or_else(|| {
+        u16::from(t.icmp_type.unwrap_or(0)) << 8 | u16::from(t.icmp_code.unwrap_or(0))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::{Tuple, ips};
 
     fn entry(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Conntrack {
         let src: IpAddr = src.parse().expect("addr");
@@ -272,9 +284,14 @@ mod tests {
         };
         assert!(f.matches(&ct));
         let f = Filter {
-            status: Some(ips::ASSURED),
+            status: Some((ips::ASSURED, ips::ASSURED)),
             ..Filter::default()
         };
+        let unreplied = Filter {
+            status: Some((0, ips::SEEN_REPLY)),
+            ..Filter::default()
+        };
+        assert!(!unreplied.matches(&ct));
         assert!(!f.matches(&ct));
         ct.status = Some(ct.status.unwrap_or(0) | ips::ASSURED);
         assert!(f.matches(&ct));

@@ -205,17 +205,20 @@ pub fn state_name(state: ProtoState) -> &'static str {
     }
 }
 
-/// Whether the entry is source-NATed, as conntrack's NFCT_GOPT_IS_SNAT /
-/// IS_SPAT define it.
+/// Whether the entry is source-NATed: its reply destination address, or
+/// (for port protocols) port, differs from the original source.
 pub fn is_snat(ct: &Conntrack) -> bool {
     ct.has_status(ips::SRC_NAT_DONE)
-        && (ct.reply.dst != ct.orig.src || ct.reply.dport != ct.orig.sport)
+        && (ct.reply.dst != ct.orig.src
+            || (has_ports(ct.l4proto()) && ct.reply.dport != ct.orig.sport))
 }
 
-/// Whether the entry is destination-NATed (NFCT_GOPT_IS_DNAT / IS_DPAT).
+/// Whether the entry is destination-NATed (address, or port for port
+/// protocols).
 pub fn is_dnat(ct: &Conntrack) -> bool {
     ct.has_status(ips::DST_NAT_DONE)
-        && (ct.reply.src != ct.orig.dst || ct.reply.sport != ct.orig.dport)
+        && (ct.reply.src != ct.orig.dst
+            || (has_ports(ct.l4proto()) && ct.reply.sport != ct.orig.dport))
 }
 
 fn has_ports(p: u8) -> bool {

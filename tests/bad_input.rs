@@ -1,0 +1,153 @@
+//! Bad arguments and missing privileges: a one-line message, the right exit
+//! code, never a panic.
+
+use ctscope_e2e::{Netns, Output, ctscope_bin, host, report};
+
+/// Exit `code`, exactly one stderr line, nothing on stdout, no panic.
+fn one_line_error(out: &Output, code: i32) -> Result<(), String> {
+    let lines = out.stderr_lines();
+    if out.code != code
+        || lines.len() != 1
+        || !out.stdout.trim().is_empty()
+        || out.stderr.contains("panicked")
+    {
+        return Err(format!(
+            "want exit {code}, one stderr line, empty stdout, no panic\n{out}"
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    // conntrack 1.4.7 itself rejects these (exit 2) except `-m x` and
+    // `--sport 70000`, which it silently reads as 0 / truncates and lists
+    // nothing; ctscope is meant to be stricter there.
+    let cases: &[&[&str]] = &[
+        &["--bogus"],
+        &["-s", "300.1.1.1"],
+        &["-m", "x"],
+        &["-o", "nonsense"],
+        &["-p", "nosuchproto"],
+        &["-p", "tcp", "--sport", "70000"],
+        &["-f", "ipx"],
+        &["-s"],
+        &["-p", "tcp", "--state", "NO_SUCH_STATE"],
+        &["-u", "NO_SUCH_STATUS"],
+        &["-f", "ipv4", "-s", "::1"],
+    ];
+    let mut failures = Vec::new();
+    for args in cases {
+        let mut argv = vec!["list"];
+        argv.extend_from_slice(args);
+        if let Err(e) = one_line_error(&ns.ctscope(&argv), 2) {
+            failures.push(format!("list {args:?}: {e}"));
+        }
+    }
+    for argv in [&["--bogus"][..], &["nosuchcommand"], &["count", "--bogus"]] {
+        if let Err(e) = one_line_error(&ns.ctscope(argv), 2) {
+            failures.push(format!("{argv:?}: {e}"));
+        }
+    }
+    report(cases.len() + 3, &failures);
+}
+
+#[test]
+fn missing_netns_exits_1_naming_it() {
+    let Some(_ns) = Netns::new() else {
+        return;
+    };
+    let bin = ctscope_bin();
+    let bin = bin.to_str().expect("utf-8 path");
+    let mut failures = Vec::new();
+    for name in ["/nonexistent", "ctscope-no-such-netns"] {
+        let out = host(&[bin, "--netns", name, "list"]);
+        if let Err(e) = one_line_error(&out, 1) {
+            failures.push(e);
+        } else if !out.stderr.contains(name) {
+            failures.push(format!("the message does not name {name}\n{out}"));
+        }
+    }
+    report(2, &failures);
+}
+
+#[test]
+fn unprivileged_exits_1_like_conntrack() {
+    let Some(mut ns) = Netns::new() else {
+        return;
+    };
+    ns.fill_varied_table();
+    let bin = ctscope_bin();
+    let bin = bin.to_str().expect("utf-8 path");
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["-L"], &["list"]),
+        (&["-D", "-p", "tcp"], &["delete", "-p", "tcp"]),
+        (
+            &[
+                "-G",
+                "-p",
+                "tcp",
+                "-s",
+                "2001:db8::1",
+                "-d",
+                "2001:db8::2",
+                "--sport",
+                "1234",
+                "--dport",
+                "80",
+            ],
+            &[
+                "get",
+                "-p",
+                "tcp",
+                "-s",
+                "2001:db8::1",
+                "-d",
+                "2001:db8::2",
+                "--sport",
+                "1234",
+                "--dport",
+                "80",
+            ],
+        ),
+        (&["-F"], &["flush"]),
+    ];
+    let mut failures = Vec::new();
+    for &(ct_args, cs_args) in cases {
+        let mut argv = nobody.to_vec();
+        argv.push("conntrack");
+        argv.extend_from_slice(ct_args);
+        let ct = ns.exec(&argv);
+        let mut argv = nobody.to_vec();
+        argv.push(bin);
+        argv.extend_from_slice(cs_args);
+        let cs = ns.exec(&argv);
+        if ct.code != 1 {
+            failures.push(format!(
+                "test expects conntrack to exit 1 unprivileged\n{ct}"
+            ));
+        }
+        if let Err(e) = one_line_error(&cs, ct.code) {
+            failures.push(format!("{cs_args:?} as nobody: {e}\nconntrack:\n{ct}"));
+        } else if !(cs.stderr.contains("CAP_NET_ADMIN") || cs.stderr.contains("root")) {
+            failures.push(format!(
+                "message mentions neither CAP_NET_ADMIN nor root\n{cs}"
+            ));
+        }
+    }
+    // Nothing was flushed or deleted by the unprivileged runs.
+    let left = ns.conntrack(&["-C"]);
+    if left.stdout.trim() == "0" {
+        failures.push("the table was emptied by an unprivileged run".into());
+    }
+    report(cases.len(), &failures);
+}

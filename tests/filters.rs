@@ -1,0 +1,177 @@
+//! Each `conntrack -L` filter, through `ctscope list`, selects the same
+//! entries as conntrack does with the same arguments.
+
+use ctscope_e2e::{Netns, compare_list_to, report};
+
+/// What conntrack 1.4.7 does with a case, checked before comparing, so a
+/// filter that matches nothing (or everything) cannot pass unnoticed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    /// A non-empty strict subset of the table.
+    Subset,
+    /// Whatever conntrack shows (possibly nothing or everything).
+    Any,
+    /// conntrack rejects the arguments with exit 2; ctscope must too.
+    Rejected,
+}
+use Expect::{Any, Rejected, Subset};
+
+fn check(cases: &[(&[&str], Expect)]) {
+    let Some(ns) = Netns::with_varied_table() else {
+        return;
+    };
+    let all = ns.conntrack(&["-L"]);
+    all.expect_code(0);
+    let total = all.lines().len();
+    assert!(total > 10, "the varied table is too small:\n{all}");
+    let mut failures = Vec::new();
+    for &(args, expect) in cases {
+        let mut ct_args = vec!["-L"];
+        ct_args.extend_from_slice(args);
+        let ct = ns.conntrack(&ct_args);
+        // The reference first: the test's own expectation must hold for it.
+        match expect {
+            Rejected if ct.code != 2 => {
+                failures.push(format!("test expects conntrack to reject {args:?}\n{ct}"));
+                continue;
+            }
+            Subset if ct.code != 0 || ct.lines().is_empty() || ct.lines().len() >= total => {
+                failures.push(format!(
+                    "test expects {args:?} to select a non-empty strict subset of {total}\n{ct}"
+                ));
+                continue;
+            }
+            _ => {}
+        }
+        if let Err(e) = compare_list_to(&ns, &ct, args) {
+            failures.push(format!("filter {args:?}:\n{e}"));
+        }
+    }
+    report(cases.len(), &failures);
+}
+
+#[test]
+fn addresses() {
+    check(&[
+        (&["-s", "127.0.0.0/8"], Subset),
+        (&["-s", "127.0.0.1"], Subset),
+        (&["-d", "127.0.0.5"], Subset),
+        (&["-d", "10.0.0.0/24"], Subset),
+        (&["-r", "127.0.0.2"], Subset),
+        (&["-r", "10.2.0.3"], Subset),
+        (&["-q", "127.0.0.3"], Subset),
+        (&["-q", "10.0.0.1"], Subset),
+        (&["-s", "0.0.0.0/0"], Subset),
+        (&["-s", "::/0"], Subset),
+        (&["-d", "127.0.0.4/31"], Subset),
+        // conntrack 1.4.7 takes CIDR only for -s and -d.
+        (&["-q", "10.0.0.0/8"], Rejected),
+        (&["-r", "10.0.0.0/8"], Rejected),
+        (&["-s", "10.0.0.0/33"], Rejected),
+        (&["-s", "10.0.0.1", "-d", "10.0.0.2"], Subset),
+        (&["-s", "::1"], Subset),
+        (&["-f", "ipv6", "-s", "::1"], Subset),
+        (&["-s", "2001:db8::/32"], Subset),
+        (&["-d", "192.0.2.1"], Any),
+        (&["-f", "ipv4", "-s", "::1"], Rejected),
+    ]);
+}
+
+#[test]
+fn protocols_and_ports() {
+    check(&[
+        (&["-p", "tcp"], Subset),
+        (&["-p", "17"], Subset),
+        (&["-p", "udp"], Subset),
+        (&["-p", "icmp"], Subset),
+        (&["-p", "icmpv6"], Subset),
+        (&["-p", "sctp"], Subset),
+        (&["-p", "gre"], Subset),
+        (&["-p", "udplite"], Subset),
+        (&["-p", "tcp", "--sport", "1234"], Subset),
+        (&["-p", "tcp", "--dport", "7001"], Subset),
+        (&["-p", "udp", "--dport", "5000"], Subset),
+        (&["-p", "udp", "--reply-port-src", "5001"], Subset),
+        (&["-p", "udp", "--reply-port-dst", "54"], Subset),
+        (&["-p", "tcp", "--reply-port-src", "3"], Subset),
+        (
+            &["-p", "sctp", "--sport", "1000", "--dport", "2000"],
+            Subset,
+        ),
+        (&["-p", "udp", "--dport", "1"], Any),
+        (&["--sport", "1"], Rejected),
+    ]);
+}
+
+#[test]
+fn states() {
+    check(&[
+        (&["-p", "tcp", "--state", "ESTABLISHED"], Subset),
+        (&["-p", "tcp", "--state", "TIME_WAIT"], Subset),
+        (&["-p", "tcp", "--state", "SYN_SENT"], Subset),
+        (&["-p", "tcp", "--state", "CLOSE_WAIT"], Subset),
+        (&["-p", "tcp", "--state", "FIN_WAIT"], Subset),
+        (&["-p", "tcp", "--state", "LAST_ACK"], Subset),
+        (&["-p", "tcp", "--state", "SYN_RECV"], Subset),
+        (&["-p", "sctp", "--state", "ESTABLISHED"], Subset),
+        (&["--state", "ESTABLISHED"], Rejected),
+        (&["-p", "tcp", "--state", "NO_SUCH_STATE"], Rejected),
+    ]);
+}
+
+#[test]
+fn icmp() {
+    check(&[
+        (&["-p", "icmp", "--icmp-type", "8"], Subset),
+        (
+            &["-p", "icmp", "--icmp-type", "13", "--icmp-code", "0"],
+            Subset,
+        ),
+        (&["-p", "icmp", "--icmp-id", "77"], Subset),
+    ]);
+}
+
+#[test]
+fn marks_and_status() {
+    check(&[
+        (&["-m", "42"], Subset),
+        (&["-m", "0x1234"], Subset),
+        (&["-m", "0x34/0xff"], Subset),
+        (&["-m", "0xff/0xff"], Subset),
+        (&["-m", "0"], Subset),
+        (&["-u", "ASSURED"], Subset),
+        (&["-u", "SEEN_REPLY"], Subset),
+        (&["-u", "UNREPLIED"], Subset),
+        (&["-u", "ASSURED,SEEN_REPLY"], Subset),
+        (&["-p", "udp", "-s", "127.0.0.1", "-m", "42"], Subset),
+    ]);
+}
+
+#[test]
+fn zones() {
+    check(&[
+        (&["-w", "7"], Subset),
+        (&["-w", "5"], Subset),
+        (&["-w", "0"], Subset),
+        (&["--orig-zone", "8"], Subset),
+        (&["--orig-zone", "3"], Subset),
+        (&["--reply-zone", "4"], Subset),
+    ]);
+}
+
+#[test]
+fn nat() {
+    check(&[
+        (&["-n"], Subset),
+        (&["-g"], Subset),
+        (&["-j"], Subset),
+        (&["-n", "127.0.0.3"], Subset),
+        (&["-g", "127.0.0.2"], Subset),
+        (&["-j", "127.0.0.2"], Subset),
+        (&["-g", "127.0.0.9"], Any),
+        // Both -n and -g: entries with both (none here).
+        (&["-n", "-g"], Any),
+        (&["-j", "-n"], Rejected),
+        (&["-g", "127.0.0.0/8"], Rejected),
+    ]);
+}

@@ -1,0 +1,149 @@
+//! `ctscope list ARGS` against `conntrack -L ARGS`, line for line, in a
+//! namespace holding a varied table.
+
+use ctscope_e2e::{Netns, compare_list, multiset_diff, normalised_lines, report};
+
+/// Fails unless the unfiltered listing shows the variety the table was
+/// built to have, so the comparison cannot pass on a thin table.
+fn assert_variety(lines: &[String]) {
+    let has = |what: &str, f: &dyn Fn(&str) -> bool| {
+        assert!(
+            lines.iter().any(|l| f(l)),
+            "the table lacks {what}; lines:\n{}",
+            lines.join("\n")
+        );
+    };
+    has("a TIME_WAIT entry", &|l| l.contains(" TIME_WAIT "));
+    has("a CLOSE_WAIT entry", &|l| l.contains(" CLOSE_WAIT "));
+    has("a SYN_SENT entry", &|l| l.contains(" SYN_SENT "));
+    has("an ESTABLISHED entry", &|l| l.contains(" ESTABLISHED "));
+    has("an [UNREPLIED] entry", &|l| l.contains("[UNREPLIED]"));
+    has("an [ASSURED] entry", &|l| l.contains("[ASSURED]"));
+    has("an IPv6 entry", &|l| {
+        l.contains("src=::1 ") || l.contains("src=2001:db8::1 ")
+    });
+    has("a zone= entry", &|l| l.contains(" zone=7 "));
+    has("a zone-orig= entry", &|l| l.contains(" zone-orig=8 "));
+    has("a zone-reply= entry", &|l| l.contains(" zone-reply=4 "));
+    has("a non-zero mark", &|l| {
+        l.contains(" mark=4660 ") || l.contains(" mark=42 ")
+    });
+    has("a DNAT entry", &|l| {
+        l.contains("dport=5000 ") && l.contains("src=127.0.0.2 ")
+    });
+    has("an SNAT entry", &|l| {
+        l.contains("dport=5002 ") && l.contains("dst=127.0.0.3 ")
+    });
+    has("an icmp entry", &|l| l.starts_with("icmp "));
+    has("an icmpv6 entry", &|l| l.starts_with("icmpv6 "));
+    has("an sctp entry", &|l| l.starts_with("sctp "));
+    has("a gre entry", &|l| l.starts_with("gre "));
+    has("a udplite entry", &|l| l.starts_with("udplite "));
+}
+
+#[track_caller]
+fn parity(args: &[&str]) {
+    let Some(ns) = Netns::with_varied_table() else {
+        return;
+    };
+    match compare_list(&ns, args) {
+        Ok(lines) => {
+            assert!(!lines.is_empty(), "conntrack -L {args:?} shows nothing");
+            if args.is_empty() {
+                // Shown with --nocapture, to see what the table holds.
+                eprintln!("the varied table:\n{}", lines.join("\n"));
+                assert_variety(&lines);
+            }
+        }
+        Err(e) => panic!("ctscope list {args:?} differs from conntrack -L {args:?}:\n{e}"),
+    }
+}
+
+#[test]
+fn plain() {
+    parity(&[]);
+}
+
+#[test]
+fn output_extended() {
+    parity(&["-o", "extended"]);
+}
+
+#[test]
+fn output_id() {
+    parity(&["-o", "id"]);
+}
+
+#[test]
+fn output_extended_id() {
+    parity(&["-o", "extended,id"]);
+}
+
+#[test]
+fn output_ktimestamp() {
+    parity(&["-o", "ktimestamp"]);
+}
+
+#[test]
+fn family_ipv6() {
+    parity(&["-f", "ipv6"]);
+}
+
+#[test]
+fn family_ipv4() {
+    parity(&["-f", "ipv4"]);
+}
+
+/// `-L`, `--dump` and `dump` are `list`; `--netns NAME` from the host is
+/// `ip netns exec NAME`.
+#[test]
+fn aliases_and_netns_flag() {
+    let Some(ns) = Netns::with_varied_table() else {
+        return;
+    };
+    let list = ns.ctscope(&["list"]);
+    list.expect_code(0).assert_no_panic();
+    let want = normalised_lines(&list);
+    assert!(!want.is_empty(), "ctscope list shows nothing\n{list}");
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for alias in [&["-L"][..], &["--dump"], &["dump"]] {
+        cases += 1;
+        let out = ns.ctscope(alias);
+        if out.code != 0 {
+            failures.push(format!("ctscope {alias:?} failed\n{out}"));
+        } else if let Some(d) = multiset_diff(
+            "ctscope list",
+            &want,
+            &format!("ctscope {alias:?}"),
+            &normalised_lines(&out),
+        ) {
+            failures.push(d);
+        }
+    }
+    let bin = ctscope_e2e::ctscope_bin();
+    let bin = bin.to_str().expect("utf-8 path");
+    for argv in [
+        vec![bin, "--netns", ns.name(), "list"],
+        vec![bin, "--netns", ns.name(), "-L"],
+    ] {
+        cases += 1;
+        let out = ctscope_e2e::host(&argv);
+        if out.code != 0 {
+            failures.push(format!("from the host namespace:\n{out}"));
+        } else if let Some(d) = multiset_diff(
+            "ip netns exec NS ctscope list",
+            &want,
+            &format!("ctscope {:?} from the host", &argv[1..]),
+            &normalised_lines(&out),
+        ) {
+            failures.push(d);
+        } else if out.entries_reported("shown") != Some(want.len() as u64) {
+            failures.push(format!(
+                "--netns: wrong \"N flow entries have been shown.\" (want {})\n{out}",
+                want.len()
+            ));
+        }
+    }
+    report(cases, &failures);
+}

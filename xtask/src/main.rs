@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, build-and-run, the full test command, benchmarks.
 mod bench;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -37,6 +38,12 @@ enum Task {
     Test,
     /// Benchmarks against conntrack and iptstate; rewrites BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Boot each Debian test kernel in qemu and run the eBPF end-to-end
+    /// tests inside.
+    VmTest(vm::VmTestArgs),
+    /// Run a command in a qemu guest with ctscope, conntrack, nft and
+    /// ctchurn on PATH; exits with its status.
+    VmRun(vm::VmRunArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +53,8 @@ fn main() -> ExitCode {
         Task::Run { args } => run(&args),
         Task::Test => test(),
         Task::Bench(args) => bench::run(&args),
+        Task::VmTest(args) => vm::test(&args),
+        Task::VmRun(args) => vm::run(&args),
     };
     match result {
         Ok(code) => code,

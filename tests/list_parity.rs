@@ -147,3 +147,44 @@ fn aliases_and_netns_flag() {
     }
     report(cases, &failures);
 }
+
+/// A dump interrupted by a socket overrun (ENOBUFS, injected after the
+/// first datagram through the test-only CTSCOPE_FAULT_DUMP_ENOBUFS_AFTER
+/// switch) is restarted on a fresh socket, and the listing is still exactly
+/// conntrack's: complete, no duplicates.
+#[test]
+fn dump_restarted_after_enobufs_is_complete() {
+    let Some(ns) = Netns::with_varied_table() else {
+        return;
+    };
+    // Enough entries that the dump spans several datagrams.
+    for i in 0..600u32 {
+        let src = format!("10.9.{}.{}", i / 200, i % 200 + 1);
+        let sport = (1000 + i).to_string();
+        ns.conntrack(&[
+            "-I", "-p", "udp", "-s", &src, "-d", "10.8.0.1", "--sport", &sport, "--dport", "53",
+            "-t", "600",
+        ]);
+    }
+    let ct = ns.conntrack(&["-L"]);
+    let bin = ctscope_e2e::ctscope_bin();
+    let cs = ctscope_e2e::run(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(&bin)
+            .arg("list")
+            .env("CTSCOPE_FAULT_DUMP_ENOBUFS_AFTER", "1"),
+    );
+    assert_eq!(cs.code, 0, "{}", cs.stderr);
+    assert!(
+        cs.stderr.contains("restarted 1 time"),
+        "the restart is not reported: {}",
+        cs.stderr
+    );
+    let a = normalised_lines(&ct);
+    let b = normalised_lines(&cs);
+    assert!(a.len() > 600, "only {} entries", a.len());
+    if let Some(diff) = multiset_diff("conntrack -L", &a, "ctscope list (restarted)", &b) {
+        panic!("{diff}");
+    }
+}

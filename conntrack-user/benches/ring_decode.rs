@@ -30,7 +30,10 @@ fn records(n: usize) -> Vec<u8> {
         ev.reply = ev.orig;
         // SAFETY: writing a plain-old-data record into a buffer of its size.
         unsafe {
-            std::ptr::write_unaligned(bytes[i * CT_EVENT_SIZE..].as_mut_ptr().cast::<CtEvent>(), ev)
+            std::ptr::write_unaligned(
+                bytes[i * CT_EVENT_SIZE..].as_mut_ptr().cast::<CtEvent>(),
+                ev,
+            )
         };
     }
     bytes

@@ -596,7 +596,7 @@ fn list(args: &ListArgs) -> Result<()> {
     let mut printer = Printer::new(opts);
     let mut shown = 0u64;
     let kernel_filter = filter.kernel_attrs();
-    sock.dump(filter.family.unwrap_or(0), kernel_filter.as_bytes(), |ct| {
+    let dumped = sock.dump(filter.family.unwrap_or(0), kernel_filter.as_bytes(), |ct| {
         if !filter.matches(ct) {
             return true;
         }
@@ -604,6 +604,13 @@ fn list(args: &ListArgs) -> Result<()> {
         printer.entry(ct)
     })?;
     printer.finish()?;
+    if dumped.restarts > 0 {
+        eprintln!(
+            "ctscope: the dump was restarted {} time(s) after a socket overrun (ENOBUFS); \
+             entries already shown were skipped by id",
+            dumped.restarts
+        );
+    }
     summary(shown, "shown");
     Ok(())
 }

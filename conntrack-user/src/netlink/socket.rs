@@ -23,6 +23,11 @@ const NLMSG_OVERRUN: u16 = 4;
 const RECV_BUF: usize = 256 * 1024;
 /// Socket receive buffer asked of the kernel (SO_RCVBUFFORCE as root).
 const SO_RCVBUF_BYTES: usize = 8 * 1024 * 1024;
+/// Dump restarts after ENOBUFS before giving up.
+const MAX_RESTARTS: u32 = 3;
+/// Test-only fault injection: after this many received datagrams, a dump
+/// sees ENOBUFS once (used by the end-to-end tests; never set it otherwise).
+pub const FAULT_ENV: &str = "CTSCOPE_FAULT_DUMP_ENOBUFS_AFTER";
 
 /// What went wrong talking to ctnetlink.
 #[derive(Debug, thiserror::Error)]
@@ -97,16 +102,23 @@ pub struct CtSocket {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
+    rcvbuf: usize,
+    fault_enobufs_after: Option<u64>,
+    received: u64,
 }
 
 impl CtSocket {
     /// Opens a ctnetlink socket in the current network namespace.
     pub fn open() -> Result<Self, NetlinkError> {
+        Self::open_with(SO_RCVBUF_BYTES)
+    }
+
+    fn open_with(rcvbuf: usize) -> Result<Self, NetlinkError> {
         let io = |op| move |source| NetlinkError::Io { op, source };
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("socket"))?;
         socket.bind_auto().map_err(io("bind"))?;
         // Best effort: a larger buffer lets the kernel fill whole 32 KiB skbs.
-        let size = SO_RCVBUF_BYTES as libc::c_int;
+        let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
         // SAFETY: setsockopt on our own fd with a c_int value.
         unsafe {
             let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
@@ -126,6 +138,9 @@ impl CtSocket {
                 .map(|d| d.as_secs() as u32)
                 .unwrap_or(1),
             buf: vec![0; RECV_BUF],
+            rcvbuf,
+            fault_enobufs_after: std::env::var(FAULT_ENV).ok().and_then(|v| v.parse().ok()),
+            received: 0,
         })
     }
 
@@ -151,6 +166,11 @@ impl CtSocket {
 
     /// Receives one datagram; EINTR is retried. Returns its length.
     fn recv(&mut self) -> io::Result<usize> {
+        self.received += 1;
+        if self.fault_enobufs_after.is_some_and(|n| self.received > n) {
+            self.fault_enobufs_after = None;
+            return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
+        }
         loop {
             let mut slice = &mut self.buf[..];
             match self.socket.recv(&mut slice, 0) {
@@ -226,6 +246,12 @@ impl CtSocket {
     /// Dumps the table (`family` 0: IPv4 and IPv6), handing each entry to
     /// `on_entry`, which returns false to stop early. `attrs` are
     /// kernel-side filters (mark, zone, status).
+    ///
+    /// If the socket overruns mid-dump (ENOBUFS: the kernel could not queue
+    /// a dump message, e.g. under memory pressure), the dump restarts on a
+    /// fresh socket and entries already handed out are skipped by id, so
+    /// the result is complete and has no duplicates. That costs 4 bytes per
+    /// entry for the ids; nothing else grows with the table.
     pub fn dump(
         &mut self,
         family: u8,
@@ -234,36 +260,52 @@ impl CtSocket {
     ) -> Result<DumpSummary, NetlinkError> {
         let mut summary = DumpSummary::default();
         let mut ct = Conntrack::default();
-        let result = self.transact(
-            "dump",
-            IPCTNL_MSG_CT_GET,
-            NLM_F_DUMP,
-            family,
-            attrs,
-            |_, payload| {
-                let Ok((head, body)) = codec::split_nfgenmsg(payload) else {
-                    summary.malformed += 1;
-                    return Ok(());
-                };
-                match codec::decode_conntrack(head.family, body, &mut ct) {
-                    Ok(()) => {
-                        summary.entries += 1;
-                        if on_entry(&ct) {
-                            Ok(())
-                        } else {
-                            Err(NetlinkError::Stopped)
-                        }
-                    }
-                    Err(_) => {
+        let mut seen: Vec<u32> = Vec::new();
+        let mut skip: Option<std::collections::HashSet<u32>> = None;
+        loop {
+            let result = self.transact(
+                "dump",
+                IPCTNL_MSG_CT_GET,
+                NLM_F_DUMP,
+                family,
+                attrs,
+                |_, payload| {
+                    let Ok((head, body)) = codec::split_nfgenmsg(payload) else {
                         summary.malformed += 1;
-                        Ok(())
+                        return Ok(());
+                    };
+                    if codec::decode_conntrack(head.family, body, &mut ct).is_err() {
+                        summary.malformed += 1;
+                        return Ok(());
                     }
+                    if let (Some(skip), Some(id)) = (&skip, ct.id)
+                        && skip.contains(&id)
+                    {
+                        return Ok(());
+                    }
+                    if let Some(id) = ct.id {
+                        seen.push(id);
+                    }
+                    summary.entries += 1;
+                    if on_entry(&ct) {
+                        Ok(())
+                    } else {
+                        Err(NetlinkError::Stopped)
+                    }
+                },
+            );
+            match result {
+                Ok(()) | Err(NetlinkError::Stopped) => return Ok(summary),
+                Err(e) if e.errno() == Some(libc::ENOBUFS) && summary.restarts < MAX_RESTARTS => {
+                    summary.restarts += 1;
+                    // The old socket may still hold a running dump (EBUSY).
+                    let rcvbuf = self.rcvbuf.saturating_mul(2);
+                    *self = Self::open_with(rcvbuf)?;
+                    self.fault_enobufs_after = None;
+                    skip = Some(seen.iter().copied().collect());
                 }
-            },
-        );
-        match result {
-            Ok(()) | Err(NetlinkError::Stopped) => Ok(summary),
-            Err(e) => Err(e),
+                Err(e) => return Err(e),
+            }
         }
     }
 

@@ -52,7 +52,7 @@ fn decode_and_dispatch(c: &mut Criterion) {
         let mut ct = Conntrack::default();
         b.iter(|| {
             let mut matched = 0u64;
-            for rec in bytes.chunks_exact(CT_EVENT_SIZE) {
+            for rec in bytes.as_chunks::<CT_EVENT_SIZE>().0 {
                 if let Some(ev) = decode_record(black_box(rec)) {
                     to_conntrack(&ev, EventKind::New, 250, &mut ct);
                     matched += u64::from(filter.matches(&ct));

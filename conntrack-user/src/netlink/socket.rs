@@ -85,6 +85,84 @@ impl NetlinkError {
     }
 }
 
+/// `recv` on a raw netlink fd, retrying EINTR.
+fn recv_fd(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is a valid writable slice of buf.len() bytes.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 0 {
+            return Ok((n as usize).min(buf.len()));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Whether a datagram holds the end (DONE or an error) of reply `seq`.
+fn ends_reply(buf: &[u8], seq: u32) -> bool {
+    let mut off = 0;
+    while off < buf.len() {
+        let Ok(packet) = NetlinkBuffer::new_checked(&buf[off..]) else {
+            return true;
+        };
+        off += (packet.length() as usize + 3) & !3;
+        if packet.sequence_number() == seq
+            && matches!(packet.message_type(), NLMSG_DONE | NLMSG_ERROR)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Hands the messages of one datagram that answer `seq` to `on_msg`.
+/// Returns true when the reply is complete (DONE, ACK, or the one answer
+/// of a plain request).
+fn process_datagram(
+    buf: &[u8],
+    seq: u32,
+    op: &'static str,
+    flags: u16,
+    on_msg: &mut impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
+) -> Result<bool, NetlinkError> {
+    let is_dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+    let mut off = 0;
+    while off < buf.len() {
+        let Ok(packet) = NetlinkBuffer::new_checked(&buf[off..]) else {
+            return Err(CodecError::Truncated("netlink header").into());
+        };
+        off += (packet.length() as usize + 3) & !3;
+        if packet.sequence_number() != seq {
+            continue;
+        }
+        match packet.message_type() {
+            NLMSG_NOOP | NLMSG_OVERRUN => {}
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let errno = packet
+                    .payload()
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(i32::from_ne_bytes)
+                    .ok_or(CodecError::Truncated("nlmsgerr"))?;
+                if errno == 0 {
+                    return Ok(true);
+                }
+                return Err(NetlinkError::kernel(op, -errno));
+            }
+            t => {
+                on_msg(t, packet.payload())?;
+                if !is_dump && flags & NLM_F_ACK == 0 {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// What a dump saw besides the entries.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DumpSummary {
@@ -181,8 +259,8 @@ impl CtSocket {
         }
     }
 
-    /// Runs a request and hands every reply message of type `want` (payload
-    /// after the netlink header) to `on_msg`, until DONE or the ACK.
+    /// Runs a request and hands every reply message (payload after the
+    /// netlink header) to `on_msg`, until DONE or the ACK.
     fn transact(
         &mut self,
         op: &'static str,
@@ -193,54 +271,74 @@ impl CtSocket {
         mut on_msg: impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
     ) -> Result<(), NetlinkError> {
         let seq = self.send(msg, flags, family, attrs)?;
-        let is_dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         loop {
             let n = self
                 .recv()
                 .map_err(|source| NetlinkError::Io { op, source })?;
-            let mut off = 0;
             // Moved out so `on_msg` may borrow self's buffer immutably.
             let buf = std::mem::take(&mut self.buf);
-            let result = (|| {
-                while off < n {
-                    let Ok(packet) = NetlinkBuffer::new_checked(&buf[off..n]) else {
-                        return Err(CodecError::Truncated("netlink header").into());
-                    };
-                    let len = packet.length() as usize;
-                    off += (len + 3) & !3;
-                    if packet.sequence_number() != seq {
-                        continue;
-                    }
-                    match packet.message_type() {
-                        NLMSG_NOOP | NLMSG_OVERRUN => {}
-                        NLMSG_DONE => return Ok(true),
-                        NLMSG_ERROR => {
-                            let payload = packet.payload();
-                            let errno = payload
-                                .get(..4)
-                                .and_then(|b| b.try_into().ok())
-                                .map(i32::from_ne_bytes)
-                                .ok_or(CodecError::Truncated("nlmsgerr"))?;
-                            if errno == 0 {
-                                return Ok(true);
-                            }
-                            return Err(NetlinkError::kernel(op, -errno));
-                        }
-                        t => {
-                            on_msg(t, packet.payload())?;
-                            if !is_dump && flags & NLM_F_ACK == 0 {
-                                return Ok(true);
-                            }
-                        }
-                    }
-                }
-                Ok(false)
-            })();
+            let result = process_datagram(&buf[..n], seq, op, flags, &mut on_msg);
             self.buf = buf;
             if result? {
                 return Ok(());
             }
         }
+    }
+
+    /// Like [`Self::transact`] for dumps, with the receiving on a second
+    /// thread: the kernel fills the next datagrams (its dump work runs in
+    /// our recvmsg) while this thread decodes and formats the last ones.
+    fn transact_pipelined(
+        &mut self,
+        op: &'static str,
+        msg: u8,
+        family: u8,
+        attrs: &[u8],
+        mut on_msg: impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
+    ) -> Result<(), NetlinkError> {
+        let seq = self.send(msg, NLM_F_DUMP, family, attrs)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.socket);
+        let mut fault = self.fault_enobufs_after.take();
+        std::thread::scope(|scope| {
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+            let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            scope.spawn(move || {
+                let mut count = 0u64;
+                loop {
+                    let mut buf = empty_rx.try_recv().unwrap_or_default();
+                    buf.resize(RECV_BUF, 0);
+                    count += 1;
+                    let received = if fault.is_some_and(|n| count > n) {
+                        fault = None;
+                        Err(io::Error::from_raw_os_error(libc::ENOBUFS))
+                    } else {
+                        recv_fd(fd, &mut buf)
+                    };
+                    match received {
+                        Ok(n) => {
+                            buf.truncate(n);
+                            let end = ends_reply(&buf, seq);
+                            // A closed channel: the consumer stopped early.
+                            if full_tx.send(Ok(buf)).is_err() || end {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = full_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            });
+            for received in full_rx.iter() {
+                let buf = received.map_err(|source| NetlinkError::Io { op, source })?;
+                if process_datagram(&buf, seq, op, NLM_F_DUMP, &mut on_msg)? {
+                    return Ok(());
+                }
+                let _ = empty_tx.send(buf);
+            }
+            Err(CodecError::Truncated("dump ended without NLMSG_DONE").into())
+        })
     }
 
     /// Dumps the table (`family` 0: IPv4 and IPv6), handing each entry to
@@ -263,13 +361,8 @@ impl CtSocket {
         let mut seen: Vec<u32> = Vec::new();
         let mut skip: Option<std::collections::HashSet<u32>> = None;
         loop {
-            let result = self.transact(
-                "dump",
-                IPCTNL_MSG_CT_GET,
-                NLM_F_DUMP,
-                family,
-                attrs,
-                |_, payload| {
+            let result =
+                self.transact_pipelined("dump", IPCTNL_MSG_CT_GET, family, attrs, |_, payload| {
                     let Ok((head, body)) = codec::split_nfgenmsg(payload) else {
                         summary.malformed += 1;
                         return Ok(());
@@ -292,8 +385,7 @@ impl CtSocket {
                     } else {
                         Err(NetlinkError::Stopped)
                     }
-                },
-            );
+                });
             match result {
                 Ok(()) | Err(NetlinkError::Stopped) => return Ok(summary),
                 Err(e) if e.errno() == Some(libc::ENOBUFS) && summary.restarts < MAX_RESTARTS => {

@@ -56,7 +56,9 @@ pub struct OutputOptions {
 
 /// Why an `-o` value was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown output format `{0}' (try extended, id, ktimestamp, labels, timestamp, json)")]
+#[error(
+    "unknown output format `{0}' (try extended, id, ktimestamp, labels, timestamp, userspace, json)"
+)]
 pub struct BadOutputOption(pub String);
 
 impl OutputOptions {
@@ -71,6 +73,9 @@ impl OutputOptions {
                     "ktimestamp" => o.ktimestamp = true,
                     "timestamp" => o.timestamp = true,
                     "json" => o.json = true,
+                    // conntrack 1.4.7 marks program-made events with
+                    // [USERSPACE] whether or not this is given; so do we.
+                    "userspace" => {}
                     "labels" => o.labels = Some(LabelMap::load_default()),
                     other => return Err(BadOutputOption(other.to_string())),
                 }

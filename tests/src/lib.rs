@@ -22,10 +22,10 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::{FromRawFd, OwnedFd},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::sched::{CloneFlags, setns};
@@ -96,6 +96,18 @@ impl Output {
                 .rev()
                 .collect();
             digits.parse().ok()
+        })
+    }
+
+    /// The N of "N flow events have been shown." on stderr (`-E`).
+    pub fn events_shown(&self) -> Option<u64> {
+        let needle = " flow events have been shown.";
+        self.stderr.lines().find_map(|l| {
+            let head = &l[..l.find(needle)?];
+            let start = head
+                .rfind(|c: char| !c.is_ascii_digit())
+                .map_or(0, |i| i + 1);
+            head[start..].parse().ok()
         })
     }
 
@@ -308,6 +320,87 @@ impl Netns {
         let out = self.exec(&["nft", "-f", path.to_str().expect("utf-8 path")]);
         let _ = std::fs::remove_file(&path);
         out.expect_code(0);
+    }
+
+    /// Starts `argv` inside the namespace (`ip netns exec`, which execs, so
+    /// the child's pid is the program's), its output going to files.
+    #[track_caller]
+    pub fn spawn(&self, argv: &[&str]) -> Background {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let base = std::env::temp_dir().join(format!("{}-{n}", self.name));
+        let stdout_path = base.with_extension("out");
+        let stderr_path = base.with_extension("err");
+        let create = |p: &Path| File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(create(&stdout_path))
+            .stderr(create(&stderr_path));
+        let command = argv.join(" ");
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+        Background {
+            command,
+            child,
+            stdout_path,
+            stderr_path,
+            started: Instant::now(),
+            status: None,
+        }
+    }
+
+    /// Starts `ctscope ARGS` inside the namespace.
+    #[track_caller]
+    pub fn spawn_ctscope(&self, args: &[&str]) -> Background {
+        let bin = ctscope_bin();
+        let bin = bin.to_str().expect("utf-8 path");
+        let mut argv = vec![bin];
+        argv.extend_from_slice(args);
+        self.spawn(&argv)
+    }
+
+    /// Starts `conntrack ARGS` inside the namespace.
+    #[track_caller]
+    pub fn spawn_conntrack(&self, args: &[&str]) -> Background {
+        let mut argv = vec!["conntrack"];
+        argv.extend_from_slice(args);
+        self.spawn(&argv)
+    }
+
+    /// How many ctnetlink sockets in the namespace have joined a multicast
+    /// group, i.e. how many event listeners are subscribed.
+    pub fn event_listeners(&self) -> usize {
+        // /proc/thread-self/net follows the thread's namespace, /proc/self/net
+        // the thread group leader's (which stays on the host).
+        let table = self.in_netns(|| std::fs::read_to_string("/proc/thread-self/net/netlink"));
+        let table = table.unwrap_or_else(|e| panic!("read /proc/thread-self/net/netlink: {e}"));
+        table
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // Columns: sk Eth Pid Groups ...; NETLINK_NETFILTER is 12.
+                f.get(1) == Some(&"12") && f.get(3).is_some_and(|g| !g.trim_matches('0').is_empty())
+            })
+            .count()
+    }
+
+    /// Waits (polling, up to 5 s) until at least `n` event listeners are
+    /// subscribed in the namespace; says how many there were if not.
+    pub fn wait_for_listeners(&self, n: usize) -> Result<(), String> {
+        let mut seen = 0;
+        if poll_until(Duration::from_secs(5), || {
+            seen = self.event_listeners();
+            seen >= n
+        }) {
+            Ok(())
+        } else {
+            Err(format!(
+                "only {seen} of {n} ctnetlink event listeners subscribed after 5 s"
+            ))
+        }
     }
 
     /// Runs `f` on a thread that has joined this namespace (setns affects
@@ -795,6 +888,174 @@ fn make_traffic() -> Kept {
     k
 }
 
+/// Calls `done` every 10 ms until it returns true (true) or `timeout`
+/// passes (false).
+pub fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A program started with [`Netns::spawn`]; killed (SIGKILL) and its output
+/// files removed on drop.
+pub struct Background {
+    command: String,
+    child: Child,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+    started: Instant,
+    status: Option<i32>,
+}
+
+impl Background {
+    /// The program's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The command line, for messages.
+    pub fn command(&self) -> &str {
+        &self.command
+    }
+
+    /// Where its stdout goes (for outputs too big to hold as one string).
+    pub fn stdout_path(&self) -> &Path {
+        &self.stdout_path
+    }
+
+    /// Sends `sig` to the program.
+    #[track_caller]
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+            .unwrap_or_else(|e| panic!("kill -s {sig} {pid} ({}): {e}", self.command));
+    }
+
+    /// Whether the program has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        if self.status.is_some() {
+            return false;
+        }
+        match self.child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(st)) => {
+                self.status = Some(exit_code(st));
+                false
+            }
+            Err(e) => panic!("wait for `{}`: {e}", self.command),
+        }
+    }
+
+    /// Its stdout so far.
+    pub fn stdout_now(&self) -> String {
+        std::fs::read(&self.stdout_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for the program to exit by itself; its output
+    /// then, or `None` while it still runs.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Output> {
+        if !poll_until(timeout, || !self.is_running()) {
+            return None;
+        }
+        Some(self.output())
+    }
+
+    /// Time since it was started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Sends `sig` and waits up to 5 s for the exit; panics (showing what
+    /// it printed) if it does not exit.
+    #[track_caller]
+    pub fn stop(&mut self, sig: nix::sys::signal::Signal) -> Output {
+        if self.is_running() {
+            self.signal(sig);
+        }
+        match self.wait_timeout(Duration::from_secs(5)) {
+            Some(out) => out,
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "`{}` did not exit within 5 s of {sig}\n--- stderr ---\n{}",
+                    self.command,
+                    std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// What it printed, with its exit code (-1 while it runs).
+    fn output(&self) -> Output {
+        let read = |p: &Path| {
+            std::fs::read(p)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        Output {
+            command: self.command.clone(),
+            code: self.status.unwrap_or(-1),
+            stdout: read(&self.stdout_path),
+            stderr: read(&self.stderr_path),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.stdout_path);
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// Exit code; `128 + signal` when killed by a signal.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// [`normalise`] for a `conntrack -E` line: also drops the padding before
+/// the `[NEW]`-style tag and the ` progname=X` that ends `[USERSPACE]` (it is
+/// looked up in /proc when the line is printed, so it is there or not
+/// depending on whether the program has exited yet); keeps `portid=N`.
+pub fn normalise_event(line: &str) -> String {
+    let line = line.trim_start();
+    let (tag, rest) = match line.find(']') {
+        Some(i) if line.starts_with('[') => line.split_at(i + 1),
+        _ => ("", line),
+    };
+    let rest = rest.find(" progname=").map_or(rest, |i| &rest[..i]);
+    let body = normalise(rest.trim_start());
+    if tag.is_empty() {
+        body
+    } else {
+        format!("{tag} {body}")
+    }
+}
+
+/// Normalised ([`normalise_event`]), sorted stdout lines of an events run.
+pub fn normalised_events(out: &Output) -> Vec<String> {
+    let mut v: Vec<String> = out.lines().iter().map(|l| normalise_event(l)).collect();
+    v.sort();
+    v
+}
+
 /// Masks what changes between two listings of the same table: the timeout
 /// countdown (the number after the protocol number) and `delta-time=N`.
 pub fn normalise(line: &str) -> String {
@@ -969,6 +1230,37 @@ mod tests {
         };
         assert_eq!(out.entries_reported("shown"), Some(15));
         assert_eq!(out.entries_reported("deleted"), None);
+    }
+
+    #[test]
+    fn normalise_event_masks_progname_and_timeout() {
+        assert_eq!(
+            normalise_event(
+                "    [NEW] udp      17 100 src=10.0.0.1 dst=10.0.0.2 sport=1 dport=2 \
+                 [UNREPLIED] src=10.0.0.2 dst=10.0.0.1 sport=2 dport=1 mark=0 \
+                 [USERSPACE] portid=4503 progname=conntrack"
+            ),
+            "[NEW] udp      17 <timeout> src=10.0.0.1 dst=10.0.0.2 sport=1 dport=2 \
+             [UNREPLIED] src=10.0.0.2 dst=10.0.0.1 sport=2 dport=1 mark=0 \
+             [USERSPACE] portid=4503"
+        );
+        assert_eq!(
+            normalise_event("[DESTROY] ipv4     2 tcp      6 119 TIME_WAIT src=1 delta-time=4"),
+            "[DESTROY] ipv4     2 tcp      6 <timeout> TIME_WAIT src=1 delta-time=<d>"
+        );
+    }
+
+    #[test]
+    fn events_shown_parses() {
+        let out = Output {
+            command: String::new(),
+            code: 0,
+            stdout: String::new(),
+            stderr: "ctscope: eBPF source unavailable\n\
+                     ctscope v0.1.0 (conntrack-tools compatible): 14 flow events have been shown.\n"
+                .into(),
+        };
+        assert_eq!(out.events_shown(), Some(14));
     }
 
     #[test]

@@ -48,7 +48,9 @@ impl Default for EventMask {
 }
 
 impl EventMask {
-    /// Parses conntrack's `-e` value: NEW, UPDATE, DESTROY, ALL, comma-separated.
+    /// Parses conntrack's `-e` value: NEW, UPDATES (or UPDATE), DESTROY,
+    /// ALL, comma-separated, any case, and like conntrack any prefix
+    /// (`-e N`).
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut m = Self {
             new: false,
@@ -56,16 +58,21 @@ impl EventMask {
             destroy: false,
         };
         for word in s.split(',') {
-            match word.trim().to_ascii_uppercase().as_str() {
-                "NEW" => m.new = true,
-                "UPDATE" => m.update = true,
-                "DESTROY" => m.destroy = true,
-                "ALL" => m = Self::default(),
-                other => {
-                    return Err(format!(
-                        "unknown event `{other}' (NEW, UPDATE, DESTROY, ALL)"
-                    ));
-                }
+            let w = word.trim().to_ascii_uppercase();
+            let is = |name: &str| !w.is_empty() && name.starts_with(w.as_str());
+            if is("ALL") {
+                m = Self::default();
+            } else if is("NEW") {
+                m.new = true;
+            } else if is("UPDATES") || w == "UPDATE" {
+                m.update = true;
+            } else if is("DESTROY") {
+                m.destroy = true;
+            } else {
+                return Err(format!(
+                    "unknown event `{}' (NEW, UPDATES, DESTROY, ALL)",
+                    word.trim()
+                ));
             }
         }
         Ok(m)
@@ -337,6 +344,11 @@ mod tests {
             })
         );
         assert_eq!(EventMask::parse("ALL"), Ok(EventMask::default()));
+        assert_eq!(
+            EventMask::parse("n,UPDATES"),
+            EventMask::parse("NEW,UPDATE")
+        );
         assert!(EventMask::parse("OPEN").is_err());
+        assert!(EventMask::parse("").is_err());
     }
 }

@@ -11,6 +11,7 @@ for name in "$@"; do
     nft flush ruleset >/dev/null 2>&1
     ip -all netns delete >/dev/null 2>&1
     conntrack -F >/dev/null 2>&1
+    echo
     echo "CTSCOPE-VM-START $name"
     start=$(date +%s)
     # KILL, not TERM: a script stuck in a pipe must not outlive its slot.

@@ -1,0 +1,115 @@
+#!/bin/sh
+# The eBPF event source on a real distribution kernel: kprobes attach, and
+# every new flow gives exactly one NEW and, after a flush, one DESTROY,
+# matched by tuple to a `conntrack -L` taken before the flush, with no lost
+# record. Then the same with a ring too small on purpose: the loss is
+# counted and reported, never silent. Sizes come from the environment so a
+# reproduction can scale them (EBPF_UDP_FLOWS, EBPF_TCP_FLOWS).
+set -eu
+. /vm/harness/lib.sh
+
+udp_flows=${EBPF_UDP_FLOWS:-100000}
+tcp_flows=${EBPF_TCP_FLOWS:-20000}
+
+nft -f - <<'NFT' || fail "nft could not load the ct rule"
+table inet ebpf {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        ct state new counter
+    }
+}
+NFT
+sysctl -qw net.netfilter.nf_conntrack_max=1048576 2>/dev/null || true
+sysctl -qw net.netfilter.nf_conntrack_udp_timeout=3600
+sysctl -qw net.netfilter.nf_conntrack_acct=1
+sysctl -qw net.netfilter.nf_conntrack_timestamp=1
+
+# The orig tuple of an event or listing line: src dst sport dport of the
+# first direction (the first four matching fields).
+tuples() {
+    awk '{ n = 0; t = "";
+           for (i = 1; i <= NF && n < 4; i++)
+               if ($i ~ /^(src|dst|sport|dport)=/) { t = t " " $i; n++ }
+           if (n == 4) print t }' | sort
+}
+
+# Waits until FILE holds at least N lines, or SECS pass.
+wait_lines() {
+    file=$1 want=$2 secs=$3
+    i=0
+    while [ "$(wc -l <"$file")" -lt "$want" ] && [ "$i" -lt "$((secs * 10))" ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+}
+
+step "ctscope events --source ebpf attaches"
+ctscope events --source ebpf -o extended >/tmp/ebpf.txt 2>/tmp/ebpf.err &
+tracer=$!
+i=0
+until grep -q 'event source: eBPF' /tmp/ebpf.err; do
+    kill -0 "$tracer" 2>/dev/null || fail "ctscope exited: $(cat /tmp/ebpf.err)"
+    i=$((i + 1))
+    [ "$i" -lt 300 ] || fail "the tracer did not start in 30 s: $(cat /tmp/ebpf.err)"
+    sleep 0.1
+done
+cat /tmp/ebpf.err
+
+step "$udp_flows new UDP flows and $tcp_flows TCP connections"
+ctchurn --count "$udp_flows" || fail "ctchurn udp failed"
+ctchurn --proto tcp --count "$tcp_flows" --src-base 127.3.0.1 || fail "ctchurn tcp failed"
+conntrack -L 2>/dev/null >/tmp/before.txt
+total=$(wc -l </tmp/before.txt)
+echo "   conntrack -L before the flush: $total entries"
+[ "$total" -ge "$((udp_flows + tcp_flows))" ] ||
+    fail "only $total entries for $((udp_flows + tcp_flows)) flows"
+
+step "flush"
+conntrack -F 2>/dev/null
+wait_lines /tmp/ebpf.txt "$((2 * total))" 120
+kill -INT "$tracer"
+wait "$tracer" || fail "ctscope events exited with $?"
+cat /tmp/ebpf.err
+
+step "exactly one NEW and one DESTROY per flow, matched by tuple"
+grep '^ *\[NEW\]' /tmp/ebpf.txt | tuples >/tmp/new.tuples
+grep '^\[DESTROY\]' /tmp/ebpf.txt | tuples >/tmp/destroy.tuples
+tuples </tmp/before.txt >/tmp/before.tuples
+echo "   NEW $(wc -l </tmp/new.tuples), DESTROY $(wc -l </tmp/destroy.tuples), listed $(wc -l </tmp/before.tuples)"
+diff /tmp/before.tuples /tmp/new.tuples >/tmp/new.diff ||
+    fail "NEW events differ from the listing: $(head -5 /tmp/new.diff)"
+diff /tmp/before.tuples /tmp/destroy.tuples >/tmp/destroy.diff ||
+    fail "DESTROY events differ from the listing: $(head -5 /tmp/destroy.diff)"
+grep -q 'events lost' /tmp/ebpf.err && fail "records were lost: $(cat /tmp/ebpf.err)"
+grep -q "$((2 * total)) flow events have been shown" /tmp/ebpf.err ||
+    fail "the summary does not count $((2 * total)) events: $(cat /tmp/ebpf.err)"
+
+step "DESTROY lines carry the final counters and delta-time"
+grep '^\[DESTROY\]' /tmp/ebpf.txt | head -1
+grep '^\[DESTROY\]' /tmp/ebpf.txt | grep -q 'packets=[1-9].*bytes=[1-9].*delta-time=' ||
+    fail "no DESTROY line with counters and delta-time"
+
+step "a ring too small on purpose: the loss is counted and reported"
+ctscope events --source ebpf --ring-size 4096 -e NEW >/tmp/small.txt 2>/tmp/small.err &
+tracer=$!
+i=0
+until grep -q 'event source: eBPF' /tmp/small.err; do
+    i=$((i + 1))
+    [ "$i" -lt 300 ] || fail "the tracer did not start: $(cat /tmp/small.err)"
+    sleep 0.1
+done
+kill -STOP "$tracer"
+ctchurn --count 5000 --src-base 127.5.0.1 || fail "ctchurn failed"
+kill -CONT "$tracer"
+sleep 1
+kill -INT "$tracer"
+wait "$tracer" || fail "ctscope events exited with $?"
+cat /tmp/small.err
+shown=$(grep -c '\[NEW\]' /tmp/small.txt || true)
+lost=$(sed -n 's/^ctscope: \([0-9]*\) events lost.*/\1/p' /tmp/small.err)
+[ -n "$lost" ] || fail "a 4 KiB ring under 5000 flows reported no loss"
+echo "   shown $shown, lost $lost"
+[ "$((shown + lost))" -eq 5000 ] || fail "shown $shown + lost $lost != 5000 flows"
+
+nft delete table inet ebpf
+echo "ebpf_events: ok"

@@ -299,7 +299,8 @@ pub fn to_conntrack(ev: &CtEvent, kind: EventKind, hz: u32, ct: &mut Conntrack) 
         reply: tuple(ev.l3proto, ev.l4proto, &ev.reply),
         status: Some(ev.status),
         timeout: Some(timeout),
-        mark: Some(ev.mark),
+        // ctnetlink events carry the mark only when it is set.
+        mark: (ev.mark != 0).then_some(ev.mark),
         zone: (ev.zone != 0).then_some(ev.zone),
         proto_state: (ev.l4proto == 6).then_some(ProtoState::Tcp(ev.proto_state)),
         ..Conntrack::default()

@@ -1,0 +1,65 @@
+#!/bin/sh
+# eBPF events print the lines conntrack -E prints for the same NEW and
+# DESTROY events (the eBPF source has no UPDATE yet), in the same guest at
+# the same time. Normalised: the timeout countdown, delta-time, and the
+# " [USERSPACE] portid=N progname=X" suffix, which only netlink can know.
+set -eu
+. /vm/harness/lib.sh
+
+nft -f - <<'NFT' || fail "nft could not load the ct rule"
+table inet parity {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        ct state new counter
+    }
+}
+NFT
+sysctl -qw net.netfilter.nf_conntrack_acct=1
+sysctl -qw net.netfilter.nf_conntrack_timestamp=1
+
+normalise_event() {
+    sed -E \
+        -e 's/ \[USERSPACE\] portid=[0-9]+( progname=.*)?$//' \
+        -e 's/^( *\[[A-Z]+\] +)((ipv4|ipv6) +[0-9]+ +)?([a-z0-9-]+ +[0-9]+ +)[0-9]+ /\1\2\4<t> /' \
+        -e 's/delta-time=[0-9]+/delta-time=<d>/'
+}
+
+round=0
+for opts in "" "-o extended"; do
+    round=$((round + 1))
+    step "ctscope events --source ebpf $opts vs conntrack -E -e NEW,DESTROY $opts"
+    # shellcheck disable=SC2086
+    ctscope events --source ebpf $opts >/tmp/p.ebpf 2>/tmp/p.err &
+    tracer=$!
+    # shellcheck disable=SC2086
+    conntrack -E -e NEW,DESTROY $opts >/tmp/p.nl 2>/dev/null &
+    reference=$!
+    i=0
+    until grep -q 'event source: eBPF' /tmp/p.err; do
+        i=$((i + 1))
+        [ "$i" -lt 300 ] || fail "the tracer did not start: $(cat /tmp/p.err)"
+        sleep 0.1
+    done
+    sleep 1
+    ctchurn --count 20 --src-base "127.6.$round.1" >/dev/null 2>&1 || fail "ctchurn udp"
+    ctchurn --proto tcp --count 5 --src-base "127.7.$round.1" >/dev/null 2>&1 || fail "ctchurn tcp"
+    ping -c 2 -W 2 127.0.0.1 >/dev/null || fail "ping"
+    sleep 1
+    conntrack -F 2>/dev/null
+    sleep 2
+    kill -INT "$tracer" "$reference"
+    wait "$tracer" || true
+    wait "$reference" || true
+    normalise_event </tmp/p.ebpf | sort >/tmp/p.ebpf.n
+    normalise_event </tmp/p.nl | sort >/tmp/p.nl.n
+    [ "$(wc -l </tmp/p.nl.n)" -ge 50 ] || fail "conntrack -E saw only $(wc -l </tmp/p.nl.n) events"
+    if ! diff -u /tmp/p.nl.n /tmp/p.ebpf.n >/tmp/p.diff; then
+        grep '^-[^-]' /tmp/p.diff | head -8
+        grep '^+[^+]' /tmp/p.diff | head -8
+        fail "eBPF events differ from conntrack -E (- conntrack -E, + ctscope)"
+    fi
+    echo "   $(wc -l </tmp/p.ebpf.n) events alike"
+done
+
+nft delete table inet parity
+echo "ebpf_parity: ok"

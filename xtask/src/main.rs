@@ -122,7 +122,12 @@ fn test() -> Result<ExitCode> {
     run_checked(
         Command::new("cargo")
             .env("PATH", setup::path_with_cargo_bin())
-            .args([&format!("+{}", setup::EBPF_TOOLCHAIN), "fmt", "--all", "--check"]),
+            .args([
+                &format!("+{}", setup::EBPF_TOOLCHAIN),
+                "fmt",
+                "--all",
+                "--check",
+            ]),
     )?;
     run_checked(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The ABI crate's lib is no_std and builds for the host too.

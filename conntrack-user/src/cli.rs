@@ -5,6 +5,10 @@
 use std::{
     io::{self, Write},
     net::IpAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -22,7 +26,9 @@ use crate::{
     },
     netns,
     progname::ProgName,
-    tracer,
+    table::Table,
+    top::{self, SortKey, View},
+    tracer, tui,
 };
 
 /// What ends a command early, and with which exit code.
@@ -70,9 +76,7 @@ fn usage(msg: impl Into<String>) -> CliError {
     name = "ctscope",
     version,
     about = "Shows what the Linux connection tracker (conntrack) is doing",
-    disable_help_subcommand = true,
-    subcommand_required = true,
-    arg_required_else_help = true
+    disable_help_subcommand = true
 )]
 pub struct Cli {
     /// Act inside another network namespace: a name under /run/netns, or a path
@@ -80,8 +84,9 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "NAME|PATH")]
     pub netns: Option<String>,
 
+    /// Without a command: `top`.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// The subcommands; conntrack's short options are aliases (`-L` = `list`).
@@ -108,6 +113,51 @@ pub enum Command {
     /// Print connection events as they happen (conntrack -E).
     #[command(short_flag = 'E', long_flag = "event")]
     Events(EventArgs),
+    /// The live table, like iptstate (the default command).
+    Top(TopArgs),
+}
+
+/// Arguments of top.
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// One snapshot to stdout as a plain text table, then exit.
+    #[arg(short = '1', long = "once")]
+    pub once: bool,
+    /// Sort column.
+    #[arg(long, value_enum, default_value_t = SortKey::Src)]
+    pub sort: SortKey,
+    /// Largest first.
+    #[arg(long)]
+    pub reverse: bool,
+    /// At most this many rows (--once; default: all).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Bytes, packets and rate columns (needs nf_conntrack_acct=1).
+    #[arg(short = 'C', long = "counters")]
+    pub counters: bool,
+    /// Seconds between full dumps that reconcile the table.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub resync: u64,
+    /// Turn on nf_conntrack_acct (per-connection counters) in this namespace.
+    #[arg(long = "enable-acct")]
+    pub enable_acct: bool,
+}
+
+impl Default for TopArgs {
+    fn default() -> Self {
+        Self {
+            filter: FilterArgs::default(),
+            once: false,
+            sort: SortKey::Src,
+            reverse: false,
+            limit: None,
+            counters: false,
+            resync: 10,
+            enable_acct: false,
+        }
+    }
 }
 
 /// Where events come from.
@@ -712,17 +762,7 @@ fn delete(args: &ListArgs) -> Result<()> {
     let mut printer = Printer::new(opts);
     let mut deleted = 0u64;
     for ct in &victims {
-        let mut w = AttrWriter::new();
-        let mut orig = ct.orig;
-        orig.zone = ct.orig.zone;
-        w.tuple(cta::TUPLE_ORIG, &orig);
-        if let Some(z) = ct.zone {
-            w.be16(cta::ZONE, z);
-        }
-        if let Some(id) = ct.id {
-            w.be32(cta::ID, id);
-        }
-        if sock.delete(ct.family, w.as_bytes())? {
+        if sock.delete(ct.family, delete_attrs(ct).as_bytes())? {
             deleted += 1;
             printer.entry(ct);
         }
@@ -732,6 +772,181 @@ fn delete(args: &ListArgs) -> Result<()> {
     if deleted == 0 {
         // conntrack -D exits 1 when nothing matched.
         return Err(CliError::Silent);
+    }
+    Ok(())
+}
+
+/// The request attributes that name one entry for deletion: its original
+/// tuple, zone and id (so a newer entry with the same tuple is kept).
+fn delete_attrs(ct: &Conntrack) -> AttrWriter {
+    let mut w = AttrWriter::new();
+    w.tuple(cta::TUPLE_ORIG, &ct.orig);
+    if let Some(z) = ct.zone {
+        w.be16(cta::ZONE, z);
+    }
+    if let Some(id) = ct.id {
+        w.be32(cta::ID, id);
+    }
+    w
+}
+
+fn read_sysctl(name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+fn dump_all() -> Result<Vec<Conntrack>> {
+    let mut sock = CtSocket::open()?;
+    let mut all = Vec::new();
+    sock.dump(0, &[], |ct| {
+        all.push(ct.clone());
+        true
+    })?;
+    Ok(all)
+}
+
+fn top(args: &TopArgs) -> Result<()> {
+    let filter = args.filter.to_filter()?;
+    if args.enable_acct {
+        std::fs::write("/proc/sys/net/netfilter/nf_conntrack_acct", "1")
+            .map_err(|e| CliError::Failed(format!("cannot set nf_conntrack_acct: {e}")))?;
+    }
+    let acct_note = (args.counters && read_sysctl("nf_conntrack_acct") == Some(0)).then(|| {
+        "counters and rates are empty: nf_conntrack_acct is 0 here (--enable-acct turns it on)"
+            .to_string()
+    });
+    let view = View {
+        sort: args.sort,
+        reverse: args.reverse,
+        filter,
+        text: String::new(),
+    };
+    let now = std::time::Instant::now();
+    if args.once {
+        let mut table = Table::new();
+        table.resync(dump_all()?, now);
+        let (rows, total) = top::select(table.entries(), &view, args.limit.unwrap_or(usize::MAX));
+        let mut out = String::new();
+        top::write_once(&mut out, &rows, &view, args.counters, total);
+        if let Some(note) = &acct_note {
+            eprintln!("ctscope: {note}");
+        }
+        io::stdout().lock().write_all(out.as_bytes())?;
+        return Ok(());
+    }
+    if !io::IsTerminal::is_terminal(&io::stdout()) {
+        return Err(usage(
+            "top needs a terminal; use `top --once` for a snapshot",
+        ));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
+    }
+    // Subscribe before the first dump, so nothing falls between them.
+    let events = EventSocket::open(EventConfig {
+        mask: EventMask::default(),
+        rcvbuf: 256 << 20,
+        reliable: false,
+    })?;
+    let table = Arc::new(Mutex::new(Table::new()));
+    if let Ok(mut t) = table.lock() {
+        t.resync(dump_all()?, now);
+    }
+    let status = Arc::new(Mutex::new(tui::Status {
+        source: "netlink",
+        max: read_sysctl("nf_conntrack_max"),
+        note: acct_note,
+        ..tui::Status::default()
+    }));
+    let feeder = {
+        let (table, status, stop) = (Arc::clone(&table), Arc::clone(&status), Arc::clone(&stop));
+        let resync = std::time::Duration::from_secs(args.resync);
+        std::thread::spawn(move || feed(events, table, status, stop, resync))
+    };
+    let mut sock = CtSocket::open()?;
+    let deleter: tui::Deleter = Box::new(move |ct: &Conntrack| {
+        sock.delete(ct.family, delete_attrs(ct).as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|gone| {
+                if gone {
+                    Ok(())
+                } else {
+                    Err("already gone".into())
+                }
+            })
+    });
+    let result = tui::run(
+        tui::App::new(view, args.counters),
+        table,
+        status,
+        Arc::clone(&stop),
+        deleter,
+    );
+    stop.store(true, Ordering::Relaxed);
+    let fed = feeder.join();
+    result.map_err(|e| CliError::Failed(format!("terminal: {e}")))?;
+    match fed {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(CliError::Failed(e)),
+        Err(_) => Err(CliError::Failed("the event thread panicked".into())),
+    }
+}
+
+/// The feeder: applies events to the table, measures rates, and resyncs by
+/// dump periodically and at once after a loss.
+fn feed(
+    mut events: EventSocket,
+    table: Arc<Mutex<Table>>,
+    status: Arc<Mutex<tui::Status>>,
+    stop: Arc<AtomicBool>,
+    resync_every: std::time::Duration,
+) -> std::result::Result<(), String> {
+    let mut last_resync = std::time::Instant::now();
+    let mut window = (std::time::Instant::now(), 0u64, 0u64, 0u64);
+    let mut lost = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let mut batch_events = Vec::new();
+        let batch = events
+            .read_batch(200, 256, |kind, ct, _| {
+                batch_events.push((kind, ct.clone()))
+            })
+            .map_err(|e| e.to_string())?;
+        let now = std::time::Instant::now();
+        if let Ok(mut t) = table.lock() {
+            for (kind, ct) in &batch_events {
+                t.apply(*kind, ct, now, None);
+            }
+        }
+        window.1 += batch.events;
+        window.2 += batch_events
+            .iter()
+            .filter(|(k, _)| *k == EventKind::New)
+            .count() as u64;
+        window.3 += batch_events
+            .iter()
+            .filter(|(k, _)| *k == EventKind::Destroy)
+            .count() as u64;
+        lost += batch.overruns;
+        let elapsed = now.duration_since(window.0).as_secs_f64();
+        if elapsed >= 1.0 {
+            if let Ok(mut s) = status.lock() {
+                s.events_per_sec = window.1 as f64 / elapsed;
+                s.new_per_sec = window.2 as f64 / elapsed;
+                s.destroy_per_sec = window.3 as f64 / elapsed;
+                s.lost = lost;
+            }
+            window = (now, 0, 0, 0);
+        }
+        if batch.overruns > 0 || now.duration_since(last_resync) >= resync_every {
+            let dump = dump_all().map_err(|e| e.to_string())?;
+            if let Ok(mut t) = table.lock() {
+                t.resync(dump, std::time::Instant::now());
+            }
+            last_resync = std::time::Instant::now();
+        }
     }
     Ok(())
 }
@@ -968,13 +1183,15 @@ fn dispatch(cli: &Cli) -> Result<()> {
         netns::enter(ns).map_err(|e| CliError::Failed(e.to_string()))?;
     }
     match &cli.command {
-        Command::List(a) => list(a),
-        Command::Get(a) => get(a),
-        Command::Delete(a) => delete(a),
-        Command::Flush(a) => flush(a),
-        Command::Count => count(),
-        Command::Stats(a) => stats(a),
-        Command::Events(a) => events(a),
+        Some(Command::List(a)) => list(a),
+        Some(Command::Get(a)) => get(a),
+        Some(Command::Delete(a)) => delete(a),
+        Some(Command::Flush(a)) => flush(a),
+        Some(Command::Count) => count(),
+        Some(Command::Stats(a)) => stats(a),
+        Some(Command::Events(a)) => events(a),
+        Some(Command::Top(a)) => top(a),
+        None => top(&TopArgs::default()),
     }
 }
 
@@ -1041,19 +1258,30 @@ mod tests {
     #[test]
     fn conntrack_short_flags_select_subcommands() {
         let cli = parse(&["-L", "-p", "tcp", "-o", "extended,id"]).expect("parses");
-        let Command::List(a) = cli.command else {
+        let Some(Command::List(a)) = cli.command else {
             panic!("not list");
         };
         assert_eq!(a.filter.proto, Some(6));
         assert_eq!(a.output, vec!["extended,id"]);
         assert!(matches!(
             parse(&["-C"]).expect("parses").command,
-            Command::Count
+            Some(Command::Count)
         ));
         assert!(matches!(
             parse(&["-F"]).expect("parses").command,
-            Command::Flush(_)
+            Some(Command::Flush(_))
         ));
+        assert!(
+            parse(&[]).expect("parses").command.is_none(),
+            "no command is top"
+        );
+        let Some(Command::Top(t)) = parse(&["top", "-1", "-C", "--sort", "bytes"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not top");
+        };
+        assert!(t.once && t.counters && t.sort == SortKey::Bytes);
     }
 
     #[test]
@@ -1069,7 +1297,7 @@ mod tests {
     #[test]
     fn filter_combinations() {
         let cli = parse(&["list", "-s", "10.0.0.0/8", "-m", "0x10/0xf0", "-n"]).expect("parses");
-        let Command::List(a) = cli.command else {
+        let Some(Command::List(a)) = cli.command else {
             panic!("not list");
         };
         let f = a.filter.to_filter().expect("valid");
@@ -1077,12 +1305,12 @@ mod tests {
         assert_eq!(f.mark, Some((0x10, 0xf0)));
         assert_eq!(f.src_nat, NatFilter::Any);
         let cli = parse(&["list", "-f", "ipv6", "-s", "10.0.0.1"]).expect("parses");
-        let Command::List(a) = cli.command else {
+        let Some(Command::List(a)) = cli.command else {
             panic!("not list");
         };
         assert!(matches!(a.filter.to_filter(), Err(CliError::Usage(_))));
         let cli = parse(&["list", "--state", "ESTABLISHED"]).expect("parses");
-        let Command::List(a) = cli.command else {
+        let Some(Command::List(a)) = cli.command else {
             panic!("not list");
         };
         assert!(matches!(a.filter.to_filter(), Err(CliError::Usage(_))));

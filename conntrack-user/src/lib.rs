@@ -9,4 +9,7 @@ pub mod format;
 pub mod netlink;
 pub mod netns;
 pub mod progname;
+pub mod table;
+pub mod top;
 pub mod tracer;
+pub mod tui;

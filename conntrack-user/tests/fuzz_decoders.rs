@@ -109,12 +109,15 @@ proptest! {
         );
         if let Ok(cli) = parsed {
             match cli.command {
-                ctscope::cli::Command::List(a)
-                | ctscope::cli::Command::Get(a)
-                | ctscope::cli::Command::Delete(a) => {
+                Some(ctscope::cli::Command::List(a))
+                | Some(ctscope::cli::Command::Get(a))
+                | Some(ctscope::cli::Command::Delete(a)) => {
                     let _ = a.filter.to_filter();
                 }
-                ctscope::cli::Command::Events(a) => {
+                Some(ctscope::cli::Command::Events(a)) => {
+                    let _ = a.filter.to_filter();
+                }
+                Some(ctscope::cli::Command::Top(a)) => {
                     let _ = a.filter.to_filter();
                 }
                 _ => {}

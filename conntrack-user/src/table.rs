@@ -1,0 +1,460 @@
+//! The live table: every tracked entry, kept from an event source and
+//! reconciled with ctnetlink dumps. Data flows one way: source -> table ->
+//! views (`top`, `profile`).
+//!
+//! Entries are keyed by (family, zone, l4 protocol, original tuple), the
+//! kernel's own identity of a connection within a namespace. DESTROY before
+//! NEW (events of one entry can be delivered by different CPUs out of order)
+//! and DESTROY without NEW are tolerated: a DESTROY of an unknown key only
+//! counts; a NEW arriving after its DESTROY within a short window is
+//! dropped. Updates no event carries (counters, timeouts) come from the
+//! periodic dumps, which also measure the drift the events missed.
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+
+use crate::{
+    format::{EventKind, proto_name},
+    netlink::{Conntrack, ProtoState, Tuple},
+};
+
+/// The identity of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    family: u8,
+    l4: u8,
+    zone: u16,
+    src: IpAddr,
+    dst: IpAddr,
+    /// Source port, or ICMP id.
+    sport: u16,
+    /// Destination port, or ICMP type << 8 | code.
+    dport: u16,
+}
+
+impl Key {
+    /// The key of an entry; `None` without an original tuple.
+    pub fn of(ct: &Conntrack) -> Option<Self> {
+        let t: &Tuple = &ct.orig;
+        Some(Self {
+            family: ct.family,
+            l4: ct.l4proto(),
+            zone: ct.zone.unwrap_or(0),
+            src: t.src?,
+            dst: t.dst?,
+            sport: t.sport.or(t.icmp_id).unwrap_or(0),
+            dport: t.dport.unwrap_or_else(|| {
+                u16::from(t.icmp_type.unwrap_or(0)) << 8 | u16::from(t.icmp_code.unwrap_or(0))
+            }),
+        })
+    }
+}
+
+/// One tracked entry and what the table learnt about it over time.
+#[derive(Clone, Debug)]
+pub struct Tracked {
+    /// The latest view of the entry.
+    pub ct: Conntrack,
+    /// When this table first saw it.
+    pub first_seen: Instant,
+    /// Bytes per second, original and reply directions, between the last
+    /// two dumps (needs nf_conntrack_acct=1).
+    pub rate_bytes: (f64, f64),
+    /// Packets per second, original and reply.
+    pub rate_packets: (f64, f64),
+    last_sample: Option<(Instant, u64, u64, u64, u64)>,
+}
+
+/// What a resync found that the events had not said.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// Entries in the dump the table did not have (missed NEW).
+    pub missed: u64,
+    /// Entries the table had that the dump did not (missed DESTROY).
+    pub stale: u64,
+}
+
+/// Churn and histogram summaries.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// NEW events applied.
+    pub new_total: u64,
+    /// DESTROY events applied.
+    pub destroy_total: u64,
+    /// DESTROY events for keys the table did not hold.
+    pub destroy_unknown: u64,
+    /// Resyncs done.
+    pub resyncs: u64,
+    /// Drift found by the last resync.
+    pub last_drift: Drift,
+    /// Connection lifetime in ms, per protocol name.
+    pub lifetime_ms: HashMap<&'static str, Histogram<u64>>,
+    /// TCP set-up time (NEW to ESTABLISHED) in µs.
+    pub tcp_setup_us: Histogram<u64>,
+    /// Event delivery latency (kernel time to handling) in ns.
+    pub delivery_ns: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 3 significant digits, auto-resizing: never fails for these arguments.
+    Histogram::new(3).unwrap_or_else(|_| Histogram::new_with_max(1 << 40, 2).expect("histogram"))
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            new_total: 0,
+            destroy_total: 0,
+            destroy_unknown: 0,
+            resyncs: 0,
+            last_drift: Drift::default(),
+            lifetime_ms: HashMap::new(),
+            tcp_setup_us: histogram(),
+            delivery_ns: histogram(),
+        }
+    }
+}
+
+/// The live table.
+#[derive(Debug, Default)]
+pub struct Table {
+    entries: HashMap<Key, Tracked>,
+    /// Keys destroyed recently, to drop a late NEW (per-CPU reordering).
+    recently_destroyed: HashMap<Key, Instant>,
+    /// Churn, drift and histograms.
+    pub stats: Stats,
+}
+
+const REORDER_WINDOW: Duration = Duration::from_secs(2);
+const ESTABLISHED: u8 = 3;
+
+impl Table {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every entry, in no order.
+    pub fn entries(&self) -> impl Iterator<Item = &Tracked> {
+        self.entries.values()
+    }
+
+    /// Applies one event. `delivery_ns`, when known, is the time from the
+    /// kernel's timestamp to now.
+    pub fn apply(
+        &mut self,
+        kind: EventKind,
+        ct: &Conntrack,
+        now: Instant,
+        delivery_ns: Option<u64>,
+    ) {
+        let Some(key) = Key::of(ct) else {
+            return;
+        };
+        if let Some(ns) = delivery_ns {
+            let _ = self.stats.delivery_ns.record(ns.max(1));
+        }
+        match kind {
+            EventKind::New | EventKind::Update => {
+                if kind == EventKind::New {
+                    self.stats.new_total += 1;
+                    if self
+                        .recently_destroyed
+                        .get(&key)
+                        .is_some_and(|t| now.duration_since(*t) < REORDER_WINDOW)
+                    {
+                        return;
+                    }
+                }
+                match self.entries.get_mut(&key) {
+                    Some(t) => {
+                        let was_established =
+                            matches!(t.ct.proto_state, Some(ProtoState::Tcp(ESTABLISHED)));
+                        merge(&mut t.ct, ct);
+                        if !was_established
+                            && matches!(t.ct.proto_state, Some(ProtoState::Tcp(ESTABLISHED)))
+                        {
+                            let us = now.duration_since(t.first_seen).as_micros() as u64;
+                            let _ = self.stats.tcp_setup_us.record(us.max(1));
+                        }
+                    }
+                    None => {
+                        self.entries.insert(key, tracked(ct.clone(), now));
+                    }
+                }
+            }
+            EventKind::Destroy => {
+                self.stats.destroy_total += 1;
+                self.recently_destroyed.insert(key, now);
+                match self.entries.remove(&key) {
+                    Some(t) => {
+                        let ms = match (ct.timestamp_start, ct.timestamp_stop) {
+                            (Some(start), Some(stop)) if stop >= start => {
+                                (stop - start) / 1_000_000
+                            }
+                            _ => now.duration_since(t.first_seen).as_millis() as u64,
+                        };
+                        self.record_lifetime(ct.l4proto(), ms);
+                    }
+                    None => self.stats.destroy_unknown += 1,
+                }
+            }
+        }
+        if self.recently_destroyed.len() > 65_536 {
+            self.recently_destroyed
+                .retain(|_, t| now.duration_since(*t) < REORDER_WINDOW);
+        }
+    }
+
+    fn record_lifetime(&mut self, l4: u8, ms: u64) {
+        let _ = self
+            .stats
+            .lifetime_ms
+            .entry(proto_name(l4))
+            .or_insert_with(histogram)
+            .record(ms.max(1));
+    }
+
+    /// Replaces the table with a full dump, keeping what was learnt about
+    /// entries still there, updating rates from counter deltas, and
+    /// counting the drift.
+    pub fn resync(&mut self, dump: impl IntoIterator<Item = Conntrack>, now: Instant) -> Drift {
+        let mut old = std::mem::take(&mut self.entries);
+        let mut drift = Drift::default();
+        for ct in dump {
+            let Some(key) = Key::of(&ct) else {
+                continue;
+            };
+            let t = match old.remove(&key) {
+                Some(mut t) => {
+                    t.ct = ct;
+                    update_rates(&mut t, now);
+                    t
+                }
+                None => {
+                    drift.missed += 1;
+                    tracked(ct, now)
+                }
+            };
+            self.entries.insert(key, t);
+        }
+        drift.stale = old.len() as u64;
+        self.stats.resyncs += 1;
+        self.stats.last_drift = drift;
+        drift
+    }
+}
+
+fn tracked(ct: Conntrack, now: Instant) -> Tracked {
+    let mut t = Tracked {
+        ct,
+        first_seen: now,
+        rate_bytes: (0.0, 0.0),
+        rate_packets: (0.0, 0.0),
+        last_sample: None,
+    };
+    update_rates(&mut t, now);
+    t
+}
+
+fn update_rates(t: &mut Tracked, now: Instant) {
+    let (Some(o), Some(r)) = (t.ct.counters_orig, t.ct.counters_reply) else {
+        return;
+    };
+    if let Some((then, ob, op, rb, rp)) = t.last_sample {
+        let secs = now.duration_since(then).as_secs_f64();
+        if secs > 0.0 {
+            let rate = |new: u64, old: u64| new.saturating_sub(old) as f64 / secs;
+            t.rate_bytes = (rate(o.bytes, ob), rate(r.bytes, rb));
+            t.rate_packets = (rate(o.packets, op), rate(r.packets, rp));
+        }
+    }
+    t.last_sample = Some((now, o.bytes, o.packets, r.bytes, r.packets));
+}
+
+/// Takes the attributes an event carries into the entry we hold (events
+/// omit what did not change: counters, timestamps, mark...).
+fn merge(into: &mut Conntrack, from: &Conntrack) {
+    macro_rules! take {
+        ($($f:ident),*) => { $( if from.$f.is_some() { into.$f = from.$f.clone(); } )* };
+    }
+    take!(
+        status,
+        timeout,
+        mark,
+        secmark,
+        use_count,
+        id,
+        counters_orig,
+        counters_reply,
+        timestamp_start,
+        timestamp_stop,
+        proto_state,
+        helper,
+        secctx,
+        labels
+    );
+}
+
+/// Summary of a histogram: count, p50, p90, p99, p99.9, max.
+pub fn summary(h: &Histogram<u64>) -> [u64; 6] {
+    [
+        h.len(),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::{codec::Counters, ips};
+
+    fn udp(sport: u16) -> Conntrack {
+        let a: IpAddr = "10.0.0.1".parse().expect("addr");
+        let b: IpAddr = "10.0.0.2".parse().expect("addr");
+        Conntrack {
+            family: 2,
+            orig: Tuple {
+                src: Some(a),
+                dst: Some(b),
+                l4proto: Some(17),
+                sport: Some(sport),
+                dport: Some(53),
+                ..Tuple::default()
+            },
+            reply: Tuple {
+                src: Some(b),
+                dst: Some(a),
+                l4proto: Some(17),
+                sport: Some(53),
+                dport: Some(sport),
+                ..Tuple::default()
+            },
+            status: Some(ips::CONFIRMED),
+            ..Conntrack::default()
+        }
+    }
+
+    #[test]
+    fn new_update_destroy() {
+        let mut t = Table::new();
+        let now = Instant::now();
+        t.apply(EventKind::New, &udp(1), now, None);
+        t.apply(EventKind::New, &udp(2), now, None);
+        let mut marked = udp(1);
+        marked.mark = Some(9);
+        t.apply(EventKind::Update, &marked, now, None);
+        assert_eq!(t.len(), 2);
+        assert!(t.entries().any(|e| e.ct.mark == Some(9)));
+        t.apply(
+            EventKind::Destroy,
+            &udp(1),
+            now + Duration::from_millis(1500),
+            None,
+        );
+        assert_eq!(t.len(), 1);
+        let h = &t.stats.lifetime_ms["udp"];
+        assert_eq!(h.len(), 1);
+        assert!((1400..=1600).contains(&h.max()), "{}", h.max());
+    }
+
+    #[test]
+    fn destroy_before_new_and_destroy_without_new() {
+        let mut t = Table::new();
+        let now = Instant::now();
+        // DESTROY delivered before its NEW (another CPU): the late NEW is dropped.
+        t.apply(EventKind::Destroy, &udp(7), now, None);
+        t.apply(
+            EventKind::New,
+            &udp(7),
+            now + Duration::from_millis(10),
+            None,
+        );
+        assert_eq!(t.len(), 0);
+        assert_eq!(t.stats.destroy_unknown, 1);
+        // After the window, the same tuple is a new connection.
+        t.apply(EventKind::New, &udp(7), now + Duration::from_secs(5), None);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn resync_counts_drift_and_rates() {
+        let mut t = Table::new();
+        let now = Instant::now();
+        t.apply(EventKind::New, &udp(1), now, None);
+        t.apply(EventKind::New, &udp(2), now, None);
+        let mut a = udp(1);
+        a.counters_orig = Some(Counters {
+            packets: 10,
+            bytes: 1000,
+        });
+        a.counters_reply = Some(Counters {
+            packets: 5,
+            bytes: 500,
+        });
+        // The dump has 1 and 3: 3 was missed, 2 was kept too long.
+        let drift = t.resync([a.clone(), udp(3)], now);
+        assert_eq!(
+            drift,
+            Drift {
+                missed: 1,
+                stale: 1
+            }
+        );
+        assert_eq!(t.len(), 2);
+        a.counters_orig = Some(Counters {
+            packets: 30,
+            bytes: 3000,
+        });
+        a.counters_reply = Some(Counters {
+            packets: 5,
+            bytes: 500,
+        });
+        t.resync([a, udp(3)], now + Duration::from_secs(2));
+        let e = t
+            .entries()
+            .find(|e| e.ct.orig.sport == Some(1))
+            .expect("entry 1");
+        assert!((e.rate_bytes.0 - 1000.0).abs() < 1.0, "{:?}", e.rate_bytes);
+        assert!((e.rate_packets.0 - 10.0).abs() < 0.1);
+        assert_eq!(e.rate_bytes.1, 0.0);
+    }
+
+    #[test]
+    fn tcp_setup_time_from_updates() {
+        let mut t = Table::new();
+        let now = Instant::now();
+        let mut syn = udp(9);
+        syn.orig.l4proto = Some(6);
+        syn.proto_state = Some(ProtoState::Tcp(1));
+        t.apply(EventKind::New, &syn, now, None);
+        let mut est = syn.clone();
+        est.proto_state = Some(ProtoState::Tcp(ESTABLISHED));
+        t.apply(
+            EventKind::Update,
+            &est,
+            now + Duration::from_millis(3),
+            None,
+        );
+        assert_eq!(t.stats.tcp_setup_us.len(), 1);
+        assert!(t.stats.tcp_setup_us.max() >= 2900);
+    }
+}

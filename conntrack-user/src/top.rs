@@ -1,0 +1,409 @@
+//! `ctscope top`: the table as rows (iptstate's columns and more), sorted
+//! and filtered; `--once` prints one snapshot as plain text, otherwise
+//! `tui` draws it live.
+use std::{cmp::Ordering, fmt::Write as _, net::IpAddr};
+
+use crate::{
+    filter::Filter,
+    format::{is_dnat, is_snat, proto_name, state_name},
+    netlink::{Conntrack, ProtoState, Tuple},
+    table::Tracked,
+};
+
+/// Columns one can sort by (iptstate's b/B cycle through them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    /// Source address and port.
+    Src,
+    /// Destination address and port.
+    Dst,
+    /// Protocol.
+    Proto,
+    /// State.
+    State,
+    /// Time to live.
+    Ttl,
+    /// Bytes, both directions.
+    Bytes,
+    /// Packets, both directions.
+    Packets,
+    /// Bytes per second, both directions.
+    Rate,
+}
+
+impl SortKey {
+    /// All keys in cycling order.
+    pub const ALL: [SortKey; 8] = [
+        Self::Src,
+        Self::Dst,
+        Self::Proto,
+        Self::State,
+        Self::Ttl,
+        Self::Bytes,
+        Self::Packets,
+        Self::Rate,
+    ];
+
+    /// The next key (`b`), or the previous (`B`).
+    pub fn cycle(self, forward: bool) -> Self {
+        let i = Self::ALL.iter().position(|k| *k == self).unwrap_or(0);
+        let n = Self::ALL.len();
+        Self::ALL[if forward {
+            (i + 1) % n
+        } else {
+            (i + n - 1) % n
+        }]
+    }
+
+    /// The column title.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Src => "SrcIP",
+            Self::Dst => "DstIP",
+            Self::Proto => "Proto",
+            Self::State => "State",
+            Self::Ttl => "TTL",
+            Self::Bytes => "Bytes",
+            Self::Packets => "Packets",
+            Self::Rate => "Rate",
+        }
+    }
+}
+
+fn addr_key(a: Option<IpAddr>) -> u128 {
+    match a {
+        Some(IpAddr::V4(v4)) => u128::from(u32::from(v4)),
+        Some(IpAddr::V6(v6)) => u128::from(v6) | (1 << 127),
+        None => 0,
+    }
+}
+
+fn bytes(t: &Tracked) -> u64 {
+    t.ct.counters_orig.map_or(0, |c| c.bytes) + t.ct.counters_reply.map_or(0, |c| c.bytes)
+}
+
+fn packets(t: &Tracked) -> u64 {
+    t.ct.counters_orig.map_or(0, |c| c.packets) + t.ct.counters_reply.map_or(0, |c| c.packets)
+}
+
+fn rate(t: &Tracked) -> f64 {
+    t.rate_bytes.0 + t.rate_bytes.1
+}
+
+/// Orders two entries by a column (ties broken by source, then destination).
+pub fn compare(key: SortKey, a: &Tracked, b: &Tracked) -> Ordering {
+    let by_src = |a: &Tracked, b: &Tracked| {
+        (addr_key(a.ct.orig.src), a.ct.orig.sport).cmp(&(addr_key(b.ct.orig.src), b.ct.orig.sport))
+    };
+    let by_dst = |a: &Tracked, b: &Tracked| {
+        (addr_key(a.ct.orig.dst), a.ct.orig.dport).cmp(&(addr_key(b.ct.orig.dst), b.ct.orig.dport))
+    };
+    let primary = match key {
+        SortKey::Src => by_src(a, b),
+        SortKey::Dst => by_dst(a, b),
+        SortKey::Proto => proto_name(a.ct.l4proto()).cmp(proto_name(b.ct.l4proto())),
+        SortKey::State => state_text(&a.ct).cmp(&state_text(&b.ct)),
+        SortKey::Ttl => a.ct.timeout.cmp(&b.ct.timeout),
+        SortKey::Bytes => bytes(a).cmp(&bytes(b)),
+        SortKey::Packets => packets(a).cmp(&packets(b)),
+        SortKey::Rate => rate(a).total_cmp(&rate(b)),
+    };
+    primary
+        .then_with(|| by_src(a, b))
+        .then_with(|| by_dst(a, b))
+}
+
+/// How the rows are chosen and ordered.
+#[derive(Clone, Debug)]
+pub struct View {
+    /// Sort column.
+    pub sort: SortKey,
+    /// Largest first.
+    pub reverse: bool,
+    /// The shared filters.
+    pub filter: Filter,
+    /// `/` filter: rows whose text contains this.
+    pub text: String,
+}
+
+/// Entries passing the view's filters, the first `limit` of them in order
+/// (selection, then a sort of only those: a frame at 1M entries sorts only
+/// what it shows).
+pub fn select<'a>(
+    entries: impl Iterator<Item = &'a Tracked>,
+    view: &View,
+    limit: usize,
+) -> (Vec<&'a Tracked>, usize) {
+    let mut rows: Vec<&Tracked> = entries
+        .filter(|t| view.filter.matches(&t.ct))
+        .filter(|t| view.text.is_empty() || row_text(t).contains(view.text.as_str()))
+        .collect();
+    let total = rows.len();
+    let cmp = |a: &&Tracked, b: &&Tracked| {
+        let o = compare(view.sort, a, b);
+        if view.reverse { o.reverse() } else { o }
+    };
+    if limit < rows.len() && limit > 0 {
+        rows.select_nth_unstable_by(limit - 1, cmp);
+        rows.truncate(limit);
+    } else if limit == 0 {
+        rows.clear();
+    }
+    rows.sort_unstable_by(cmp);
+    (rows, total)
+}
+
+fn endpoint(a: Option<IpAddr>, port: Option<u16>, l4: u8) -> String {
+    let addr = a.map(|a| a.to_string()).unwrap_or_default();
+    match (port, matches!(l4, 6 | 17 | 132 | 33 | 136)) {
+        (Some(p), true) if a.is_some_and(|a| a.is_ipv6()) => format!("[{addr}]:{p}"),
+        (Some(p), true) => format!("{addr}:{p}"),
+        _ => addr,
+    }
+}
+
+/// The State column: TCP/SCTP/DCCP state, or ICMP type/code.
+pub fn state_text(ct: &Conntrack) -> String {
+    match (ct.proto_state, ct.l4proto()) {
+        (Some(s), _) => state_name(s).to_string(),
+        (None, 1 | 58) => format!(
+            "{}/{}",
+            ct.orig.icmp_type.unwrap_or(0),
+            ct.orig.icmp_code.unwrap_or(0)
+        ),
+        _ => String::new(),
+    }
+}
+
+/// `H:MM:SS`, as iptstate prints the TTL.
+pub fn ttl_text(secs: Option<u32>) -> String {
+    let s = secs.unwrap_or(0);
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// The NAT column: where the entry is translated to.
+pub fn nat_text(ct: &Conntrack) -> String {
+    let reply: &Tuple = &ct.reply;
+    if is_dnat(ct) {
+        format!("DNAT {}", endpoint(reply.src, reply.sport, ct.l4proto()))
+    } else if is_snat(ct) {
+        format!("SNAT {}", endpoint(reply.dst, reply.dport, ct.l4proto()))
+    } else {
+        String::new()
+    }
+}
+
+/// Human bytes: 1.2K, 3.4M...
+pub fn human(n: f64) -> String {
+    const UNITS: [&str; 5] = ["", "K", "M", "G", "T"];
+    let mut v = n;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+/// The cells of one row, in column order.
+pub fn cells(t: &Tracked, counters: bool) -> Vec<String> {
+    let ct = &t.ct;
+    let l4 = ct.l4proto();
+    let mut v = vec![
+        endpoint(ct.orig.src, ct.orig.sport, l4),
+        endpoint(ct.orig.dst, ct.orig.dport, l4),
+        proto_name(l4).to_string(),
+        state_text(ct),
+        ttl_text(ct.timeout),
+    ];
+    if counters {
+        v.push(bytes(t).to_string());
+        v.push(packets(t).to_string());
+        v.push(format!("{}/s", human(rate(t))));
+    }
+    v.push(nat_text(ct));
+    v.push(
+        ct.mark
+            .filter(|m| *m != 0)
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
+    );
+    v.push(ct.zone.map(|z| z.to_string()).unwrap_or_default());
+    v
+}
+
+/// Column titles matching [`cells`].
+pub fn titles(counters: bool) -> Vec<&'static str> {
+    let mut v = vec!["Source", "Destination", "Prt", "State", "TTL"];
+    if counters {
+        v.extend(["Bytes", "Packets", "Rate"]);
+    }
+    v.extend(["NAT", "Mark", "Zone"]);
+    v
+}
+
+fn row_text(t: &Tracked) -> String {
+    cells(t, false).join(" ")
+}
+
+/// The `--once` snapshot: a header line, then aligned columns, no padding
+/// at line ends.
+pub fn write_once(out: &mut String, rows: &[&Tracked], view: &View, counters: bool, total: usize) {
+    let titles = titles(counters);
+    let table: Vec<Vec<String>> = rows.iter().map(|t| cells(t, counters)).collect();
+    // Columns that are empty in every row (NAT, Mark, Zone) are left out.
+    let keep: Vec<bool> = (0..titles.len())
+        .map(|i| i < 5 || table.iter().any(|r| !r[i].is_empty()))
+        .collect();
+    let mut widths: Vec<usize> = titles.iter().map(|t| t.len()).collect();
+    for r in &table {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let _ = writeln!(
+        out,
+        "ctscope top -- Sort by: {}{} -- {} of {} entries",
+        view.sort.title(),
+        if view.reverse { " (reversed)" } else { "" },
+        rows.len(),
+        total
+    );
+    let mut line = |cols: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cols.iter().enumerate() {
+            if !keep[i] {
+                continue;
+            }
+            let _ = write!(l, "{c:<w$}  ", w = widths[i]);
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(titles.clone());
+    for r in &table {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// Whether a TCP entry is in one of the closing states (used by the TUI to
+/// dim them, as iptstate does).
+pub fn is_closing(ct: &Conntrack) -> bool {
+    matches!(ct.proto_state, Some(ProtoState::Tcp(4..=8)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::{
+        format::EventKind,
+        netlink::{codec::Counters, ips},
+        table::Table,
+    };
+
+    fn entry(src: &str, sport: u16, dst: &str, l4: u8, timeout: u32, bytes: u64) -> Conntrack {
+        let s: IpAddr = src.parse().expect("addr");
+        let d: IpAddr = dst.parse().expect("addr");
+        Conntrack {
+            family: if s.is_ipv4() { 2 } else { 10 },
+            orig: Tuple {
+                src: Some(s),
+                dst: Some(d),
+                l4proto: Some(l4),
+                sport: Some(sport),
+                dport: Some(80),
+                ..Tuple::default()
+            },
+            reply: Tuple {
+                src: Some(d),
+                dst: Some(s),
+                l4proto: Some(l4),
+                sport: Some(80),
+                dport: Some(sport),
+                ..Tuple::default()
+            },
+            timeout: Some(timeout),
+            status: Some(ips::CONFIRMED | ips::SEEN_REPLY),
+            proto_state: (l4 == 6).then_some(ProtoState::Tcp(3)),
+            counters_orig: Some(Counters { packets: 1, bytes }),
+            counters_reply: Some(Counters {
+                packets: 1,
+                bytes: 0,
+            }),
+            ..Conntrack::default()
+        }
+    }
+
+    fn table() -> Table {
+        let mut t = Table::new();
+        let now = Instant::now();
+        for ct in [
+            entry("10.0.0.2", 1000, "10.9.0.1", 6, 300, 500),
+            entry("10.0.0.1", 2000, "10.9.0.2", 17, 20, 9000),
+            entry("10.0.0.3", 3000, "10.9.0.3", 6, 3700, 10),
+        ] {
+            t.apply(EventKind::New, &ct, now, None);
+        }
+        t
+    }
+
+    fn view(sort: SortKey, reverse: bool) -> View {
+        View {
+            sort,
+            reverse,
+            filter: Filter::default(),
+            text: String::new(),
+        }
+    }
+
+    #[test]
+    fn sorts_and_limits() {
+        let t = table();
+        let (rows, total) = select(t.entries(), &view(SortKey::Src, false), 10);
+        assert_eq!(total, 3);
+        let srcs: Vec<_> = rows.iter().map(|r| r.ct.orig.sport).collect();
+        assert_eq!(srcs, vec![Some(2000), Some(1000), Some(3000)]);
+        let (rows, _) = select(t.entries(), &view(SortKey::Bytes, true), 2);
+        let b: Vec<_> = rows.iter().map(|r| bytes(r)).collect();
+        assert_eq!(b, vec![9000, 500]);
+        let (rows, _) = select(t.entries(), &view(SortKey::Ttl, false), 1);
+        assert_eq!(rows[0].ct.timeout, Some(20));
+    }
+
+    #[test]
+    fn text_filter_and_once_layout() {
+        let t = table();
+        let mut v = view(SortKey::Src, false);
+        v.text = "udp".into();
+        let (rows, total) = select(t.entries(), &v, usize::MAX);
+        assert_eq!(total, 1);
+        let mut out = String::new();
+        write_once(&mut out, &rows, &v, true, total);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "ctscope top -- Sort by: SrcIP -- 1 of 1 entries");
+        assert!(lines[1].starts_with("Source"), "{out}");
+        assert!(lines[2].starts_with("10.0.0.1:2000  10.9.0.2:80"), "{out}");
+        assert!(lines[2].contains(" udp "), "{out}");
+        assert!(lines[2].contains("0:00:20"), "{out}");
+        assert!(!out.lines().any(|l| l.ends_with(' ')));
+    }
+
+    #[test]
+    fn cells_spell_ttl_state_and_nat() {
+        assert_eq!(ttl_text(Some(3725)), "1:02:05");
+        let mut ct = entry("192.168.1.5", 1000, "10.0.0.1", 6, 1, 1);
+        ct.reply.src = Some("10.0.0.2".parse().expect("addr"));
+        ct.status = Some(ips::CONFIRMED | ips::DST_NAT | ips::DST_NAT_DONE);
+        assert_eq!(nat_text(&ct), "DNAT 10.0.0.2:80");
+        assert_eq!(state_text(&ct), "ESTABLISHED");
+        assert_eq!(SortKey::Rate.cycle(true), SortKey::Src);
+        assert_eq!(SortKey::Src.cycle(false), SortKey::Rate);
+        assert_eq!(human(1_234_000.0), "1.2M");
+    }
+}

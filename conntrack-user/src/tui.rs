@@ -1,0 +1,590 @@
+//! The live `ctscope top` screen (ratatui), split as oryx and bandwhich do:
+//! `App` holds the state and handles keys, `draw` renders, `run` owns the
+//! terminal and the loop. The table is fed by a background thread (event
+//! source + periodic dumps); a frame selects and sorts only the rows it
+//! shows.
+use std::{
+    io,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ratatui::{
+    Frame,
+    crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
+    layout::{Constraint, Layout},
+    style::{Modifier, Style},
+    text::Line,
+    widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState},
+};
+
+use crate::{
+    netlink::Conntrack,
+    table::{self, Tracked},
+    top::{self, View},
+};
+
+/// What the screen is waiting for the user to type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prompt {
+    /// `/`: text filter.
+    Text(String),
+    /// `s`: source address filter.
+    Source(String),
+    /// `d`: destination address filter.
+    Destination(String),
+    /// `S`: source port filter.
+    SourcePort(String),
+    /// `D`: destination port filter.
+    DestinationPort(String),
+}
+
+/// What a key asks the caller to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Nothing beyond redrawing.
+    None,
+    /// Delete this entry (confirmed).
+    Delete(Box<Conntrack>),
+    /// Take a fresh snapshot now.
+    Refresh,
+    /// Leave.
+    Quit,
+}
+
+/// The screen's state.
+#[derive(Clone, Debug)]
+pub struct App {
+    /// Sort, filters.
+    pub view: View,
+    /// Bytes/packets/rate columns (`C`).
+    pub counters: bool,
+    /// First row shown.
+    pub offset: usize,
+    /// Selected row, absolute.
+    pub selected: usize,
+    /// `p`: the rows stop changing.
+    pub paused: bool,
+    /// An open prompt.
+    pub prompt: Option<Prompt>,
+    /// `x` pressed on this entry: waiting for y/n.
+    pub confirm_delete: Option<Box<Conntrack>>,
+    /// `h`.
+    pub show_help: bool,
+    /// A one-line message (errors, results).
+    pub message: Option<String>,
+}
+
+impl App {
+    /// A screen with this view.
+    pub fn new(view: View, counters: bool) -> Self {
+        Self {
+            view,
+            counters,
+            offset: 0,
+            selected: 0,
+            paused: false,
+            prompt: None,
+            confirm_delete: None,
+            show_help: false,
+            message: None,
+        }
+    }
+
+    fn finish_prompt(&mut self, p: Prompt) {
+        let parse_net = |s: &str| -> Result<Option<ipnet::IpNet>, String> {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(Some)
+                .map_err(|_| format!("not an address: {s}"))
+        };
+        let parse_port = |s: &str| -> Result<Option<u16>, String> {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            s.parse().map(Some).map_err(|_| format!("not a port: {s}"))
+        };
+        let result = match p {
+            Prompt::Text(s) => {
+                self.view.text = s;
+                Ok(())
+            }
+            Prompt::Source(s) => parse_net(&s).map(|n| self.view.filter.orig_src = n),
+            Prompt::Destination(s) => parse_net(&s).map(|n| self.view.filter.orig_dst = n),
+            Prompt::SourcePort(s) => parse_port(&s).map(|n| self.view.filter.orig_sport = n),
+            Prompt::DestinationPort(s) => parse_port(&s).map(|n| self.view.filter.orig_dport = n),
+        };
+        self.message = result.err();
+        self.offset = 0;
+        self.selected = 0;
+    }
+
+    /// Handles one key. `shown` are the rows on screen (from `offset`),
+    /// `total` the rows passing the filters, `page` the rows that fit.
+    pub fn on_key(
+        &mut self,
+        key: KeyEvent,
+        shown: &[&Tracked],
+        total: usize,
+        page: usize,
+    ) -> Action {
+        if key.kind != KeyEventKind::Press {
+            return Action::None;
+        }
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            return Action::Quit;
+        }
+        if let Some(ct) = self.confirm_delete.take() {
+            return match key.code {
+                KeyCode::Char('y' | 'Y') => Action::Delete(ct),
+                _ => {
+                    self.message = Some("delete cancelled".into());
+                    Action::None
+                }
+            };
+        }
+        if let Some(prompt) = self.prompt.as_mut() {
+            let buf = match prompt {
+                Prompt::Text(b)
+                | Prompt::Source(b)
+                | Prompt::Destination(b)
+                | Prompt::SourcePort(b)
+                | Prompt::DestinationPort(b) => b,
+            };
+            match key.code {
+                KeyCode::Enter => {
+                    if let Some(p) = self.prompt.take() {
+                        self.finish_prompt(p);
+                    }
+                }
+                KeyCode::Esc => self.prompt = None,
+                KeyCode::Backspace => {
+                    buf.pop();
+                }
+                KeyCode::Char(c) => buf.push(c),
+                _ => {}
+            }
+            return Action::None;
+        }
+        self.message = None;
+        let last = total.saturating_sub(1);
+        match key.code {
+            KeyCode::Char('q') => return Action::Quit,
+            KeyCode::Char('b') => self.view.sort = self.view.sort.cycle(true),
+            KeyCode::Char('B') => self.view.sort = self.view.sort.cycle(false),
+            KeyCode::Char('r') => self.view.reverse = !self.view.reverse,
+            KeyCode::Char('C') => self.counters = !self.counters,
+            KeyCode::Char('p') => self.paused = !self.paused,
+            KeyCode::Char('h') => self.show_help = !self.show_help,
+            KeyCode::Char(' ') => return Action::Refresh,
+            KeyCode::Char('/') => self.prompt = Some(Prompt::Text(self.view.text.clone())),
+            KeyCode::Char('s') => self.prompt = Some(Prompt::Source(String::new())),
+            KeyCode::Char('d') => self.prompt = Some(Prompt::Destination(String::new())),
+            KeyCode::Char('S') => self.prompt = Some(Prompt::SourcePort(String::new())),
+            KeyCode::Char('D') => self.prompt = Some(Prompt::DestinationPort(String::new())),
+            KeyCode::Char('x') => {
+                if let Some(t) = shown.get(self.selected.saturating_sub(self.offset)) {
+                    self.confirm_delete = Some(Box::new(t.ct.clone()));
+                }
+            }
+            KeyCode::Down => self.selected = (self.selected + 1).min(last),
+            KeyCode::Up => self.selected = self.selected.saturating_sub(1),
+            KeyCode::PageDown => self.selected = (self.selected + page).min(last),
+            KeyCode::PageUp => self.selected = self.selected.saturating_sub(page),
+            KeyCode::Home => self.selected = 0,
+            KeyCode::End => self.selected = last,
+            _ => {}
+        }
+        if self.selected < self.offset {
+            self.offset = self.selected;
+        } else if page > 0 && self.selected >= self.offset + page {
+            self.offset = self.selected + 1 - page;
+        }
+        Action::None
+    }
+}
+
+/// What the side panel shows about the source and the table.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    /// "netlink" or "ebpf".
+    pub source: &'static str,
+    /// Events per second lately.
+    pub events_per_sec: f64,
+    /// NEW per second.
+    pub new_per_sec: f64,
+    /// DESTROY per second.
+    pub destroy_per_sec: f64,
+    /// Events or overruns lost.
+    pub lost: u64,
+    /// nf_conntrack_max.
+    pub max: Option<u64>,
+    /// A note to show once (e.g. why rates are empty).
+    pub note: Option<String>,
+}
+
+const HELP: &str = "q quit  b/B sort  r reverse  C counters  / filter  s/d src/dst  S/D ports  \
+                    x delete  p pause  space refresh  h help  arrows PgUp PgDn Home End";
+
+/// Renders one frame.
+pub fn draw(
+    frame: &mut Frame,
+    app: &App,
+    shown: &[&Tracked],
+    total: usize,
+    table: &table::Table,
+    status: &Status,
+) {
+    let [head, body, foot] = Layout::vertical([
+        Constraint::Length(4),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    let s = &table.stats;
+    let lifetimes: Vec<String> = {
+        let mut v: Vec<_> = s.lifetime_ms.iter().collect();
+        v.sort_by_key(|(k, _)| *k);
+        v.iter()
+            .map(|(k, h)| {
+                let [n, p50, _, p99, _, max] = table::summary(h);
+                format!("{k} n={n} p50={p50}ms p99={p99}ms max={max}ms")
+            })
+            .collect()
+    };
+    let max = status.max.map(|m| format!("/{m}")).unwrap_or_default();
+    let header = vec![
+        Line::from(format!(
+            "ctscope top -- source {} -- {} entries{max} -- {} shown -- sort {}{}{}",
+            status.source,
+            table.len(),
+            total,
+            app.view.sort.title(),
+            if app.view.reverse { " (rev)" } else { "" },
+            if app.paused { " -- PAUSED" } else { "" }
+        )),
+        Line::from(format!(
+            "events {:.0}/s  NEW {:.0}/s  DESTROY {:.0}/s  lost {}  resyncs {} drift +{}/-{}",
+            status.events_per_sec,
+            status.new_per_sec,
+            status.destroy_per_sec,
+            status.lost,
+            s.resyncs,
+            s.last_drift.missed,
+            s.last_drift.stale
+        )),
+        Line::from(if lifetimes.is_empty() {
+            "lifetime: no connection ended yet".to_string()
+        } else {
+            format!("lifetime: {}", lifetimes.join("  "))
+        }),
+        Line::from(
+            status
+                .note
+                .clone()
+                .or_else(|| {
+                    (!app.view.text.is_empty()).then(|| format!("filter: {}", app.view.text))
+                })
+                .unwrap_or_default(),
+        ),
+    ];
+    frame.render_widget(Paragraph::new(header), head);
+
+    let titles = top::titles(app.counters);
+    let rows: Vec<Row> = shown
+        .iter()
+        .map(|t| {
+            let style = if top::is_closing(&t.ct) {
+                Style::default().add_modifier(Modifier::DIM)
+            } else {
+                Style::default()
+            };
+            Row::new(top::cells(t, app.counters).into_iter().map(Cell::from)).style(style)
+        })
+        .collect();
+    let widths: Vec<Constraint> = titles
+        .iter()
+        .map(|t| match *t {
+            "Source" | "Destination" => Constraint::Min(22),
+            "NAT" => Constraint::Min(16),
+            "State" => Constraint::Length(12),
+            _ => Constraint::Length(9),
+        })
+        .collect();
+    let widget = Table::new(rows, widths)
+        .header(Row::new(titles).style(Style::default().add_modifier(Modifier::BOLD)))
+        .block(Block::default().borders(Borders::TOP))
+        .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED));
+    let mut state =
+        TableState::default().with_selected(Some(app.selected.saturating_sub(app.offset)));
+    frame.render_stateful_widget(widget, body, &mut state);
+
+    let footer = if let Some(ct) = &app.confirm_delete {
+        format!(
+            "Delete {} -> {}? (y/n)",
+            ct.orig.src.map(|a| a.to_string()).unwrap_or_default(),
+            ct.orig.dst.map(|a| a.to_string()).unwrap_or_default()
+        )
+    } else if let Some(p) = &app.prompt {
+        match p {
+            Prompt::Text(b) => format!("filter text: {b}_"),
+            Prompt::Source(b) => format!("source address[/prefix]: {b}_"),
+            Prompt::Destination(b) => format!("destination address[/prefix]: {b}_"),
+            Prompt::SourcePort(b) => format!("source port: {b}_"),
+            Prompt::DestinationPort(b) => format!("destination port: {b}_"),
+        }
+    } else if let Some(m) = &app.message {
+        m.clone()
+    } else if app.show_help {
+        HELP.to_string()
+    } else {
+        "h help  q quit".to_string()
+    };
+    frame.render_widget(Paragraph::new(footer), foot);
+}
+
+/// Restores the terminal when dropped: on quit, on error and on unwinding.
+struct TerminalGuard;
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}
+
+/// Something that deletes an entry (the kernel, in real use).
+pub type Deleter = Box<dyn FnMut(&Conntrack) -> Result<(), String>>;
+
+/// Runs the screen until `q`, Ctrl-C, SIGINT or SIGTERM (`stop`). The table
+/// and status are filled by the caller's feeder thread.
+pub fn run(
+    mut app: App,
+    table: Arc<Mutex<table::Table>>,
+    status: Arc<Mutex<Status>>,
+    stop: Arc<AtomicBool>,
+    mut delete: Deleter,
+) -> io::Result<()> {
+    // ratatui::init installs a panic hook that restores the terminal first.
+    let mut terminal = ratatui::init();
+    let _guard = TerminalGuard;
+    let mut last_frame = Instant::now() - Duration::from_secs(10);
+    let mut frozen: Option<(Vec<Tracked>, usize)> = None;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let size = terminal.size()?;
+        let page = usize::from(size.height.saturating_sub(7)).max(1);
+        let status_now = status.lock().map(|s| s.clone()).unwrap_or_default();
+        let guard = table
+            .lock()
+            .map_err(|_| io::Error::other("table lock poisoned"))?;
+        let (rows, total) = if app.paused {
+            let (rows, total) = frozen.get_or_insert_with(|| {
+                let (r, t) = top::select(guard.entries(), &app.view, app.offset + page);
+                (r.into_iter().cloned().collect(), t)
+            });
+            (rows.iter().collect::<Vec<_>>(), *total)
+        } else {
+            frozen = None;
+            top::select(guard.entries(), &app.view, app.offset + page)
+        };
+        let shown: Vec<&Tracked> = rows.iter().skip(app.offset).copied().collect();
+        terminal.draw(|f| draw(f, &app, &shown, total, &guard, &status_now))?;
+        last_frame = last_frame.max(Instant::now());
+        // Keys are handled against what is on screen; the lock is kept so
+        // the rows stay valid, and released before waiting.
+        let key = if event::poll(Duration::ZERO)? {
+            Some(event::read()?)
+        } else {
+            None
+        };
+        let action = match key {
+            Some(Event::Key(k)) => app.on_key(k, &shown, total, page),
+            _ => Action::None,
+        };
+        drop(shown);
+        drop(rows);
+        drop(guard);
+        match action {
+            Action::Quit => return Ok(()),
+            Action::Delete(ct) => {
+                app.message = Some(match delete(&ct) {
+                    Ok(()) => "deleted".into(),
+                    Err(e) => format!("delete failed: {e}"),
+                });
+            }
+            Action::Refresh => frozen = None,
+            Action::None => {}
+        }
+        if key.is_none() {
+            let _ = event::poll(Duration::from_millis(500))?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use ratatui::{Terminal, backend::TestBackend};
+
+    use super::*;
+    use crate::{
+        filter::Filter,
+        format::EventKind,
+        netlink::{Tuple, ips},
+        top::SortKey,
+    };
+
+    fn entry(src: &str, sport: u16) -> Conntrack {
+        let s: std::net::IpAddr = src.parse().expect("addr");
+        let d: std::net::IpAddr = "10.9.9.9".parse().expect("addr");
+        Conntrack {
+            family: 2,
+            orig: Tuple {
+                src: Some(s),
+                dst: Some(d),
+                l4proto: Some(17),
+                sport: Some(sport),
+                dport: Some(53),
+                ..Tuple::default()
+            },
+            reply: Tuple {
+                src: Some(d),
+                dst: Some(s),
+                l4proto: Some(17),
+                sport: Some(53),
+                dport: Some(sport),
+                ..Tuple::default()
+            },
+            status: Some(ips::CONFIRMED),
+            timeout: Some(30),
+            ..Conntrack::default()
+        }
+    }
+
+    fn screen(app: &App, t: &table::Table) -> String {
+        let mut term = Terminal::new(TestBackend::new(120, 14)).expect("terminal");
+        let (rows, total) = top::select(t.entries(), &app.view, app.offset + 7);
+        let shown: Vec<&Tracked> = rows.iter().skip(app.offset).copied().collect();
+        let status = Status {
+            source: "netlink",
+            ..Status::default()
+        };
+        term.draw(|f| draw(f, app, &shown, total, t, &status))
+            .expect("draw");
+        let buf = term.backend().buffer().clone();
+        (0..buf.area.height)
+            .map(|y| {
+                (0..buf.area.width)
+                    .map(|x| buf[(x, y)].symbol().to_string())
+                    .collect::<String>()
+                    .trim_end()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn key(c: KeyCode) -> KeyEvent {
+        KeyEvent::new(c, KeyModifiers::NONE)
+    }
+
+    fn sample() -> table::Table {
+        let mut t = table::Table::new();
+        for (src, port) in [("10.0.0.3", 3), ("10.0.0.1", 1), ("10.0.0.2", 2)] {
+            t.apply(EventKind::New, &entry(src, port), Instant::now(), None);
+        }
+        t
+    }
+
+    #[test]
+    fn renders_sorted_rows_and_reverses_on_r() {
+        let t = sample();
+        let view = View {
+            sort: SortKey::Src,
+            reverse: false,
+            filter: Filter::default(),
+            text: String::new(),
+        };
+        let mut app = App::new(view, false);
+        let s = screen(&app, &t);
+        let a = s.find("10.0.0.1:1").expect("row 1");
+        let b = s.find("10.0.0.2:2").expect("row 2");
+        let c = s.find("10.0.0.3:3").expect("row 3");
+        assert!(a < b && b < c, "{s}");
+        assert!(s.contains("source netlink -- 3 entries"), "{s}");
+        app.on_key(key(KeyCode::Char('r')), &[], 3, 7);
+        let s = screen(&app, &t);
+        assert!(s.find("10.0.0.3:3") < s.find("10.0.0.1:1"), "{s}");
+    }
+
+    #[test]
+    fn text_filter_prompt() {
+        let t = sample();
+        let view = View {
+            sort: SortKey::Src,
+            reverse: false,
+            filter: Filter::default(),
+            text: String::new(),
+        };
+        let mut app = App::new(view, false);
+        app.on_key(key(KeyCode::Char('/')), &[], 3, 7);
+        for c in "10.0.0.2".chars() {
+            app.on_key(key(KeyCode::Char(c)), &[], 3, 7);
+        }
+        assert!(screen(&app, &t).contains("filter text: 10.0.0.2_"));
+        app.on_key(key(KeyCode::Enter), &[], 3, 7);
+        let s = screen(&app, &t);
+        assert!(s.contains("10.0.0.2:2") && !s.contains("10.0.0.1:1"), "{s}");
+        // s: source filter with a prefix.
+        app.view.text.clear();
+        app.on_key(key(KeyCode::Char('s')), &[], 3, 7);
+        for c in "10.0.0.3/32".chars() {
+            app.on_key(key(KeyCode::Char(c)), &[], 3, 7);
+        }
+        app.on_key(key(KeyCode::Enter), &[], 3, 7);
+        let s = screen(&app, &t);
+        assert!(s.contains("10.0.0.3:3") && !s.contains("10.0.0.2:2"), "{s}");
+    }
+
+    #[test]
+    fn delete_needs_confirmation() {
+        let t = sample();
+        let view = View {
+            sort: SortKey::Src,
+            reverse: false,
+            filter: Filter::default(),
+            text: String::new(),
+        };
+        let mut app = App::new(view, false);
+        let (rows, total) = top::select(t.entries(), &app.view, 7);
+        app.on_key(key(KeyCode::Down), &rows, total, 7);
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('x')), &rows, total, 7),
+            Action::None
+        );
+        assert!(screen(&app, &t).contains("Delete 10.0.0.2 -> 10.9.9.9? (y/n)"));
+        match app.on_key(key(KeyCode::Char('y')), &rows, total, 7) {
+            Action::Delete(ct) => assert_eq!(ct.orig.sport, Some(2)),
+            other => panic!("expected a delete, got {other:?}"),
+        }
+        app.on_key(key(KeyCode::Char('x')), &rows, total, 7);
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('n')), &rows, total, 7),
+            Action::None
+        );
+        assert_eq!(app.message.as_deref(), Some("delete cancelled"));
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('q')), &rows, total, 7),
+            Action::Quit
+        );
+    }
+}

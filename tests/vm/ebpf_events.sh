@@ -21,6 +21,11 @@ table inet ebpf {
 NFT
 sysctl -qw net.netfilter.nf_conntrack_max=1048576 2>/dev/null || true
 sysctl -qw net.netfilter.nf_conntrack_udp_timeout=3600
+# Every flow must still be listed before the flush: connections that end
+# with a reset sit in CLOSE for only 10 s, less than a slow guest needs.
+for state in close time_wait fin_wait close_wait last_ack syn_sent syn_recv; do
+    sysctl -qw "net.netfilter.nf_conntrack_tcp_timeout_$state=3600"
+done
 sysctl -qw net.netfilter.nf_conntrack_acct=1
 sysctl -qw net.netfilter.nf_conntrack_timestamp=1
 

@@ -16,6 +16,9 @@ table inet parity {
 NFT
 sysctl -qw net.netfilter.nf_conntrack_acct=1
 sysctl -qw net.netfilter.nf_conntrack_timestamp=1
+for state in close time_wait fin_wait close_wait last_ack syn_sent syn_recv; do
+    sysctl -qw "net.netfilter.nf_conntrack_tcp_timeout_$state=3600"
+done
 
 normalise_event() {
     sed -E \

@@ -115,6 +115,23 @@ pub enum Command {
     Events(EventArgs),
     /// The live table, like iptstate (the default command).
     Top(TopArgs),
+    /// Watch for a while, then report churn, lifetimes, latencies, top
+    /// talkers and table pressure.
+    Profile(ProfileArgs),
+}
+
+/// Arguments of profile.
+#[derive(Args, Debug, Clone)]
+pub struct ProfileArgs {
+    /// How long to watch, in seconds.
+    #[arg(long, value_parser = parse_duration, default_value = "10")]
+    pub duration: std::time::Duration,
+    /// Output: text (default) or json.
+    #[arg(short = 'o', long = "output", value_parser = ["text", "json"], default_value = "text")]
+    pub output: String,
+    /// How many top talkers of each kind.
+    #[arg(long = "top", default_value_t = 10)]
+    pub top: usize,
 }
 
 /// Arguments of top.
@@ -951,6 +968,74 @@ fn feed(
     Ok(())
 }
 
+/// Sums of the kernel's per-CPU early_drop, insert_failed and drop.
+fn pressure_counters(sock: &mut CtSocket) -> Result<[u64; 3]> {
+    let mut sums = [0u64; 3];
+    for cpu in sock.stats_cpu()? {
+        for (kind, value) in cpu.counters {
+            // CTA_STATS_EARLY_DROP, CTA_STATS_INSERT_FAILED, CTA_STATS_DROP.
+            match kind {
+                11 => sums[0] += u64::from(value),
+                9 => sums[1] += u64::from(value),
+                10 => sums[2] += u64::from(value),
+                _ => {}
+            }
+        }
+    }
+    Ok(sums)
+}
+
+fn profile(args: &ProfileArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
+    }
+    let mut sock = CtSocket::open()?;
+    let before = pressure_counters(&mut sock)?;
+    let mut events = EventSocket::open(EventConfig {
+        mask: EventMask::default(),
+        rcvbuf: 256 << 20,
+        reliable: false,
+    })?;
+    let start = std::time::Instant::now();
+    let mut table = Table::new();
+    table.resync(dump_all()?, start);
+    // The churn counts only what happens during the run.
+    table.stats.new_total = 0;
+    table.stats.destroy_total = 0;
+    let mut lost = 0;
+    while !stop.load(Ordering::Relaxed) && start.elapsed() < args.duration {
+        let mut batch = Vec::new();
+        let read = events.read_batch(100, 256, |kind, ct, _| batch.push((kind, ct.clone())))?;
+        lost += read.overruns;
+        let now = std::time::Instant::now();
+        for (kind, ct) in &batch {
+            table.apply(*kind, ct, now, None);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    table.resync(dump_all()?, std::time::Instant::now());
+    let after = pressure_counters(&mut sock)?;
+    let pressure = crate::profile::Pressure {
+        count: table.len() as u64,
+        max: read_sysctl("nf_conntrack_max"),
+        early_drop: after[0].saturating_sub(before[0]),
+        insert_failed: after[1].saturating_sub(before[1]),
+        drop: after[2].saturating_sub(before[2]),
+    };
+    let report = crate::profile::report(&table, elapsed, "netlink", lost, pressure, args.top);
+    let mut out = io::stdout().lock();
+    if args.output == "json" {
+        let line =
+            serde_json::to_string(&report).map_err(|e| CliError::Failed(format!("json: {e}")))?;
+        writeln!(out, "{line}")?;
+    } else {
+        out.write_all(crate::profile::text(&report).as_bytes())?;
+    }
+    Ok(())
+}
+
 fn flush(args: &FlushArgs) -> Result<()> {
     let mut sock = CtSocket::open()?;
     sock.flush(args.family.unwrap_or(0))?;
@@ -1191,6 +1276,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Some(Command::Stats(a)) => stats(a),
         Some(Command::Events(a)) => events(a),
         Some(Command::Top(a)) => top(a),
+        Some(Command::Profile(a)) => profile(a),
         None => top(&TopArgs::default()),
     }
 }

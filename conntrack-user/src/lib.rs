@@ -8,6 +8,7 @@ pub mod filter;
 pub mod format;
 pub mod netlink;
 pub mod netns;
+pub mod profile;
 pub mod progname;
 pub mod table;
 pub mod top;

@@ -1,0 +1,314 @@
+//! `ctscope profile`: a churn report for performance engineers. Watches the
+//! event source for a while, keeps the live table, and reports NEW/DESTROY
+//! rates, lifetime / set-up / delivery histograms, top talkers and table
+//! pressure (count against nf_conntrack_max, and the kernel's early_drop,
+//! insert_failed and drop counters over the run).
+use std::{collections::HashMap, fmt::Write as _, net::IpAddr};
+
+use serde::Serialize;
+
+use crate::table::{Table, summary};
+
+/// One histogram as count and quantiles.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Quantiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+impl Quantiles {
+    fn of(h: &hdrhistogram::Histogram<u64>) -> Self {
+        let [count, p50, p90, p99, p999, max] = summary(h);
+        Self {
+            count,
+            p50,
+            p90,
+            p99,
+            p999,
+            max,
+        }
+    }
+}
+
+/// One talker: a key and its connection count and bytes.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Talker {
+    /// Address, or port.
+    pub key: String,
+    /// Connections in the table.
+    pub connections: u64,
+    /// Bytes, both directions (needs nf_conntrack_acct=1).
+    pub bytes: u64,
+}
+
+/// The kernel's pressure counters over the run (sums over CPUs).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Pressure {
+    /// Entries at the end.
+    pub count: u64,
+    /// nf_conntrack_max.
+    pub max: Option<u64>,
+    /// early_drop during the run.
+    pub early_drop: u64,
+    /// insert_failed during the run.
+    pub insert_failed: u64,
+    /// drop during the run.
+    pub drop: u64,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Seconds watched.
+    pub duration_secs: f64,
+    /// "netlink" or "ebpf".
+    pub source: &'static str,
+    /// NEW events.
+    pub new: u64,
+    /// DESTROY events.
+    pub destroy: u64,
+    /// NEW per second.
+    pub new_per_sec: f64,
+    /// DESTROY per second.
+    pub destroy_per_sec: f64,
+    /// Events lost (overruns or ring drops).
+    pub lost: u64,
+    /// Lifetime in ms per protocol, for connections that ended.
+    pub lifetime_ms: Vec<(String, Quantiles)>,
+    /// TCP set-up time (NEW to ESTABLISHED), µs.
+    pub tcp_setup_us: Quantiles,
+    /// Event delivery latency, ns (eBPF source only).
+    pub delivery_ns: Quantiles,
+    /// Top sources by connections.
+    pub top_sources: Vec<Talker>,
+    /// Top destinations by connections.
+    pub top_destinations: Vec<Talker>,
+    /// Top destination ports by connections.
+    pub top_dports: Vec<Talker>,
+    /// Table pressure.
+    pub pressure: Pressure,
+}
+
+fn top_n(map: HashMap<String, (u64, u64)>, n: usize) -> Vec<Talker> {
+    let mut v: Vec<Talker> = map
+        .into_iter()
+        .map(|(key, (connections, bytes))| Talker {
+            key,
+            connections,
+            bytes,
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        b.connections
+            .cmp(&a.connections)
+            .then(b.bytes.cmp(&a.bytes))
+            .then(a.key.cmp(&b.key))
+    });
+    v.truncate(n);
+    v
+}
+
+/// Builds the report from the table at the end of the run.
+pub fn report(
+    table: &Table,
+    duration_secs: f64,
+    source: &'static str,
+    lost: u64,
+    pressure: Pressure,
+    n: usize,
+) -> Report {
+    let (mut src, mut dst, mut dport): (HashMap<String, (u64, u64)>, HashMap<_, _>, HashMap<_, _>) =
+        Default::default();
+    for t in table.entries() {
+        let bytes =
+            t.ct.counters_orig.map_or(0, |c| c.bytes) + t.ct.counters_reply.map_or(0, |c| c.bytes);
+        let add = |m: &mut HashMap<String, (u64, u64)>, k: String| {
+            let e = m.entry(k).or_default();
+            e.0 += 1;
+            e.1 += bytes;
+        };
+        let name = |a: Option<IpAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        add(&mut src, name(t.ct.orig.src));
+        add(&mut dst, name(t.ct.orig.dst));
+        if let Some(p) = t.ct.orig.dport.filter(|_| t.ct.orig.icmp_type.is_none()) {
+            add(
+                &mut dport,
+                format!("{}/{p}", crate::format::proto_name(t.ct.l4proto())),
+            );
+        }
+    }
+    let s = &table.stats;
+    let secs = duration_secs.max(1e-9);
+    let mut lifetime_ms: Vec<(String, Quantiles)> = s
+        .lifetime_ms
+        .iter()
+        .map(|(k, h)| (k.to_string(), Quantiles::of(h)))
+        .collect();
+    lifetime_ms.sort_by(|a, b| a.0.cmp(&b.0));
+    Report {
+        duration_secs,
+        source,
+        new: s.new_total,
+        destroy: s.destroy_total,
+        new_per_sec: s.new_total as f64 / secs,
+        destroy_per_sec: s.destroy_total as f64 / secs,
+        lost,
+        lifetime_ms,
+        tcp_setup_us: Quantiles::of(&s.tcp_setup_us),
+        delivery_ns: Quantiles::of(&s.delivery_ns),
+        top_sources: top_n(src, n),
+        top_destinations: top_n(dst, n),
+        top_dports: top_n(dport, n),
+        pressure,
+    }
+}
+
+fn q_line(out: &mut String, name: &str, unit: &str, q: &Quantiles) {
+    let _ = writeln!(
+        out,
+        "  {name:<14} count {:>8}  p50 {:>8}{unit}  p90 {:>8}{unit}  p99 {:>8}{unit}  p99.9 {:>8}{unit}  max {:>8}{unit}",
+        q.count, q.p50, q.p90, q.p99, q.p999, q.max
+    );
+}
+
+/// The text form of the report.
+pub fn text(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ctscope profile: {:.1} s, source {}",
+        r.duration_secs, r.source
+    );
+    let _ = writeln!(
+        out,
+        "churn: NEW {} ({:.0}/s)  DESTROY {} ({:.0}/s)  lost {}",
+        r.new, r.new_per_sec, r.destroy, r.destroy_per_sec, r.lost
+    );
+    let max = r
+        .pressure
+        .max
+        .map(|m| format!(" of {m}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "table: {} entries{max}  early_drop {}  insert_failed {}  drop {}",
+        r.pressure.count, r.pressure.early_drop, r.pressure.insert_failed, r.pressure.drop
+    );
+    let _ = writeln!(out, "lifetime (connections that ended):");
+    if r.lifetime_ms.is_empty() {
+        let _ = writeln!(out, "  none ended");
+    }
+    for (proto, q) in &r.lifetime_ms {
+        q_line(&mut out, proto, "ms", q);
+    }
+    let _ = writeln!(out, "latency:");
+    if r.source == "netlink" {
+        let _ = writeln!(
+            out,
+            "  (ctnetlink events carry no kernel timestamp: set-up times are measured when ctscope \
+             read the events, and delivery latency needs the eBPF source)"
+        );
+    }
+    q_line(&mut out, "tcp set-up", "us", &r.tcp_setup_us);
+    q_line(&mut out, "delivery", "ns", &r.delivery_ns);
+    for (title, list) in [
+        ("top sources", &r.top_sources),
+        ("top destinations", &r.top_destinations),
+        ("top destination ports", &r.top_dports),
+    ] {
+        let _ = writeln!(out, "{title} (connections, bytes):");
+        for t in list.iter() {
+            let _ = writeln!(out, "  {:<40} {:>8} {:>12}", t.key, t.connections, t.bytes);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::{
+        format::EventKind,
+        netlink::{Conntrack, Tuple, codec::Counters},
+    };
+
+    fn flow(src: &str, dport: u16, bytes: u64) -> Conntrack {
+        let s: IpAddr = src.parse().expect("addr");
+        let d: IpAddr = "10.9.0.1".parse().expect("addr");
+        Conntrack {
+            family: 2,
+            orig: Tuple {
+                src: Some(s),
+                dst: Some(d),
+                l4proto: Some(17),
+                sport: Some(1000 + dport),
+                dport: Some(dport),
+                ..Tuple::default()
+            },
+            reply: Tuple {
+                src: Some(d),
+                dst: Some(s),
+                l4proto: Some(17),
+                sport: Some(dport),
+                dport: Some(1000 + dport),
+                ..Tuple::default()
+            },
+            counters_orig: Some(Counters { packets: 1, bytes }),
+            counters_reply: Some(Counters {
+                packets: 0,
+                bytes: 0,
+            }),
+            ..Conntrack::default()
+        }
+    }
+
+    #[test]
+    fn talkers_rates_and_lifetimes() {
+        let mut t = Table::new();
+        let now = Instant::now();
+        for (i, src) in ["10.0.0.1", "10.0.0.1", "10.0.0.2"].iter().enumerate() {
+            t.apply(
+                EventKind::New,
+                &flow(src, 53 + i as u16, 100 * (i as u64 + 1)),
+                now,
+                None,
+            );
+        }
+        t.apply(
+            EventKind::Destroy,
+            &flow("10.0.0.2", 55, 0),
+            now + Duration::from_millis(250),
+            None,
+        );
+        let r = report(&t, 2.0, "netlink", 0, Pressure::default(), 5);
+        assert_eq!(r.new, 3);
+        assert_eq!(r.destroy, 1);
+        assert!((r.new_per_sec - 1.5).abs() < 1e-9);
+        assert_eq!(r.top_sources[0].key, "10.0.0.1");
+        assert_eq!(r.top_sources[0].connections, 2);
+        assert_eq!(r.top_sources[0].bytes, 300);
+        assert_eq!(r.lifetime_ms[0].0, "udp");
+        assert!((240..=260).contains(&r.lifetime_ms[0].1.max));
+        let text = text(&r);
+        assert!(
+            text.contains("churn: NEW 3 (2/s)  DESTROY 1 (0/s)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).expect("json");
+        // One connection each: ties go to the one with more bytes.
+        assert_eq!(json["top_dports"][0]["key"], "udp/54");
+        assert_eq!(r.top_dports.len(), 2);
+    }
+}

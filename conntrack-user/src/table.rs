@@ -458,3 +458,4 @@ mod tests {
         assert!(t.stats.tcp_setup_us.max() >= 2900);
     }
 }
+

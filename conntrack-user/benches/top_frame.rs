@@ -52,7 +52,7 @@ fn entry(i: u32) -> Conntrack {
     let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (i >> 8)));
     let dst = IpAddr::V4(Ipv4Addr::from(0xc0a8_0000 | (i % 251)));
     let sport = (1024 + i % 60000) as u16;
-    let tcp = i % 3 == 0;
+    let tcp = i.is_multiple_of(3);
     let l4 = if tcp { 6 } else { 17 };
     Conntrack {
         family: 2,
@@ -78,8 +78,14 @@ fn entry(i: u32) -> Conntrack {
         use_count: Some(1),
         id: Some(i),
         proto_state: tcp.then_some(ProtoState::Tcp(3)),
-        counters_orig: Some(Counters { packets: u64::from(i % 100), bytes: u64::from(i % 100_000) }),
-        counters_reply: Some(Counters { packets: 1, bytes: 60 }),
+        counters_orig: Some(Counters {
+            packets: u64::from(i % 100),
+            bytes: u64::from(i % 100_000),
+        }),
+        counters_reply: Some(Counters {
+            packets: 1,
+            bytes: 60,
+        }),
         ..Conntrack::default()
     }
 }

@@ -458,4 +458,3 @@ mod tests {
         assert!(t.stats.tcp_setup_us.max() >= 2900);
     }
 }
-

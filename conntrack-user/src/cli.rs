@@ -1104,17 +1104,19 @@ fn stats(args: &StatsArgs) -> Result<()> {
 
 /// The event source in use.
 enum Source {
-    Netlink,
+    /// ctnetlink; the reason eBPF is not used, to print once the netlink
+    /// socket is open (so a missing privilege gives one line, not two).
+    Netlink(Option<String>),
     Ebpf(Box<tracer::Tracer>),
 }
 
-/// Picks the event source; says on stderr why eBPF is not used.
+/// Picks the event source.
 fn choose_source(args: &EventArgs) -> Result<Source> {
     if args.source == SourceChoice::Netlink {
         if args.all_netns {
             return Err(usage("--all-netns needs the eBPF source"));
         }
-        return Ok(Source::Netlink);
+        return Ok(Source::Netlink(None));
     }
     let filter_netns = if args.all_netns {
         0
@@ -1139,8 +1141,9 @@ fn choose_source(args: &EventArgs) -> Result<Source> {
                     "--all-netns needs the eBPF source, which is unavailable: {e}"
                 )));
             }
-            eprintln!("ctscope: eBPF source unavailable ({e}); using ctnetlink events");
-            Ok(Source::Netlink)
+            Ok(Source::Netlink(Some(format!(
+                "ctscope: eBPF source unavailable ({e}); using ctnetlink events"
+            ))))
         }
     }
 }
@@ -1208,15 +1211,20 @@ fn events(args: &EventArgs) -> Result<()> {
         signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))
             .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
     }
-    let source = choose_source(args)?;
-    if let Source::Ebpf(tracer) = source {
-        return events_ebpf(tracer, args, &filter, Printer::new(opts), &stop);
-    }
+    let fallback_note = match choose_source(args)? {
+        Source::Ebpf(tracer) => {
+            return events_ebpf(tracer, args, &filter, Printer::new(opts), &stop);
+        }
+        Source::Netlink(note) => note,
+    };
     let mut sock = EventSocket::open(EventConfig {
         mask: args.event_mask,
         rcvbuf: args.buffer_size,
         reliable: args.reliable,
     })?;
+    if let Some(note) = fallback_note {
+        eprintln!("{note}");
+    }
     let deadline = args.duration.map(|d| std::time::Instant::now() + d);
     let mut printer = Printer::new(opts);
     let (mut shown, mut overruns) = (0u64, 0u64);

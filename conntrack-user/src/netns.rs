@@ -32,7 +32,12 @@ pub fn enter(name: &str) -> Result<(), NetnsError> {
         path: path.display().to_string(),
         reason,
     };
-    let file = File::open(&path).map_err(|e| err(e.to_string()))?;
+    let file = File::open(&path).map_err(|e| {
+        err(e.raw_os_error().map_or_else(
+            || e.to_string(),
+            |n| nix::errno::Errno::from_raw(n).desc().to_string(),
+        ))
+    })?;
     setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| match e {
         nix::errno::Errno::EPERM => {
             err("operation not permitted: needs root or CAP_SYS_ADMIN".into())

@@ -59,6 +59,9 @@ pub enum TracerError {
     /// The kernel refused to load the programs or maps.
     #[error("the kernel refused the eBPF programs: {0}")]
     Load(String),
+    /// Not allowed to load eBPF programs.
+    #[error("loading eBPF programs needs root, or CAP_BPF and CAP_PERFMON ({0})")]
+    Privilege(String),
     /// A hooked function is not in this kernel.
     #[error("cannot attach to {function}: {reason}")]
     Attach {
@@ -170,7 +173,14 @@ impl Tracer {
             .override_global("OFFSETS", &offsets, true)
             .map_max_entries(conntrack_ebpf::RING_MAP, config.ring_size)
             .load(EBPF_OBJECT)
-            .map_err(|e| TracerError::Load(e.to_string()))?;
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.contains("Operation not permitted") || text.contains("EPERM") {
+                    TracerError::Privilege(text)
+                } else {
+                    TracerError::Load(text)
+                }
+            })?;
         for (program, function) in PROBES {
             let symbol = attach_symbol(function).ok_or_else(|| TracerError::Attach {
                 function: function.to_string(),

@@ -925,6 +925,10 @@ fn feed(
     let mut window = (std::time::Instant::now(), 0u64, 0u64, 0u64);
     let mut lost = 0u64;
     while !stop.load(Ordering::Relaxed) {
+        if let Some(msg) = netns::watched_gone() {
+            stop.store(true, Ordering::Relaxed);
+            return Err(msg);
+        }
         let mut batch_events = Vec::new();
         let batch = events
             .read_batch(200, 256, |kind, ct, _| {
@@ -1006,6 +1010,9 @@ fn profile(args: &ProfileArgs) -> Result<()> {
     table.stats.destroy_total = 0;
     let mut lost = 0;
     while !stop.load(Ordering::Relaxed) && start.elapsed() < args.duration {
+        if let Some(msg) = netns::watched_gone() {
+            return Err(CliError::Failed(msg));
+        }
         let mut batch = Vec::new();
         let read = events.read_batch(100, 256, |kind, ct, _| batch.push((kind, ct.clone())))?;
         lost += read.overruns;
@@ -1173,6 +1180,9 @@ fn events_ebpf(
             if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                 break;
             }
+            if let Some(msg) = netns::watched_gone() {
+                return Err(CliError::Failed(msg));
+            }
             tracer::Tracer::readable(&fd, std::time::Duration::from_millis(100)).await;
             tracer.drain(|kind, ct, time_ns| {
                 if shown >= limit || !out_ok || !args.event_mask.wants(kind) || !filter.matches(ct)
@@ -1231,9 +1241,18 @@ fn events(args: &EventArgs) -> Result<()> {
     let limit = args.count.unwrap_or(u64::MAX);
     let mut prognames = ProgName::default();
     let mut out_ok = true;
+    let mut gone = None;
+    let mut last_check = std::time::Instant::now();
     while out_ok && shown < limit && !stop.load(std::sync::atomic::Ordering::Relaxed) {
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
             break;
+        }
+        if last_check.elapsed() >= std::time::Duration::from_millis(500) {
+            last_check = std::time::Instant::now();
+            gone = netns::watched_gone();
+            if gone.is_some() {
+                break;
+            }
         }
         let batch = sock.read_batch(100, 256, |kind, ct, portid| {
             if shown >= limit || !out_ok || !filter.matches(ct) {
@@ -1264,6 +1283,9 @@ fn events(args: &EventArgs) -> Result<()> {
              ctnetlink does not say how many"
         );
     }
+    if let Some(msg) = gone {
+        return Err(CliError::Failed(msg));
+    }
     Ok(())
 }
 
@@ -1274,6 +1296,9 @@ mod format_stats {
 fn dispatch(cli: &Cli) -> Result<()> {
     if let Some(ns) = &cli.netns {
         netns::enter(ns).map_err(|e| CliError::Failed(e.to_string()))?;
+        if let Some(w) = netns::Watch::new(ns) {
+            netns::set_watch(w);
+        }
     }
     match &cli.command {
         Some(Command::List(a)) => list(a),

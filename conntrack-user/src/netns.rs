@@ -46,3 +46,52 @@ pub fn enter(name: &str) -> Result<(), NetnsError> {
         e => err(e.desc().to_string()),
     })
 }
+
+/// Watches the namespace named with `--netns`: ctscope's own reference keeps
+/// a namespace alive after `ip netns del` (or after its container exits),
+/// so without this a watcher would wait forever on a table nobody uses.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    name: String,
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Watch {
+    /// Records the namespace's identity (call right after [`enter`]).
+    pub fn new(name: &str) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let path = resolve(name);
+        let inode = std::fs::metadata(&path).ok()?.ino();
+        Some(Self {
+            name: name.to_string(),
+            path,
+            inode,
+        })
+    }
+
+    /// `Some(message)` once the name no longer points at our namespace.
+    pub fn gone(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.ino() == self.inode => None,
+            _ => Some(format!(
+                "network namespace '{}' was deleted ({} is gone)",
+                self.name,
+                self.path.display()
+            )),
+        }
+    }
+}
+
+static WATCH: std::sync::OnceLock<Watch> = std::sync::OnceLock::new();
+
+/// Sets the namespace that long-running commands watch.
+pub fn set_watch(w: Watch) {
+    let _ = WATCH.set(w);
+}
+
+/// The message to exit with if the watched namespace was deleted.
+pub fn watched_gone() -> Option<String> {
+    WATCH.get().and_then(Watch::gone)
+}

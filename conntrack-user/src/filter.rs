@@ -150,7 +150,7 @@ impl Filter {
             return false;
         }
         if !self.labels.is_empty() {
-            let Some(l) = &ct.labels else {
+            let Some(l) = ct.labels() else {
                 return false;
             };
             if !self

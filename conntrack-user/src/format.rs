@@ -397,12 +397,12 @@ pub fn write_text(
         out.extend_from_slice(b.format(m).as_bytes());
         out.push(b' ');
     }
-    if let Some(m) = ct.secmark {
+    if let Some(m) = ct.secmark() {
         out.extend_from_slice(b"secmark=");
         out.extend_from_slice(b.format(m).as_bytes());
         out.push(b' ');
     }
-    if let Some(ctx) = &ct.secctx {
+    if let Some(ctx) = ct.secctx() {
         let _ = write!(out, "secctx={ctx} ");
     }
     if let Some(z) = ct.zone {
@@ -429,7 +429,7 @@ pub fn write_text(
             let _ = write!(out, "[stop={}] ", ctime((stop / 1_000_000_000) as i64));
         }
     }
-    if let Some(h) = &ct.helper {
+    if let Some(h) = ct.helper() {
         let _ = write!(out, "helper={h} ");
     }
     if let Some(u) = ct.use_count {
@@ -444,7 +444,7 @@ pub fn write_text(
         out.extend_from_slice(b.format(id).as_bytes());
         out.push(b' ');
     }
-    if let (Some(map), Some(labels)) = (&opts.labels, &ct.labels) {
+    if let (Some(map), Some(labels)) = (&opts.labels, ct.labels()) {
         let names: Vec<&str> = label_bits(labels).filter_map(|bit| map.name(bit)).collect();
         if names.is_empty() {
             // The library writes "labels=", then removes one character for
@@ -566,7 +566,7 @@ pub fn write_json(out: &mut Vec<u8>, ct: &Conntrack, opts: &OutputOptions, meta:
                 .collect()
         })
         .unwrap_or_default();
-    let labels = ct.labels.as_ref().map(|l| {
+    let labels = ct.labels().map(|l| {
         label_bits(l)
             .map(|bit| {
                 opts.labels
@@ -593,8 +593,8 @@ pub fn write_json(out: &mut Vec<u8>, ct: &Conntrack, opts: &OutputOptions, meta:
         reply: JsonTuple::new(&ct.reply, ct.counters_reply.as_ref()),
         status,
         mark: ct.mark,
-        secmark: ct.secmark,
-        secctx: ct.secctx.as_deref(),
+        secmark: ct.secmark(),
+        secctx: ct.secctx(),
         zone: ct.zone,
         use_count: ct.use_count,
         id: ct.id,
@@ -602,7 +602,7 @@ pub fn write_json(out: &mut Vec<u8>, ct: &Conntrack, opts: &OutputOptions, meta:
             start,
             stop: ct.timestamp_stop,
         }),
-        helper: ct.helper.as_deref(),
+        helper: ct.helper(),
         labels,
         nat: JsonNat {
             snat: is_snat(ct),
@@ -766,13 +766,13 @@ mod tests {
         let map = LabelMap::parse("0 eth0-in\n1 eth1-in # comment\n");
         assert_eq!(map.bit("eth1-in"), Some(1));
         let mut ct = tcp_entry();
-        ct.labels = Some([0b11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        ct.extra_mut().labels = Some([0b11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         let opts = OutputOptions {
             labels: Some(map),
             ..OutputOptions::default()
         };
         assert!(text(&ct, &opts, None).ends_with("use=1 labels=eth0-in,eth1-in\n"));
-        ct.labels = Some([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80]);
+        ct.extra_mut().labels = Some([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80]);
         assert!(text(&ct, &opts, None).ends_with("use=1 labels\n"));
     }
 }

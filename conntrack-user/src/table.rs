@@ -9,12 +9,18 @@
 //! counts; a NEW arriving after its DESTROY within a short window is
 //! dropped. Updates no event carries (counters, timeouts) come from the
 //! periodic dumps, which also measure the drift the events missed.
+//!
+//! Storage: the entries sit in one dense `Vec` (a frame walks memory in
+//! order, and nothing rounds the entry array up to a power of two) with a
+//! `hashbrown::HashTable` of `u32` positions as the index, hashed by [`Key`].
 use std::{
     collections::HashMap,
+    hash::BuildHasher,
     net::IpAddr,
     time::{Duration, Instant},
 };
 
+use hashbrown::{DefaultHashBuilder, HashTable};
 use hdrhistogram::Histogram;
 
 use crate::{
@@ -59,14 +65,13 @@ impl Key {
 pub struct Tracked {
     /// The latest view of the entry.
     pub ct: Conntrack,
-    /// When this table first saw it.
-    pub first_seen: Instant,
+    /// When this table first saw it, in ms since the table was made.
+    pub first_seen_ms: u32,
     /// Bytes per second, original and reply directions, between the last
     /// two dumps (needs nf_conntrack_acct=1).
-    pub rate_bytes: (f64, f64),
+    pub rate_bytes: (f32, f32),
     /// Packets per second, original and reply.
-    pub rate_packets: (f64, f64),
-    last_sample: Option<(Instant, u64, u64, u64, u64)>,
+    pub rate_packets: (f32, f32),
 }
 
 /// What a resync found that the events had not said.
@@ -120,13 +125,31 @@ impl Default for Stats {
 }
 
 /// The live table.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Table {
-    entries: HashMap<Key, Tracked>,
+    entries: Vec<Tracked>,
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    epoch: Instant,
+    last_resync: Option<Instant>,
     /// Keys destroyed recently, to drop a late NEW (per-CPU reordering).
     recently_destroyed: HashMap<Key, Instant>,
     /// Churn, drift and histograms.
     pub stats: Stats,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            epoch: Instant::now(),
+            last_resync: None,
+            recently_destroyed: HashMap::new(),
+            stats: Stats::default(),
+        }
+    }
 }
 
 const REORDER_WINDOW: Duration = Duration::from_secs(2);
@@ -150,7 +173,59 @@ impl Table {
 
     /// Every entry, in no order.
     pub fn entries(&self) -> impl Iterator<Item = &Tracked> {
-        self.entries.values()
+        self.entries.iter()
+    }
+
+    fn ms_since_epoch(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u32::MAX)
+    }
+
+    fn hash(&self, key: &Key) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn find(&self, key: &Key) -> Option<usize> {
+        let entries = &self.entries;
+        self.index
+            .find(self.hash(key), |&i| {
+                Key::of(&entries[i as usize].ct).as_ref() == Some(key)
+            })
+            .map(|&i| i as usize)
+    }
+
+    fn insert(&mut self, key: Key, t: Tracked) {
+        let pos = self.entries.len() as u32;
+        self.entries.push(t);
+        let hash = self.hash(&key);
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.index.insert_unique(hash, pos, |&i| {
+            Key::of(&entries[i as usize].ct).map_or(0, |k| hasher.hash_one(&k))
+        });
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Tracked> {
+        let hash = self.hash(key);
+        let entries = &self.entries;
+        let slot = self
+            .index
+            .find_entry(hash, |&i| {
+                Key::of(&entries[i as usize].ct).as_ref() == Some(key)
+            })
+            .ok()?;
+        let (pos, _) = slot.remove();
+        let pos = pos as usize;
+        let last = self.entries.len() - 1;
+        let removed = self.entries.swap_remove(pos);
+        if pos != last {
+            // The last entry moved into `pos`: point its index slot there.
+            if let Some(moved) = Key::of(&self.entries[pos].ct) {
+                let h = self.hash(&moved);
+                if let Some(i) = self.index.find_mut(h, |&i| i as usize == last) {
+                    *i = pos as u32;
+                }
+            }
+        }
+        Some(removed)
     }
 
     /// Applies one event. `delivery_ns`, when known, is the time from the
@@ -168,6 +243,7 @@ impl Table {
         if let Some(ns) = delivery_ns {
             let _ = self.stats.delivery_ns.record(ns.max(1));
         }
+        let now_ms = self.ms_since_epoch(now);
         match kind {
             EventKind::New | EventKind::Update => {
                 if kind == EventKind::New {
@@ -180,33 +256,32 @@ impl Table {
                         return;
                     }
                 }
-                match self.entries.get_mut(&key) {
-                    Some(t) => {
+                match self.find(&key) {
+                    Some(pos) => {
+                        let t = &mut self.entries[pos];
                         let was_established =
                             matches!(t.ct.proto_state, Some(ProtoState::Tcp(ESTABLISHED)));
                         merge(&mut t.ct, ct);
                         if !was_established
                             && matches!(t.ct.proto_state, Some(ProtoState::Tcp(ESTABLISHED)))
                         {
-                            let us = now.duration_since(t.first_seen).as_micros() as u64;
+                            let us = u64::from(now_ms.saturating_sub(t.first_seen_ms)) * 1000;
                             let _ = self.stats.tcp_setup_us.record(us.max(1));
                         }
                     }
-                    None => {
-                        self.entries.insert(key, tracked(ct.clone(), now));
-                    }
+                    None => self.insert(key, tracked(ct.clone(), now_ms)),
                 }
             }
             EventKind::Destroy => {
                 self.stats.destroy_total += 1;
                 self.recently_destroyed.insert(key, now);
-                match self.entries.remove(&key) {
+                match self.remove(&key) {
                     Some(t) => {
                         let ms = match (ct.timestamp_start, ct.timestamp_stop) {
                             (Some(start), Some(stop)) if stop >= start => {
                                 (stop - start) / 1_000_000
                             }
-                            _ => now.duration_since(t.first_seen).as_millis() as u64,
+                            _ => u64::from(now_ms.saturating_sub(t.first_seen_ms)),
                         };
                         self.record_lifetime(ct.l4proto(), ms);
                     }
@@ -230,60 +305,77 @@ impl Table {
     }
 
     /// Replaces the table with a full dump, keeping what was learnt about
-    /// entries still there, updating rates from counter deltas, and
-    /// counting the drift.
+    /// entries still there, updating rates from counter deltas since the
+    /// last dump, and counting the drift.
     pub fn resync(&mut self, dump: impl IntoIterator<Item = Conntrack>, now: Instant) -> Drift {
-        let mut old = std::mem::take(&mut self.entries);
+        let now_ms = self.ms_since_epoch(now);
+        let since_last = self
+            .last_resync
+            .map(|t| now.saturating_duration_since(t).as_secs_f64());
+        let mut old = std::mem::take(self);
+        self.epoch = old.epoch;
+        self.stats = std::mem::take(&mut old.stats);
+        self.recently_destroyed = std::mem::take(&mut old.recently_destroyed);
+        self.entries.reserve(old.entries.len());
         let mut drift = Drift::default();
+        let mut kept = 0u64;
         for ct in dump {
             let Some(key) = Key::of(&ct) else {
                 continue;
             };
             let t = match old.remove(&key) {
                 Some(mut t) => {
+                    kept += 1;
+                    let secs = since_last.map(|s| {
+                        let born = f64::from(now_ms.saturating_sub(t.first_seen_ms)) / 1000.0;
+                        s.min(born)
+                    });
+                    update_rates(&mut t, &ct, secs);
                     t.ct = ct;
-                    update_rates(&mut t, now);
                     t
                 }
                 None => {
                     drift.missed += 1;
-                    tracked(ct, now)
+                    tracked(ct, now_ms)
                 }
             };
-            self.entries.insert(key, t);
+            if self.find(&key).is_none() {
+                self.insert(key, t);
+            }
         }
-        drift.stale = old.len() as u64;
+        let _ = kept;
+        drift.stale = old.entries.len() as u64;
+        self.last_resync = Some(now);
         self.stats.resyncs += 1;
         self.stats.last_drift = drift;
         drift
     }
 }
 
-fn tracked(ct: Conntrack, now: Instant) -> Tracked {
-    let mut t = Tracked {
+fn tracked(ct: Conntrack, now_ms: u32) -> Tracked {
+    Tracked {
         ct,
-        first_seen: now,
+        first_seen_ms: now_ms,
         rate_bytes: (0.0, 0.0),
         rate_packets: (0.0, 0.0),
-        last_sample: None,
-    };
-    update_rates(&mut t, now);
-    t
+    }
 }
 
-fn update_rates(t: &mut Tracked, now: Instant) {
-    let (Some(o), Some(r)) = (t.ct.counters_orig, t.ct.counters_reply) else {
+/// Rates from the counters the entry held (`t.ct`, as of the last dump)
+/// to the new ones, over `secs`.
+fn update_rates(t: &mut Tracked, new: &Conntrack, secs: Option<f64>) {
+    let (Some(secs), Some(o0), Some(r0), Some(o1), Some(r1)) = (
+        secs.filter(|s| *s > 0.0),
+        t.ct.counters_orig,
+        t.ct.counters_reply,
+        new.counters_orig,
+        new.counters_reply,
+    ) else {
         return;
     };
-    if let Some((then, ob, op, rb, rp)) = t.last_sample {
-        let secs = now.duration_since(then).as_secs_f64();
-        if secs > 0.0 {
-            let rate = |new: u64, old: u64| new.saturating_sub(old) as f64 / secs;
-            t.rate_bytes = (rate(o.bytes, ob), rate(r.bytes, rb));
-            t.rate_packets = (rate(o.packets, op), rate(r.packets, rp));
-        }
-    }
-    t.last_sample = Some((now, o.bytes, o.packets, r.bytes, r.packets));
+    let rate = |new: u64, old: u64| (new.saturating_sub(old) as f64 / secs) as f32;
+    t.rate_bytes = (rate(o1.bytes, o0.bytes), rate(r1.bytes, r0.bytes));
+    t.rate_packets = (rate(o1.packets, o0.packets), rate(r1.packets, r0.packets));
 }
 
 /// Takes the attributes an event carries into the entry we hold (events
@@ -296,7 +388,6 @@ fn merge(into: &mut Conntrack, from: &Conntrack) {
         status,
         timeout,
         mark,
-        secmark,
         use_count,
         id,
         counters_orig,
@@ -304,9 +395,7 @@ fn merge(into: &mut Conntrack, from: &Conntrack) {
         timestamp_start,
         timestamp_stop,
         proto_state,
-        helper,
-        secctx,
-        labels
+        extra
     );
 }
 
@@ -436,6 +525,47 @@ mod tests {
         assert!((e.rate_bytes.0 - 1000.0).abs() < 1.0, "{:?}", e.rate_bytes);
         assert!((e.rate_packets.0 - 10.0).abs() < 0.1);
         assert_eq!(e.rate_bytes.1, 0.0);
+    }
+
+    #[test]
+    fn index_stays_consistent_under_random_churn() {
+        // A model (a set of ports) against the table, through inserts and
+        // swap-removes in pseudo-random order, then a resync.
+        let mut t = Table::new();
+        let mut model = std::collections::BTreeSet::new();
+        let mut x: u32 = 12345;
+        let base = Instant::now();
+        for step in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let port = (x % 2000) as u16;
+            // Time moves on so the reorder window never hides a NEW.
+            let now = base + Duration::from_secs(u64::from(step) * 3);
+            if x % 3 == 0 {
+                t.apply(EventKind::Destroy, &udp(port), now, None);
+                model.remove(&port);
+            } else {
+                t.apply(EventKind::New, &udp(port), now, None);
+                model.insert(port);
+            }
+            if step % 997 == 0 {
+                let held: std::collections::BTreeSet<u16> =
+                    t.entries().filter_map(|e| e.ct.orig.sport).collect();
+                assert_eq!(held, model, "step {step}");
+                for &p in model.iter().take(50) {
+                    assert!(
+                        t.find(&Key::of(&udp(p)).expect("key")).is_some(),
+                        "lost {p}"
+                    );
+                }
+            }
+        }
+        assert_eq!(t.len(), model.len());
+        let dump: Vec<Conntrack> = model.iter().map(|&p| udp(p)).collect();
+        let drift = t.resync(dump, base + Duration::from_secs(100_000));
+        assert_eq!(drift, Drift::default());
+        assert_eq!(t.len(), model.len());
     }
 
     #[test]

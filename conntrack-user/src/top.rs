@@ -87,7 +87,7 @@ fn packets(t: &Tracked) -> u64 {
 }
 
 fn rate(t: &Tracked) -> f64 {
-    t.rate_bytes.0 + t.rate_bytes.1
+    f64::from(t.rate_bytes.0) + f64::from(t.rate_bytes.1)
 }
 
 /// Orders two entries by a column (ties broken by source, then destination).
@@ -126,6 +126,9 @@ pub struct View {
     pub text: String,
 }
 
+/// Up to this many rows, `select` keeps a sorted top-k in one pass.
+const TOP_K_MAX: usize = 4096;
+
 /// Entries passing the view's filters, the first `limit` of them in order
 /// (selection, then a sort of only those: a frame at 1M entries sorts only
 /// what it shows).
@@ -134,15 +137,38 @@ pub fn select<'a>(
     view: &View,
     limit: usize,
 ) -> (Vec<&'a Tracked>, usize) {
-    let mut rows: Vec<&Tracked> = entries
+    let passing = entries
         .filter(|t| view.filter.matches(&t.ct))
-        .filter(|t| view.text.is_empty() || row_text(t).contains(view.text.as_str()))
-        .collect();
-    let total = rows.len();
+        .filter(|t| view.text.is_empty() || row_text(t).contains(view.text.as_str()));
     let cmp = |a: &&Tracked, b: &&Tracked| {
         let o = compare(view.sort, a, b);
         if view.reverse { o.reverse() } else { o }
     };
+    if limit <= TOP_K_MAX {
+        // A screenful: one pass in memory order keeping the best `limit`
+        // sorted; most entries cost one comparison with the worst kept.
+        let mut best: Vec<&Tracked> = Vec::with_capacity(limit + 1);
+        let mut total = 0;
+        for t in passing {
+            total += 1;
+            if limit == 0 {
+                continue;
+            }
+            if best.len() == limit
+                && best
+                    .last()
+                    .is_some_and(|worst| cmp(&t, worst) != Ordering::Less)
+            {
+                continue;
+            }
+            let at = best.partition_point(|b| cmp(b, &t) != Ordering::Greater);
+            best.insert(at, t);
+            best.truncate(limit);
+        }
+        return (best, total);
+    }
+    let mut rows: Vec<&Tracked> = passing.collect();
+    let total = rows.len();
     if limit < rows.len() && limit > 0 {
         rows.select_nth_unstable_by(limit - 1, cmp);
         rows.truncate(limit);
@@ -374,6 +400,44 @@ mod tests {
         assert_eq!(b, vec![9000, 500]);
         let (rows, _) = select(t.entries(), &view(SortKey::Ttl, false), 1);
         assert_eq!(rows[0].ct.timeout, Some(20));
+    }
+
+    #[test]
+    fn top_k_pass_equals_the_full_sort() {
+        let mut t = Table::new();
+        let now = Instant::now();
+        let mut x: u32 = 99;
+        for i in 0..600u16 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let src = format!("10.0.{}.{}", x % 7, x % 5);
+            let l4 = if x % 2 == 0 { 6 } else { 17 };
+            t.apply(
+                EventKind::New,
+                &entry(&src, i, "10.9.0.1", l4, x % 900, u64::from(x % 300)),
+                now,
+                None,
+            );
+        }
+        for key in SortKey::ALL {
+            for reverse in [false, true] {
+                let v = view(key, reverse);
+                let (all, total) = select(t.entries(), &v, usize::MAX);
+                let (top, total_k) = select(t.entries(), &v, 37);
+                assert_eq!(total, total_k);
+                let ids = |r: &[&Tracked]| r.iter().map(|e| e.ct.orig.sport).collect::<Vec<_>>();
+                let full = ids(&all);
+                // Equal keys may come in either order; compare the keys.
+                let keys = |r: &[&Tracked]| {
+                    r.iter()
+                        .map(|e| cells(e, true).join(" "))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(keys(&top), keys(&all[..37]), "{key:?} reverse={reverse}");
+                assert_eq!(full.len(), 600);
+            }
+        }
     }
 
     #[test]

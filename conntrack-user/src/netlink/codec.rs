@@ -82,8 +82,6 @@ pub struct Conntrack {
     pub timeout: Option<u32>,
     /// Connection mark.
     pub mark: Option<u32>,
-    /// Security mark.
-    pub secmark: Option<u32>,
     /// Reference count.
     pub use_count: Option<u32>,
     /// The kernel's id of the entry.
@@ -100,6 +98,16 @@ pub struct Conntrack {
     pub timestamp_stop: Option<u64>,
     /// TCP / SCTP / DCCP state.
     pub proto_state: Option<ProtoState>,
+    /// Attributes most entries lack (helper, security, labels), boxed so
+    /// the common entry stays small in the live table.
+    pub extra: Option<Box<CtExtra>>,
+}
+
+/// The rarely present attributes of an entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CtExtra {
+    /// Security mark.
+    pub secmark: Option<u32>,
     /// Helper name.
     pub helper: Option<Box<str>>,
     /// Security context.
@@ -117,6 +125,31 @@ impl Conntrack {
     /// Whether a status bit is set.
     pub fn has_status(&self, bit: u32) -> bool {
         self.status.is_some_and(|s| s & bit != 0)
+    }
+
+    /// The rare attributes, created on first write.
+    pub fn extra_mut(&mut self) -> &mut CtExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Security mark.
+    pub fn secmark(&self) -> Option<u32> {
+        self.extra.as_ref().and_then(|e| e.secmark)
+    }
+
+    /// Helper name.
+    pub fn helper(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.helper.as_deref())
+    }
+
+    /// Security context.
+    pub fn secctx(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.secctx.as_deref())
+    }
+
+    /// Connection labels bitmap.
+    pub fn labels(&self) -> Option<&[u8; 16]> {
+        self.extra.as_ref().and_then(|e| e.labels.as_ref())
     }
 }
 
@@ -295,7 +328,7 @@ pub fn decode_conntrack(family: u8, buf: &[u8], ct: &mut Conntrack) -> Result<()
             cta::PROTOINFO => ct.proto_state = decode_protoinfo(v)?,
             cta::TIMEOUT => ct.timeout = Some(be_u32(v, "CTA_TIMEOUT")?),
             cta::MARK => ct.mark = Some(be_u32(v, "CTA_MARK")?),
-            cta::SECMARK => ct.secmark = Some(be_u32(v, "CTA_SECMARK")?),
+            cta::SECMARK => ct.extra_mut().secmark = Some(be_u32(v, "CTA_SECMARK")?),
             cta::USE => ct.use_count = Some(be_u32(v, "CTA_USE")?),
             cta::ID => ct.id = Some(be_u32(v, "CTA_ID")?),
             cta::ZONE => ct.zone = Some(be_u16(v, "CTA_ZONE")?),
@@ -319,7 +352,7 @@ pub fn decode_conntrack(family: u8, buf: &[u8], ct: &mut Conntrack) -> Result<()
                 for h in attrs(v) {
                     let h = h?;
                     if h.kind() == cta::HELP_NAME {
-                        ct.helper = Some(string(h.value()));
+                        ct.extra_mut().helper = Some(string(h.value()));
                     }
                 }
             }
@@ -327,7 +360,7 @@ pub fn decode_conntrack(family: u8, buf: &[u8], ct: &mut Conntrack) -> Result<()
                 for s in attrs(v) {
                     let s = s?;
                     if s.kind() == cta::SECCTX_NAME {
-                        ct.secctx = Some(string(s.value()));
+                        ct.extra_mut().secctx = Some(string(s.value()));
                     }
                 }
             }
@@ -335,7 +368,7 @@ pub fn decode_conntrack(family: u8, buf: &[u8], ct: &mut Conntrack) -> Result<()
                 let mut labels = [0u8; 16];
                 let n = v.len().min(16);
                 labels[..n].copy_from_slice(&v[..n]);
-                ct.labels = Some(labels);
+                ct.extra_mut().labels = Some(labels);
             }
             _ => {}
         }

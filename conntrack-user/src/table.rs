@@ -199,7 +199,7 @@ impl Table {
         let hash = self.hash(&key);
         let (entries, hasher) = (&self.entries, &self.hasher);
         self.index.insert_unique(hash, pos, |&i| {
-            Key::of(&entries[i as usize].ct).map_or(0, |k| hasher.hash_one(&k))
+            Key::of(&entries[i as usize].ct).map_or(0, |k| hasher.hash_one(k))
         });
     }
 

@@ -542,7 +542,7 @@ mod tests {
             let port = (x % 2000) as u16;
             // Time moves on so the reorder window never hides a NEW.
             let now = base + Duration::from_secs(u64::from(step) * 3);
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 t.apply(EventKind::Destroy, &udp(port), now, None);
                 model.remove(&port);
             } else {

@@ -412,7 +412,7 @@ mod tests {
             x ^= x >> 17;
             x ^= x << 5;
             let src = format!("10.0.{}.{}", x % 7, x % 5);
-            let l4 = if x % 2 == 0 { 6 } else { 17 };
+            let l4 = if x.is_multiple_of(2) { 6 } else { 17 };
             t.apply(
                 EventKind::New,
                 &entry(&src, i, "10.9.0.1", l4, x % 900, u64::from(x % 300)),

@@ -246,7 +246,8 @@ fn put_ipv6(out: &mut Vec<u8>, a: &Ipv6Addr) {
     }
 }
 
-fn put_ip(out: &mut Vec<u8>, a: &IpAddr) {
+/// Writes an address as conntrack does (fast path for IPv4).
+pub(crate) fn put_ip(out: &mut Vec<u8>, a: &IpAddr) {
     match a {
         IpAddr::V4(v4) => {
             let o = v4.octets();

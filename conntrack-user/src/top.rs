@@ -137,9 +137,16 @@ pub fn select<'a>(
     view: &View,
     limit: usize,
 ) -> (Vec<&'a Tracked>, usize) {
-    let passing = entries
-        .filter(|t| view.filter.matches(&t.ct))
-        .filter(|t| view.text.is_empty() || row_text(t).contains(view.text.as_str()));
+    let passing = entries.filter(|t| view.filter.matches(&t.ct)).filter({
+        let mut buf = Vec::with_capacity(128);
+        let finder = memchr::memmem::Finder::new(view.text.as_bytes());
+        move |t| {
+            view.text.is_empty() || {
+                row_text_into(&mut buf, t);
+                finder.find(&buf).is_some()
+            }
+        }
+    });
     let cmp = |a: &&Tracked, b: &&Tracked| {
         let o = compare(view.sort, a, b);
         if view.reverse { o.reverse() } else { o }
@@ -272,8 +279,69 @@ pub fn titles(counters: bool) -> Vec<&'static str> {
     v
 }
 
-fn row_text(t: &Tracked) -> String {
-    cells(t, false).join(" ")
+/// Writes the searchable text of a row (its cells without counters) into
+/// `buf`, reusing it: the `/` filter runs this for every entry of a frame,
+/// so it avoids `Display` and allocations.
+fn row_text_into(buf: &mut Vec<u8>, t: &Tracked) {
+    buf.clear();
+    let ct = &t.ct;
+    let l4 = ct.l4proto();
+    let ports = matches!(l4, 6 | 17 | 132 | 33 | 136);
+    let mut n = itoa::Buffer::new();
+    for (a, port) in [(ct.orig.src, ct.orig.sport), (ct.orig.dst, ct.orig.dport)] {
+        let Some(a) = a else {
+            continue;
+        };
+        match (port, ports) {
+            (Some(p), true) => {
+                if a.is_ipv6() {
+                    buf.push(b'[');
+                    crate::format::put_ip(buf, &a);
+                    buf.push(b']');
+                } else {
+                    crate::format::put_ip(buf, &a);
+                }
+                buf.push(b':');
+                buf.extend_from_slice(n.format(p).as_bytes());
+            }
+            _ => crate::format::put_ip(buf, &a),
+        }
+        buf.push(b' ');
+    }
+    buf.extend_from_slice(proto_name(l4).as_bytes());
+    buf.push(b' ');
+    match (ct.proto_state, l4) {
+        (Some(s), _) => buf.extend_from_slice(state_name(s).as_bytes()),
+        (None, 1 | 58) => {
+            buf.extend_from_slice(n.format(ct.orig.icmp_type.unwrap_or(0)).as_bytes());
+            buf.push(b'/');
+            buf.extend_from_slice(n.format(ct.orig.icmp_code.unwrap_or(0)).as_bytes());
+        }
+        _ => {}
+    }
+    let s = ct.timeout.unwrap_or(0);
+    buf.push(b' ');
+    buf.extend_from_slice(n.format(s / 3600).as_bytes());
+    for part in [s / 60 % 60, s % 60] {
+        buf.push(b':');
+        buf.push(b'0' + (part / 10) as u8);
+        buf.push(b'0' + (part % 10) as u8);
+    }
+    if ct.has_status(crate::netlink::ips::SRC_NAT_DONE | crate::netlink::ips::DST_NAT_DONE) {
+        let nat = nat_text(ct);
+        if !nat.is_empty() {
+            buf.push(b' ');
+            buf.extend_from_slice(nat.as_bytes());
+        }
+    }
+    if let Some(m) = ct.mark.filter(|m| *m != 0) {
+        buf.push(b' ');
+        buf.extend_from_slice(n.format(m).as_bytes());
+    }
+    if let Some(z) = ct.zone {
+        buf.push(b' ');
+        buf.extend_from_slice(n.format(z).as_bytes());
+    }
 }
 
 /// The `--once` snapshot: a header line, then aligned columns, no padding
@@ -456,6 +524,27 @@ mod tests {
         assert!(lines[2].contains(" udp "), "{out}");
         assert!(lines[2].contains("0:00:20"), "{out}");
         assert!(!out.lines().any(|l| l.ends_with(' ')));
+    }
+
+    #[test]
+    fn search_text_is_the_visible_cells() {
+        let t = table();
+        let mut bytes = Vec::new();
+        for e in t.entries() {
+            row_text_into(&mut bytes, e);
+            let buf = String::from_utf8(bytes.clone()).expect("utf-8");
+            let cells: Vec<String> = cells(e, false)
+                .into_iter()
+                .filter(|c| !c.is_empty())
+                .collect();
+            assert_eq!(
+                buf.split_whitespace().collect::<Vec<_>>(),
+                cells
+                    .iter()
+                    .flat_map(|c| c.split_whitespace())
+                    .collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

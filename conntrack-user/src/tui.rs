@@ -183,7 +183,8 @@ impl App {
             KeyCode::Char('p') => self.paused = !self.paused,
             KeyCode::Char('h') => self.show_help = !self.show_help,
             KeyCode::Char(' ') => return Action::Refresh,
-            KeyCode::Char('/') => self.prompt = Some(Prompt::Text(self.view.text.clone())),
+            // Opens empty, as iptstate does: Enter on nothing clears the filter.
+            KeyCode::Char('/') => self.prompt = Some(Prompt::Text(String::new())),
             KeyCode::Char('s') => self.prompt = Some(Prompt::Source(String::new())),
             KeyCode::Char('d') => self.prompt = Some(Prompt::Destination(String::new())),
             KeyCode::Char('S') => self.prompt = Some(Prompt::SourcePort(String::new())),
@@ -544,6 +545,12 @@ mod tests {
         app.on_key(key(KeyCode::Enter), &[], 3, 7);
         let s = screen(&app, &t);
         assert!(s.contains("10.0.0.2:2") && !s.contains("10.0.0.1:1"), "{s}");
+        // `/` opens empty; Enter on nothing clears the filter.
+        app.on_key(key(KeyCode::Char('/')), &[], 1, 7);
+        assert!(screen(&app, &t).contains("filter text: _"));
+        app.on_key(key(KeyCode::Enter), &[], 1, 7);
+        assert!(app.view.text.is_empty());
+        assert!(screen(&app, &t).contains("10.0.0.1:1"));
         // s: source filter with a prefix.
         app.view.text.clear();
         app.on_key(key(KeyCode::Char('s')), &[], 3, 7);

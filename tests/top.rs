@@ -1,0 +1,1167 @@
+//! `ctscope top`: the `--once` snapshot against `conntrack -L` and
+//! `iptstate -1`, and the interactive screen driven through tmux
+//! (send-keys / capture-pane), including the exits on `q` and SIGTERM.
+//!
+//! Also needs `tmux` and `iptstate` (2.2.7) on the host.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::IpAddr,
+    path::Path,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use ctscope_e2e::{Netns, Output, ctscope_bin, key_values, multiset_diff, poll_until, report, run};
+
+/// One entry as both tools name it: protocol, original tuple, and ICMP
+/// type/code (ctscope's State column for ICMP).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    proto: String,
+    src: IpAddr,
+    sport: Option<u16>,
+    dst: IpAddr,
+    dport: Option<u16>,
+    icmp: Option<String>,
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ep = |a: &IpAddr, p: Option<u16>| match p {
+            Some(p) => format!("{a} port {p}"),
+            None => a.to_string(),
+        };
+        write!(
+            f,
+            "{} {} -> {}",
+            self.proto,
+            ep(&self.src, self.sport),
+            ep(&self.dst, self.dport)
+        )?;
+        if let Some(t) = &self.icmp {
+            write!(f, " {t}")?;
+        }
+        Ok(())
+    }
+}
+
+fn is_icmp(proto: &str) -> bool {
+    matches!(proto, "icmp" | "icmpv6")
+}
+
+/// The key of a `conntrack -L` line (its first, original, tuple).
+fn conntrack_key(line: &str) -> Result<Key, String> {
+    let proto = line
+        .split_whitespace()
+        .next()
+        .ok_or_else(|| format!("empty conntrack line: {line:?}"))?
+        .to_string();
+    let kv = key_values(line);
+    let first = |k: &str| kv.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+    let addr = |k: &str| -> Result<IpAddr, String> {
+        first(k)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no {k}= address in {line:?}"))
+    };
+    let port = |k: &str| -> Result<Option<u16>, String> {
+        first(k)
+            .map(|v| v.parse().map_err(|_| format!("bad {k}={v} in {line:?}")))
+            .transpose()
+    };
+    let icmp = match (first("type"), first("code")) {
+        (Some(t), Some(c)) if is_icmp(&proto) => Some(format!("{t}/{c}")),
+        _ => None,
+    };
+    let (mut sport, mut dport) = (port("sport")?, port("dport")?);
+    // Since Linux 6.16 (DCCP tracking removed) a DCCP entry is generic and
+    // carries no ports; conntrack 1.4.7 still prints sport=0 dport=0 for it,
+    // where ctscope prints the bare addresses.
+    if proto == "dccp" && sport == Some(0) && dport == Some(0) {
+        (sport, dport) = (None, None);
+    }
+    Ok(Key {
+        src: addr("src")?,
+        sport,
+        dst: addr("dst")?,
+        dport,
+        icmp,
+        proto,
+    })
+}
+
+/// Splits ctscope's `addr:port`, `[v6]:port` or bare `addr`.
+fn endpoint(s: &str) -> Option<(IpAddr, Option<u16>)> {
+    if let Ok(a) = s.parse::<IpAddr>() {
+        return Some((a, None));
+    }
+    let (addr, port) = match s.strip_prefix('[') {
+        Some(rest) => rest.split_once("]:")?,
+        None => s.rsplit_once(':')?,
+    };
+    Some((addr.parse().ok()?, Some(port.parse().ok()?)))
+}
+
+/// The key of a ctscope row from its Source, Destination, Prt, State cells.
+fn row_key(src: &str, dst: &str, proto: &str, state: &str) -> Result<Key, String> {
+    let (s, sport) = endpoint(src).ok_or_else(|| format!("bad Source {src:?}"))?;
+    let (d, dport) = endpoint(dst).ok_or_else(|| format!("bad Destination {dst:?}"))?;
+    Ok(Key {
+        proto: proto.to_string(),
+        src: s,
+        sport,
+        dst: d,
+        dport,
+        icmp: is_icmp(proto).then(|| state.to_string()),
+    })
+}
+
+/// Sorted keys of every `conntrack -L` line.
+fn conntrack_keys(out: &Output) -> Vec<Key> {
+    out.expect_code(0);
+    let mut keys: Vec<Key> = out
+        .lines()
+        .iter()
+        .map(|l| conntrack_key(l).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// [`multiset_diff`] over keys.
+fn key_diff(a_name: &str, a: &[Key], b_name: &str, b: &[Key]) -> Option<String> {
+    let text = |v: &[Key]| v.iter().map(Key::to_string).collect::<Vec<_>>();
+    multiset_diff(a_name, &text(a), b_name, &text(b))
+}
+
+/// A parsed `ctscope top --once` output.
+struct Once {
+    /// The whole header line.
+    header: String,
+    /// N of "N of M entries".
+    shown: usize,
+    /// M of "N of M entries".
+    total: usize,
+    /// Column titles, in order.
+    titles: Vec<String>,
+    /// Each row's cells by title.
+    rows: Vec<BTreeMap<String, String>>,
+}
+
+impl Once {
+    fn cell<'a>(row: &'a BTreeMap<String, String>, title: &str) -> &'a str {
+        row.get(title).map_or("", String::as_str)
+    }
+
+    fn keys(&self) -> Result<Vec<Key>, String> {
+        let mut keys = self
+            .rows
+            .iter()
+            .map(|r| {
+                row_key(
+                    Self::cell(r, "Source"),
+                    Self::cell(r, "Destination"),
+                    Self::cell(r, "Prt"),
+                    Self::cell(r, "State"),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn column(&self, title: &str) -> Vec<&str> {
+        self.rows.iter().map(|r| Self::cell(r, title)).collect()
+    }
+}
+
+/// Parses the snapshot: header, title line, then rows whose cells start at
+/// their title's column, each column separated from the last by 2+ spaces.
+fn parse_once(out: &Output) -> Result<Once, String> {
+    let fail = |why: String| Err(format!("{why}\n{out}"));
+    if out.code != 0 {
+        return fail("ctscope top --once failed".into());
+    }
+    if let Some(l) = out.stdout.lines().find(|l| l.ends_with(' ')) {
+        return fail(format!("trailing spaces in {l:?}"));
+    }
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let (Some(header), Some(title)) = (lines.first(), lines.get(1)) else {
+        return fail("no header and title lines".into());
+    };
+    let counts = header
+        .strip_prefix("ctscope top -- Sort by: ")
+        .and_then(|h| h.rsplit_once(" -- "))
+        .and_then(|(_, c)| c.strip_suffix(" entries"))
+        .and_then(|c| c.split_once(" of "))
+        .and_then(|(n, m)| Some((n.parse().ok()?, m.parse().ok()?)));
+    let Some((shown, total)) = counts else {
+        return fail(format!("unexpected header {header:?}"));
+    };
+    let mut starts = Vec::new();
+    let mut titles = Vec::new();
+    let mut prev_space = true;
+    for (i, c) in title.char_indices() {
+        if c != ' ' && prev_space {
+            starts.push(i);
+        }
+        prev_space = c == ' ';
+    }
+    for (n, &s) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(title.len());
+        titles.push(title[s..end].trim_end().to_string());
+    }
+    let mut rows = Vec::new();
+    for line in &lines[2..] {
+        let mut row = BTreeMap::new();
+        for (n, &s) in starts.iter().enumerate() {
+            let end = starts
+                .get(n + 1)
+                .copied()
+                .unwrap_or(line.len())
+                .min(line.len());
+            let cell = line.get(s.min(end)..end).unwrap_or("").trim_end();
+            let sep_ok = n == 0 || s >= line.len() || line.get(s - 2..s) == Some("  ");
+            if !sep_ok || cell.starts_with(' ') {
+                return fail(format!(
+                    "row {line:?} is not aligned on the title {title:?} (column {})",
+                    titles[n]
+                ));
+            }
+            row.insert(titles[n].clone(), cell.to_string());
+        }
+        rows.push(row);
+    }
+    Ok(Once {
+        header: (*header).to_string(),
+        shown,
+        total,
+        titles,
+        rows,
+    })
+}
+
+/// `H:MM:SS` in seconds.
+fn ttl_secs(s: &str) -> Option<u32> {
+    let mut parts = s.split(':').map(|p| p.parse::<u32>().ok());
+    let (h, m, sec) = (parts.next()??, parts.next()??, parts.next()??);
+    (parts.next().is_none() && m < 60 && sec < 60).then_some(h * 3600 + m * 60 + sec)
+}
+
+/// `ctscope top --once ARGS` in `ns`, parsed (panics with the output if
+/// it cannot be).
+#[track_caller]
+fn once(ns: &Netns, args: &[&str]) -> Once {
+    let mut argv = vec!["top", "--once"];
+    argv.extend_from_slice(args);
+    let out = ns.ctscope(&argv);
+    out.assert_no_panic();
+    parse_once(&out).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn once_matches_conntrack() {
+    let Some(ns) = Netns::with_varied_table() else {
+        return;
+    };
+    // Timeouts far apart, so the TTL order is not decided by seconds.
+    for (sport, secs) in [("1", "60"), ("2", "600"), ("3", "1800"), ("4", "7200")] {
+        ns.conntrack(&[
+            "-I", "-p", "udp", "-s", "10.7.0.1", "-d", "10.7.0.2", "--sport", sport, "--dport",
+            "9", "-t", secs,
+        ])
+        .expect_code(0);
+    }
+    let mut failures = Vec::new();
+
+    let ct = conntrack_keys(&ns.conntrack(&["-L"]));
+    let all = once(&ns, &[]);
+    let keys = all.keys().unwrap_or_else(|e| panic!("{e}"));
+    if let Some(d) = key_diff("conntrack -L", &ct, "ctscope top --once", &keys) {
+        failures.push(format!("rows differ from conntrack -L: {d}"));
+    }
+    if all.shown != all.rows.len() || all.total != all.rows.len() {
+        failures.push(format!(
+            "header {:?} vs {} rows",
+            all.header,
+            all.rows.len()
+        ));
+    }
+    let want_titles = ["Source", "Destination", "Prt", "State", "TTL"];
+    if all.titles.get(..5) != Some(&want_titles.map(String::from)[..]) {
+        failures.push(format!("titles {:?}", all.titles));
+    }
+    // The varied table has NAT, marks and zones, so those columns show.
+    for t in ["NAT", "Mark", "Zone"] {
+        if !all.titles.iter().any(|x| x == t) {
+            failures.push(format!("no {t} column in {:?}", all.titles));
+        }
+    }
+    if let Some(bad) = all.column("TTL").iter().find(|t| ttl_secs(t).is_none()) {
+        failures.push(format!("TTL {bad:?} is not H:MM:SS"));
+    }
+
+    // --limit 3: the first three rows of the same order, out of all.
+    let limited = once(&ns, &["--limit", "3"]);
+    let pair = |o: &Once| {
+        o.rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} -> {}",
+                    Once::cell(r, "Source"),
+                    Once::cell(r, "Destination")
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    if limited.rows.len() != 3 || limited.shown != 3 || limited.total != all.rows.len() {
+        failures.push(format!(
+            "--limit 3: header {:?}, {} rows (table has {})",
+            limited.header,
+            limited.rows.len(),
+            all.rows.len()
+        ));
+    } else if pair(&limited) != pair(&all)[..3] {
+        failures.push(format!(
+            "--limit 3 rows {:?} are not the first three of {:?}",
+            pair(&limited),
+            &pair(&all)[..3]
+        ));
+    }
+
+    // --sort ttl, and reversed.
+    for (args, increasing) in [
+        (&["--sort", "ttl"][..], true),
+        (&["--sort", "ttl", "--reverse"][..], false),
+    ] {
+        let o = once(&ns, args);
+        let ttls: Vec<u32> = o
+            .column("TTL")
+            .iter()
+            .map(|t| ttl_secs(t).unwrap_or(u32::MAX))
+            .collect();
+        let ordered = ttls.windows(2).all(|w| {
+            if increasing {
+                w[0] <= w[1]
+            } else {
+                w[0] >= w[1]
+            }
+        });
+        if !ordered || o.rows.len() != all.rows.len() {
+            failures.push(format!(
+                "{args:?}: TTLs out of order or rows missing: {ttls:?}"
+            ));
+        }
+        let want_head = if increasing {
+            "ctscope top -- Sort by: TTL -- "
+        } else {
+            "ctscope top -- Sort by: TTL (reversed) -- "
+        };
+        if !o.header.starts_with(want_head) {
+            failures.push(format!("{args:?}: header {:?}", o.header));
+        }
+        // The 60 s entry has the smallest TTL in the table.
+        let end_row = if increasing {
+            o.rows.first()
+        } else {
+            o.rows.last()
+        };
+        let end = end_row.map(|r| Once::cell(r, "Source"));
+        if end != Some("10.7.0.1:1") {
+            failures.push(format!(
+                "{args:?}: the 60 s entry (10.7.0.1:1) is not at the {} end but {end:?}",
+                if increasing { "top" } else { "bottom" }
+            ));
+        }
+    }
+
+    // -p udp.
+    let udp = once(&ns, &["-p", "udp"]);
+    let ct_udp = conntrack_keys(&ns.conntrack(&["-L", "-p", "udp"]));
+    if let Some(p) = udp.column("Prt").iter().find(|p| **p != "udp") {
+        failures.push(format!("-p udp shows a {p} row"));
+    }
+    match udp.keys() {
+        Ok(k) => {
+            if let Some(d) = key_diff("conntrack -L -p udp", &ct_udp, "ctscope -p udp", &k) {
+                failures.push(format!("-p udp: {d}"));
+            }
+        }
+        Err(e) => failures.push(e),
+    }
+    if udp.shown != udp.rows.len() || udp.total != udp.rows.len() || udp.rows.is_empty() {
+        failures.push(format!(
+            "-p udp: header {:?}, {} rows",
+            udp.header,
+            udp.rows.len()
+        ));
+    }
+
+    // -C: Bytes, Packets, Rate after TTL; bytes and packets as conntrack
+    // counts them (both directions; the table's sockets are idle).
+    let counted = once(&ns, &["-C"]);
+    let want_titles = [
+        "Source",
+        "Destination",
+        "Prt",
+        "State",
+        "TTL",
+        "Bytes",
+        "Packets",
+        "Rate",
+    ];
+    if counted.titles.get(..8) != Some(&want_titles.map(String::from)[..]) {
+        failures.push(format!("-C titles {:?}", counted.titles));
+    }
+    let mut ct_counts: BTreeMap<Key, (u64, u64)> = BTreeMap::new();
+    for line in ns.conntrack(&["-L"]).lines() {
+        let key = conntrack_key(&line).unwrap_or_else(|e| panic!("{e}"));
+        let sum = |k: &str| {
+            key_values(&line)
+                .iter()
+                .filter(|(key, _)| *key == k)
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .sum::<u64>()
+        };
+        ct_counts.insert(key, (sum("bytes"), sum("packets")));
+    }
+    let mut nonzero = false;
+    for r in &counted.rows {
+        let cell = |t: &str| Once::cell(r, t);
+        let key = row_key(
+            cell("Source"),
+            cell("Destination"),
+            cell("Prt"),
+            cell("State"),
+        );
+        let got = (cell("Bytes").parse::<u64>(), cell("Packets").parse::<u64>());
+        let (Ok(key), (Ok(b), Ok(p))) = (key, got) else {
+            failures.push(format!("-C row {r:?} has no numeric Bytes/Packets"));
+            continue;
+        };
+        nonzero |= b > 0;
+        if !cell("Rate").ends_with("/s") {
+            failures.push(format!("-C row {r:?}: Rate is not N/s"));
+        }
+        if let Some(&want) = ct_counts.get(&key)
+            && want != (b, p)
+        {
+            failures.push(format!(
+                "-C {key}: bytes/packets {b}/{p}, conntrack -L says {}/{}",
+                want.0, want.1
+            ));
+        }
+    }
+    if !nonzero || counted.rows.len() != all.rows.len() {
+        failures.push(format!(
+            "-C: {} rows, some with bytes: {nonzero}",
+            counted.rows.len()
+        ));
+    }
+    report(9, &failures);
+}
+
+/// iptstate's `-1` output, as the terminal shows it: the (Source,
+/// Destination, Prt, State) of each row.
+fn iptstate_rows(lines: &[String]) -> Result<Vec<String>, String> {
+    let shown = || lines.join("\n");
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("Source"))
+        .ok_or_else(|| format!("no title line: {}", shown()))?;
+    let mut rows = Vec::new();
+    for l in lines[start + 1..].iter().filter(|l| !l.is_empty()) {
+        let t: Vec<&str> = l.split_whitespace().collect();
+        // Source Destination Prt [State...] TTL.
+        let ttl_at = t
+            .iter()
+            .rposition(|x| ttl_secs(x).is_some())
+            .filter(|&i| i >= 3)
+            .ok_or_else(|| format!("no TTL in row {l:?}"))?;
+        let mut state = t[3..ttl_at].join(" ");
+        // iptstate writes ICMP's State as "type/code (id)", and reads the id
+        // in network byte order (id 5 shows as 1280); the id is no part of
+        // the row's identity here, so it goes.
+        if is_icmp(t[2])
+            && let Some((tc, _)) = state.split_once(" (")
+        {
+            state = tc.to_string();
+        }
+        rows.push(format!("{} {} {} {}", t[0], t[1], t[2], state.trim_end()));
+    }
+    Ok(rows)
+}
+
+#[test]
+fn once_matches_iptstate() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    let entries: &[&[&str]] = &[
+        &[
+            "-p",
+            "tcp",
+            "-s",
+            "10.5.0.1",
+            "-d",
+            "10.6.0.1",
+            "--sport",
+            "40001",
+            "--dport",
+            "22",
+            "--state",
+            "ESTABLISHED",
+            "-u",
+            "SEEN_REPLY,ASSURED",
+        ],
+        &[
+            "-p", "tcp", "-s", "10.5.0.2", "-d", "10.6.0.1", "--sport", "40002", "--dport", "443",
+            "--state", "SYN_SENT",
+        ],
+        &[
+            "-p",
+            "tcp",
+            "-s",
+            "10.5.0.3",
+            "-d",
+            "10.6.0.2",
+            "--sport",
+            "40003",
+            "--dport",
+            "80",
+            "--state",
+            "TIME_WAIT",
+        ],
+        &[
+            "-p", "udp", "-s", "10.5.0.4", "-d", "10.6.0.3", "--sport", "5353", "--dport", "53",
+        ],
+        &[
+            "-p",
+            "udp",
+            "-s",
+            "10.5.0.5",
+            "-d",
+            "10.6.0.3",
+            "--sport",
+            "123",
+            "--dport",
+            "123",
+            "-u",
+            "SEEN_REPLY",
+        ],
+        &[
+            "-p",
+            "icmp",
+            "-s",
+            "10.5.0.6",
+            "-d",
+            "10.6.0.4",
+            "--icmp-type",
+            "8",
+            "--icmp-code",
+            "0",
+            "--icmp-id",
+            "5",
+        ],
+        &[
+            "-p",
+            "tcp",
+            "-s",
+            "2001:db8::5",
+            "-d",
+            "2001:db8::6",
+            "--sport",
+            "40004",
+            "--dport",
+            "8080",
+            "--state",
+            "ESTABLISHED",
+        ],
+        &[
+            "-p",
+            "udp",
+            "-s",
+            "2001:db8::5",
+            "-d",
+            "2001:db8::7",
+            "--sport",
+            "546",
+            "--dport",
+            "547",
+        ],
+    ];
+    for e in entries {
+        let mut argv = vec!["-I"];
+        argv.extend_from_slice(e);
+        argv.extend_from_slice(&["-t", "3600"]);
+        ns.conntrack(&argv).expect_code(0);
+    }
+    // In a terminal: with stdout a file or a pipe, iptstate 2.2.7 pads its
+    // lines to a width it does not get from a terminal, gigabytes of
+    // spaces at times. 250 columns fit the widest IPv6 rows.
+    let tmux = Tmux::start(
+        &format!(
+            "ip netns exec {} iptstate -1; echo IPTSTATE_EXITED=$?; sleep 60",
+            ns.name()
+        ),
+        250,
+    );
+    let (done, screen) = tmux.wait_all(Duration::from_secs(10), |s| {
+        s.lines.iter().any(|l| l.starts_with("IPTSTATE_EXITED="))
+    });
+    assert!(done, "iptstate -1 did not finish\n{screen}");
+    let end = screen
+        .lines
+        .iter()
+        .position(|l| l.starts_with("IPTSTATE_EXITED="))
+        .unwrap_or(screen.lines.len());
+    assert_eq!(
+        screen.lines[end], "IPTSTATE_EXITED=0",
+        "iptstate -1 failed\n{screen}"
+    );
+    let ipt = iptstate_rows(&screen.lines[..end]).unwrap_or_else(|e| panic!("{e}\n{screen}"));
+    let cs = once(&ns, &[]);
+    // No NAT, mark or zone here: those columns stay out of the snapshot.
+    assert_eq!(
+        cs.titles,
+        ["Source", "Destination", "Prt", "State", "TTL"],
+        "titles of a table without NAT, marks or zones"
+    );
+    let ours: Vec<String> = cs
+        .rows
+        .iter()
+        .map(|r| {
+            let cell = |t: &str| Once::cell(r, t);
+            // iptstate writes an IPv6 endpoint as addr:port, without the
+            // brackets ctscope puts around the address.
+            let unbracket = |s: &str| s.replacen('[', "", 1).replacen("]:", ":", 1);
+            format!(
+                "{} {} {} {}",
+                unbracket(cell("Source")),
+                unbracket(cell("Destination")),
+                cell("Prt"),
+                cell("State")
+            )
+        })
+        .collect();
+    let mut a = ipt.clone();
+    let mut b = ours;
+    a.sort();
+    b.sort();
+    assert_eq!(a.len(), entries.len(), "iptstate shows {a:#?}");
+    if let Some(d) = multiset_diff("iptstate -1", &a, "ctscope top --once", &b) {
+        panic!("(Source Destination Prt State) rows differ: {d}");
+    }
+}
+
+static SESSIONS: AtomicU32 = AtomicU32::new(0);
+
+/// A tmux server of its own (`-L`, no config) holding one session; the
+/// server is killed on drop, so nothing outlives the test.
+struct Tmux {
+    socket: String,
+}
+
+/// One `tmux capture-pane`, trailing spaces stripped.
+struct Screen {
+    lines: Vec<String>,
+}
+
+impl Screen {
+    fn header(&self) -> &str {
+        self.lines.first().map_or("", String::as_str)
+    }
+
+    fn footer(&self) -> &str {
+        self.lines.last().map_or("", String::as_str)
+    }
+
+    /// The table's rows, as whitespace-split cells (Source and Destination
+    /// first, then Prt, State...).
+    fn rows(&self) -> Vec<Vec<String>> {
+        let Some(title) = self.lines.iter().position(|l| l.starts_with("Source")) else {
+            return Vec::new();
+        };
+        let body_end = self.lines.len().saturating_sub(1);
+        self.lines
+            .get(title + 1..body_end)
+            .unwrap_or_default()
+            .iter()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .collect()
+    }
+
+    /// "SRC -> DST" of each row.
+    fn pairs(&self) -> Vec<String> {
+        self.rows()
+            .iter()
+            .map(|r| format!("{} -> {}", r[0], r.get(1).map_or("", String::as_str)))
+            .collect()
+    }
+
+    /// Non-empty lines.
+    fn content(&self) -> Vec<&str> {
+        self.lines
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+impl fmt::Display for Screen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "--- screen ---")?;
+        for l in &self.lines {
+            writeln!(f, "|{l}")?;
+        }
+        write!(f, "--------------")
+    }
+}
+
+impl Tmux {
+    /// Starts `shell_cmd` in a detached session, `width` x 40.
+    #[track_caller]
+    fn start(shell_cmd: &str, width: u16) -> Self {
+        let socket = format!(
+            "ctscope-e2e-{}-{}",
+            std::process::id(),
+            SESSIONS.fetch_add(1, Ordering::SeqCst)
+        );
+        let t = Tmux { socket };
+        let out = t.tmux(&[
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            &width.to_string(),
+            "-y",
+            "40",
+            shell_cmd,
+        ]);
+        assert_eq!(
+            out.code, 0,
+            "cannot start tmux (needed to drive the screen)\n{out}"
+        );
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("tmux");
+        cmd.args(["-L", &self.socket]).args(args);
+        run(&mut cmd)
+    }
+
+    /// The visible pane.
+    fn capture(&self) -> Screen {
+        self.capture_with(&[])
+    }
+
+    fn capture_with(&self, extra: &[&str]) -> Screen {
+        let mut argv = vec!["capture-pane", "-p", "-t", "top"];
+        argv.extend_from_slice(extra);
+        let out = self.tmux(&argv);
+        Screen {
+            lines: out
+                .stdout
+                .lines()
+                .map(|l| l.trim_end().to_string())
+                .collect(),
+        }
+    }
+
+    /// tmux key names (`r`, `Enter`, `Down`...).
+    #[track_caller]
+    fn keys(&self, keys: &[&str]) {
+        let mut argv = vec!["send-keys", "-t", "top"];
+        argv.extend_from_slice(keys);
+        self.tmux(&argv).expect_code(0);
+    }
+
+    /// Text typed as is.
+    #[track_caller]
+    fn type_text(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", "top", "-l", text])
+            .expect_code(0);
+    }
+
+    /// Captures until `done` holds, for up to `timeout`; the last capture
+    /// either way.
+    fn wait(&self, timeout: Duration, mut done: impl FnMut(&Screen) -> bool) -> (bool, Screen) {
+        let mut last = Screen { lines: Vec::new() };
+        let ok = poll_until(timeout, || {
+            last = self.capture();
+            done(&last)
+        });
+        (ok, last)
+    }
+
+    /// Like [`Tmux::wait`], over the history too, wrapped lines joined.
+    fn wait_all(&self, timeout: Duration, mut done: impl FnMut(&Screen) -> bool) -> (bool, Screen) {
+        let mut last = Screen { lines: Vec::new() };
+        let ok = poll_until(timeout, || {
+            last = self.capture_with(&["-J", "-S", "-"]);
+            done(&last)
+        });
+        (ok, last)
+    }
+
+    /// The pid of the pane's shell.
+    fn pane_pid(&self) -> i32 {
+        let out = self.tmux(&["display-message", "-p", "-t", "top", "#{pane_pid}"]);
+        out.stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no pane pid\n{out}"))
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        // tmux leaves its socket file behind after kill-server.
+        let socket = self.tmux(&["display-message", "-p", "#{socket_path}"]);
+        let _ = self.tmux(&["kill-server"]);
+        let path = socket.stdout.trim();
+        if socket.code == 0 && path.ends_with(&self.socket) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The `sh -c` line for the pane: ctscope, then its exit code, then a pause
+/// so the pane (and what the terminal shows after the exit) stays.
+fn pane_command(ns: &Netns) -> String {
+    format!(
+        "{} --netns {} top; echo EXITED=$?; sleep 60",
+        ctscope_bin().display(),
+        ns.name()
+    )
+}
+
+/// The ctscope process started by the pane's shell, found by its parent
+/// (the pane) and its argv[0], so nothing else on the host is signalled.
+fn ctscope_pid(tmux: &Tmux) -> Option<i32> {
+    let shell = tmux.pane_pid();
+    let bin = ctscope_bin();
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .split(|b| *b == 0)
+                    .next()
+                    .is_some_and(|argv0| Path::new(&*String::from_utf8_lossy(argv0)) == bin)
+            })
+        })
+}
+
+/// Five entries whose source order differs from their destination order.
+const SMALL_TABLE: &[&[&str]] = &[
+    &[
+        "-p",
+        "tcp",
+        "-s",
+        "10.9.0.1",
+        "-d",
+        "10.8.0.5",
+        "--sport",
+        "1001",
+        "--dport",
+        "80",
+        "--state",
+        "ESTABLISHED",
+    ],
+    &[
+        "-p", "udp", "-s", "10.9.0.2", "-d", "10.8.0.3", "--sport", "1002", "--dport", "53",
+    ],
+    &[
+        "-p", "tcp", "-s", "10.9.0.3", "-d", "10.8.0.1", "--sport", "1003", "--dport", "443",
+        "--state", "SYN_SENT",
+    ],
+    &[
+        "-p",
+        "icmp",
+        "-s",
+        "10.9.0.4",
+        "-d",
+        "10.8.0.4",
+        "--icmp-type",
+        "8",
+        "--icmp-code",
+        "0",
+        "--icmp-id",
+        "7",
+    ],
+    &[
+        "-p", "udp", "-s", "10.9.0.5", "-d", "10.8.0.2", "--sport", "1005", "--dport", "123",
+    ],
+];
+
+fn insert(ns: &Netns, entry: &[&str]) {
+    let mut argv = vec!["-I"];
+    argv.extend_from_slice(entry);
+    argv.extend_from_slice(&["-t", "3600"]);
+    ns.conntrack(&argv).expect_code(0);
+}
+
+/// A row key of the screen (the same cells as `--once`).
+fn screen_keys(screen: &Screen) -> Result<Vec<Key>, String> {
+    let mut keys = screen
+        .rows()
+        .iter()
+        .map(|r| {
+            let cell = |i: usize| r.get(i).map_or("", String::as_str);
+            row_key(cell(0), cell(1), cell(2), cell(3))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    keys.sort();
+    Ok(keys)
+}
+
+const SHORT: Duration = Duration::from_secs(3);
+
+#[test]
+fn interactive_keys() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    for e in SMALL_TABLE {
+        insert(&ns, e);
+    }
+    let tmux = Tmux::start(&pane_command(&ns), 160);
+    let (up, screen) = tmux.wait(Duration::from_secs(5), |s| {
+        s.header()
+            .starts_with("ctscope top -- source netlink -- 5 entries")
+            && s.rows().len() == 5
+    });
+    assert!(up, "the screen did not come up with 5 rows\n{screen}");
+    let mut failures = Vec::new();
+
+    // The rows are the table, sorted by source.
+    let ct = conntrack_keys(&ns.conntrack(&["-L"]));
+    match screen_keys(&screen) {
+        Ok(k) => {
+            if let Some(d) = key_diff("conntrack -L", &ct, "screen", &k) {
+                failures.push(format!("rows differ from conntrack -L: {d}\n{screen}"));
+            }
+        }
+        Err(e) => failures.push(format!("{e}\n{screen}")),
+    }
+    let by_src: Vec<String> = [
+        "10.9.0.1:1001 -> 10.8.0.5:80",
+        "10.9.0.2:1002 -> 10.8.0.3:53",
+        "10.9.0.3:1003 -> 10.8.0.1:443",
+        "10.9.0.4 -> 10.8.0.4",
+        "10.9.0.5:1005 -> 10.8.0.2:123",
+    ]
+    .map(String::from)
+    .to_vec();
+    if screen.pairs() != by_src {
+        failures.push(format!("not sorted by source\n{screen}"));
+    }
+    if !screen.header().contains("-- 5 shown -- sort SrcIP") {
+        failures.push(format!("header: {:?}", screen.header()));
+    }
+
+    // r: reversed.
+    tmux.keys(&["r"]);
+    let reversed: Vec<String> = by_src.iter().rev().cloned().collect();
+    let (ok, screen) = tmux.wait(SHORT, |s| s.pairs() == reversed);
+    if !ok {
+        failures.push(format!("r did not reverse the rows\n{screen}"));
+    }
+
+    // b: the next sort column, destination (still reversed).
+    tmux.keys(&["b"]);
+    let by_dst_rev: Vec<String> = [
+        "10.9.0.1:1001 -> 10.8.0.5:80",
+        "10.9.0.4 -> 10.8.0.4",
+        "10.9.0.2:1002 -> 10.8.0.3:53",
+        "10.9.0.5:1005 -> 10.8.0.2:123",
+        "10.9.0.3:1003 -> 10.8.0.1:443",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (ok, screen) = tmux.wait(SHORT, |s| s.header().contains("sort DstIP"));
+    if !ok {
+        failures.push(format!("b: the header does not say DstIP\n{screen}"));
+    } else if screen.pairs() != by_dst_rev {
+        failures.push(format!(
+            "b: rows not by destination, reversed: want {by_dst_rev:#?}\n{screen}"
+        ));
+    }
+
+    // /TEXT Enter: only matching rows.
+    tmux.keys(&["/"]);
+    tmux.type_text("10.9.0.3");
+    let (ok, screen) = tmux.wait(SHORT, |s| s.footer().contains("10.9.0.3"));
+    if !ok {
+        failures.push(format!("/: no prompt echoing the text\n{screen}"));
+    }
+    tmux.keys(&["Enter"]);
+    let (ok, screen) = tmux.wait(SHORT, |s| {
+        s.pairs() == ["10.9.0.3:1003 -> 10.8.0.1:443"] && s.header().contains("-- 1 shown --")
+    });
+    if !ok {
+        failures.push(format!("/10.9.0.3 Enter: want only that row\n{screen}"));
+    }
+
+    // / Enter with nothing typed: the filter goes.
+    tmux.keys(&["/"]);
+    let (_, prompt) = tmux.wait(SHORT, |s| s.footer().starts_with("filter text:"));
+    tmux.keys(&["Enter"]);
+    let (ok, screen) = tmux.wait(SHORT, |s| s.rows().len() == 5);
+    if !ok {
+        failures.push(format!(
+            "`/` then Enter (nothing typed) does not clear the text filter; after `/` the \
+             footer read {:?}\n{screen}",
+            prompt.footer()
+        ));
+        // Clear it by erasing the prompt's text, so the rest can go on.
+        tmux.keys(&["/"]);
+        for _ in 0.."10.9.0.3".len() {
+            tmux.keys(&["BSpace"]);
+        }
+        tmux.keys(&["Enter"]);
+        let (ok, screen) = tmux.wait(SHORT, |s| s.rows().len() == 5);
+        assert!(ok, "cannot clear the text filter at all\n{screen}");
+    }
+
+    // Down, x: the second row, after a y/n question.
+    let (_, screen) = tmux.wait(SHORT, |s| s.pairs() == by_dst_rev);
+    let rows = screen.rows();
+    let Some(second) = rows.get(1) else {
+        panic!("no second row\n{screen}");
+    };
+    let victim = row_key(&second[0], &second[1], &second[2], &second[3])
+        .unwrap_or_else(|e| panic!("{e}\n{screen}"));
+    tmux.keys(&["Down", "x"]);
+    let question = format!("Delete {} -> {}? (y/n)", victim.src, victim.dst);
+    let (ok, screen) = tmux.wait(SHORT, |s| s.footer() == question);
+    if !ok {
+        failures.push(format!("x: footer is not {question:?}\n{screen}"));
+    }
+    tmux.keys(&["y"]);
+    let mut left = Vec::new();
+    let gone = poll_until(SHORT, || {
+        left = conntrack_keys(&ns.conntrack(&["-L"]));
+        !left.contains(&victim)
+    });
+    let mut want_left = ct.clone();
+    want_left.retain(|k| *k != victim);
+    if !gone {
+        failures.push(format!("y: {victim} is still in conntrack -L"));
+    } else if let Some(d) = key_diff("expected", &want_left, "conntrack -L", &left) {
+        failures.push(format!("y deleted more than {victim}: {d}"));
+    }
+    let (ok, screen) = tmux.wait(SHORT, |s| {
+        s.rows().len() == 4 && screen_keys(s).is_ok_and(|k| !k.contains(&victim))
+    });
+    if !ok {
+        failures.push(format!("the deleted {victim} stays on screen\n{screen}"));
+    }
+
+    // A new entry shows up from its event, well before the 10 s resync.
+    let started = Instant::now();
+    insert(
+        &ns,
+        &[
+            "-p",
+            "tcp",
+            "-s",
+            "10.9.0.7",
+            "-d",
+            "10.8.0.7",
+            "--sport",
+            "1007",
+            "--dport",
+            "22",
+            "--state",
+            "ESTABLISHED",
+        ],
+    );
+    let (ok, screen) = tmux.wait(SHORT, |s| {
+        s.pairs()
+            .iter()
+            .any(|p| p == "10.9.0.7:1007 -> 10.8.0.7:22")
+    });
+    if !ok {
+        failures.push(format!(
+            "an entry made with conntrack -I is not on screen after {:?}\n{screen}",
+            started.elapsed()
+        ));
+    } else {
+        eprintln!("new entry on screen after {:?}", started.elapsed());
+    }
+
+    // q: exit 0, the terminal back as it was (only the shell's echo).
+    tmux.keys(&["q"]);
+    let (ok, screen) = tmux.wait(Duration::from_secs(5), |s| {
+        s.content().iter().any(|l| l.starts_with("EXITED="))
+    });
+    if !ok || screen.content() != ["EXITED=0"] {
+        failures.push(format!(
+            "q: want only EXITED=0 on the restored terminal\n{screen}"
+        ));
+    }
+    report(11, &failures);
+}
+
+#[test]
+fn interactive_sigterm() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    for e in SMALL_TABLE {
+        insert(&ns, e);
+    }
+    let tmux = Tmux::start(&pane_command(&ns), 160);
+    let (up, screen) = tmux.wait(Duration::from_secs(5), |s| {
+        s.header().starts_with("ctscope top -- ") && s.rows().len() == 5
+    });
+    assert!(up, "the screen did not come up with 5 rows\n{screen}");
+    // Signalled by pid: a `pkill -f` on the namespace's name would also
+    // match the tmux server and the pane's shell, whose command lines carry
+    // the same name.
+    let pid = ctscope_pid(&tmux).unwrap_or_else(|| panic!("no ctscope under the pane\n{screen}"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap_or_else(|e| panic!("kill -TERM {pid}: {e}"));
+    let (ok, screen) = tmux.wait(Duration::from_secs(5), |s| {
+        s.content().iter().any(|l| l.starts_with("EXITED="))
+    });
+    assert!(
+        ok && screen.content() == ["EXITED=0"],
+        "SIGTERM: want exit 0 and the terminal restored (only EXITED=0 left)\n{screen}"
+    );
+}
+
+#[test]
+fn needs_a_terminal() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    let mut failures = Vec::new();
+    // top is the default command.
+    for args in [&["top"][..], &[][..]] {
+        let out = ns.ctscope(args);
+        out.assert_no_panic();
+        if out.code != 2 || out.stderr_lines().len() != 1 || !out.stdout.is_empty() {
+            failures.push(format!(
+                "without a terminal: want exit 2 and one line on stderr\n{out}"
+            ));
+        }
+    }
+    report(2, &failures);
+}

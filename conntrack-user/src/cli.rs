@@ -132,6 +132,9 @@ pub struct ProfileArgs {
     /// How many top talkers of each kind.
     #[arg(long = "top", default_value_t = 10)]
     pub top: usize,
+    /// Event source.
+    #[arg(long, value_enum, default_value_t = SourceChoice::Auto)]
+    pub source: SourceChoice,
 }
 
 /// Arguments of top.
@@ -160,6 +163,9 @@ pub struct TopArgs {
     /// Turn on nf_conntrack_acct (per-connection counters) in this namespace.
     #[arg(long = "enable-acct")]
     pub enable_acct: bool,
+    /// Event source.
+    #[arg(long, value_enum, default_value_t = SourceChoice::Auto)]
+    pub source: SourceChoice,
 }
 
 impl Default for TopArgs {
@@ -173,6 +179,7 @@ impl Default for TopArgs {
             counters: false,
             resync: 10,
             enable_acct: false,
+            source: SourceChoice::Auto,
         }
     }
 }
@@ -863,19 +870,18 @@ fn top(args: &TopArgs) -> Result<()> {
             .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
     }
     // Subscribe before the first dump, so nothing falls between them.
-    let events = EventSocket::open(EventConfig {
-        mask: EventMask::default(),
-        rcvbuf: 256 << 20,
-        reliable: false,
-    })?;
+    let (events, source_note) = LiveFeed::open(args.source)?;
     let table = Arc::new(Mutex::new(Table::new()));
     if let Ok(mut t) = table.lock() {
         t.resync(dump_all()?, now);
     }
     let status = Arc::new(Mutex::new(tui::Status {
-        source: "netlink",
+        source: events.name(),
         max: read_sysctl("nf_conntrack_max"),
-        note: acct_note,
+        note: match (acct_note, source_note) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        },
         ..tui::Status::default()
     }));
     let feeder = {
@@ -915,7 +921,7 @@ fn top(args: &TopArgs) -> Result<()> {
 /// The feeder: applies events to the table, measures rates, and resyncs by
 /// dump periodically and at once after a loss.
 fn feed(
-    mut events: EventSocket,
+    mut events: LiveFeed,
     table: Arc<Mutex<Table>>,
     status: Arc<Mutex<tui::Status>>,
     stop: Arc<AtomicBool>,
@@ -930,27 +936,25 @@ fn feed(
             return Err(msg);
         }
         let mut batch_events = Vec::new();
-        let batch = events
-            .read_batch(200, 256, |kind, ct, _| {
-                batch_events.push((kind, ct.clone()))
-            })
+        let newly_lost = events
+            .read(200, &mut batch_events)
             .map_err(|e| e.to_string())?;
         let now = std::time::Instant::now();
         if let Ok(mut t) = table.lock() {
-            for (kind, ct) in &batch_events {
-                t.apply(*kind, ct, now, None);
+            for (kind, ct, delivery) in &batch_events {
+                t.apply(*kind, ct, now, *delivery);
             }
         }
-        window.1 += batch.events;
+        window.1 += batch_events.len() as u64;
         window.2 += batch_events
             .iter()
-            .filter(|(k, _)| *k == EventKind::New)
+            .filter(|(k, _, _)| *k == EventKind::New)
             .count() as u64;
         window.3 += batch_events
             .iter()
-            .filter(|(k, _)| *k == EventKind::Destroy)
+            .filter(|(k, _, _)| *k == EventKind::Destroy)
             .count() as u64;
-        lost += batch.overruns;
+        lost += newly_lost;
         let elapsed = now.duration_since(window.0).as_secs_f64();
         if elapsed >= 1.0 {
             if let Ok(mut s) = status.lock() {
@@ -961,7 +965,7 @@ fn feed(
             }
             window = (now, 0, 0, 0);
         }
-        if batch.overruns > 0 || now.duration_since(last_resync) >= resync_every {
+        if newly_lost > 0 || now.duration_since(last_resync) >= resync_every {
             let dump = dump_all().map_err(|e| e.to_string())?;
             if let Ok(mut t) = table.lock() {
                 t.resync(dump, std::time::Instant::now());
@@ -970,6 +974,91 @@ fn feed(
         }
     }
     Ok(())
+}
+
+/// Where `top` and `profile` get events: the eBPF tracer when it attaches
+/// (NEW and DESTROY with kernel timestamps; updates come from the dumps),
+/// else ctnetlink.
+enum LiveFeed {
+    Netlink(EventSocket),
+    Ebpf(Box<tracer::Tracer>, u64),
+}
+
+/// One event for the table: kind, entry, delivery latency when known.
+type FeedEvent = (EventKind, Conntrack, Option<u64>);
+
+impl LiveFeed {
+    /// Opens the source; the second value says why eBPF is not used.
+    fn open(choice: SourceChoice) -> Result<(Self, Option<String>)> {
+        let mut note = None;
+        if choice != SourceChoice::Netlink {
+            let config = tracer::TracerConfig {
+                ring_size: 32 << 20,
+                filter_netns: tracer::netns_inode("/proc/self/ns/net").unwrap_or(0),
+            };
+            match tracer::Tracer::start(config) {
+                Ok(t) => return Ok((Self::Ebpf(Box::new(t), 0), None)),
+                Err(e) if choice == SourceChoice::Ebpf => {
+                    return Err(CliError::Failed(format!("eBPF source unavailable: {e}")));
+                }
+                Err(e) => {
+                    note = Some(format!(
+                        "eBPF source unavailable ({e}); using ctnetlink events"
+                    ))
+                }
+            }
+        }
+        let sock = EventSocket::open(EventConfig {
+            mask: EventMask::default(),
+            rcvbuf: 256 << 20,
+            reliable: false,
+        })?;
+        Ok((Self::Netlink(sock), note))
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Netlink(_) => "netlink",
+            Self::Ebpf(..) => "ebpf",
+        }
+    }
+
+    /// Waits up to `timeout_ms`, appends what arrived to `out`, and returns
+    /// how many events were newly lost (ring full) or overruns (ENOBUFS).
+    fn read(
+        &mut self,
+        timeout_ms: i32,
+        out: &mut Vec<FeedEvent>,
+    ) -> std::result::Result<u64, NetlinkError> {
+        match self {
+            Self::Netlink(sock) => {
+                let batch = sock.read_batch(timeout_ms, 256, |kind, ct, _| {
+                    out.push((kind, ct.clone(), None))
+                })?;
+                Ok(batch.overruns)
+            }
+            Self::Ebpf(tracer, lost_seen) => {
+                let mut pfd = libc::pollfd {
+                    fd: tracer.ring_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+                let now_ns = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                tracer.drain(|kind, ct, time_ns| {
+                    out.push((kind, ct.clone(), Some(now_ns.saturating_sub(time_ns))));
+                });
+                let lost = tracer.lost();
+                let new = lost.saturating_sub(*lost_seen);
+                *lost_seen = lost;
+                Ok(new)
+            }
+        }
+    }
 }
 
 /// Sums of the kernel's per-CPU early_drop, insert_failed and drop.
@@ -997,11 +1086,11 @@ fn profile(args: &ProfileArgs) -> Result<()> {
     }
     let mut sock = CtSocket::open()?;
     let before = pressure_counters(&mut sock)?;
-    let mut events = EventSocket::open(EventConfig {
-        mask: EventMask::default(),
-        rcvbuf: 256 << 20,
-        reliable: false,
-    })?;
+    let (mut events, note) = LiveFeed::open(args.source)?;
+    match note {
+        Some(note) => eprintln!("ctscope: {note}"),
+        None => eprintln!("ctscope: event source: eBPF (kprobes on nf_conntrack)"),
+    }
     let start = std::time::Instant::now();
     let mut table = Table::new();
     table.resync(dump_all()?, start);
@@ -1014,11 +1103,10 @@ fn profile(args: &ProfileArgs) -> Result<()> {
             return Err(CliError::Failed(msg));
         }
         let mut batch = Vec::new();
-        let read = events.read_batch(100, 256, |kind, ct, _| batch.push((kind, ct.clone())))?;
-        lost += read.overruns;
+        lost += events.read(100, &mut batch)?;
         let now = std::time::Instant::now();
-        for (kind, ct) in &batch {
-            table.apply(*kind, ct, now, None);
+        for (kind, ct, delivery) in &batch {
+            table.apply(*kind, ct, now, *delivery);
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -1031,7 +1119,7 @@ fn profile(args: &ProfileArgs) -> Result<()> {
         insert_failed: after[1].saturating_sub(before[1]),
         drop: after[2].saturating_sub(before[2]),
     };
-    let report = crate::profile::report(&table, elapsed, "netlink", lost, pressure, args.top);
+    let report = crate::profile::report(&table, elapsed, events.name(), lost, pressure, args.top);
     let mut out = io::stdout().lock();
     if args.output == "json" {
         let line =

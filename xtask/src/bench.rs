@@ -6,7 +6,9 @@
 //! markers (anything else in the file is kept), or, with `--quick`, to
 //! target/bench-quick.md.
 //!
-//! Benchmarks so far: `listing` (ctscope list vs conntrack -L).
+//! Benchmarks so far: `listing` (ctscope list vs conntrack -L) and `events`
+//! (ctscope events vs conntrack -E during bursts of new and destroyed
+//! entries, and what a listener costs the kernel's churn rate).
 use std::{
     fmt::Write as _,
     fs::{self, File},
@@ -35,9 +37,14 @@ pub struct BenchArgs {
     /// with --quick 20000).
     #[arg(long, value_delimiter = ',')]
     pub sizes: Vec<u64>,
-    /// Timed runs of each command per size (default 5; with --quick 3).
+    /// Timed runs of each command per size (default 5; with --quick 3); for
+    /// the events bench, bursts of each kind (default 5; with --quick 1).
     #[arg(long)]
     pub runs: Option<usize>,
+    /// Run only these benchmarks (comma-separated: listing, events); all by
+    /// default. Sections of the others are left as they are.
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    pub only: Vec<String>,
     /// Measure this ctscope binary instead of building target/release/ctscope.
     #[arg(long, value_name = "PATH")]
     pub ctscope: Option<PathBuf>,
@@ -50,6 +57,7 @@ impl BenchArgs {
             quick: true,
             sizes: Vec::new(),
             runs: None,
+            only: Vec::new(),
             ctscope: None,
         }
     }
@@ -85,6 +93,9 @@ impl BenchArgs {
         if let Some(runs) = self.runs {
             let _ = write!(line, " --runs {runs}");
         }
+        if !self.only.is_empty() {
+            let _ = write!(line, " --only {}", self.only.join(","));
+        }
         if let Some(path) = &self.ctscope {
             let _ = write!(line, " --ctscope {}", path.display());
         }
@@ -108,8 +119,12 @@ struct Section {
     markdown: String,
 }
 
+/// A benchmark: its name (as `--only` takes it) and the function that runs
+/// it.
+type Bench = (&'static str, fn(&Ctx) -> Result<Section>);
+
 /// The benchmarks, in the order they run; each makes its own namespace.
-const BENCHES: &[fn(&Ctx) -> Result<Section>] = &[listing];
+const BENCHES: &[Bench] = &[("listing", listing), ("events", events)];
 
 /// Runs the benchmarks.
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
@@ -117,6 +132,17 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         bail!(
             "cargo xtask bench creates a network namespace and raises net.netfilter.nf_conntrack_max: \
              run it as root"
+        );
+    }
+    if let Some(unknown) = args
+        .only
+        .iter()
+        .find(|name| !BENCHES.iter().any(|(known, _)| known == name))
+    {
+        let known: Vec<&str> = BENCHES.iter().map(|(name, _)| *name).collect();
+        bail!(
+            "--only {unknown}: no such benchmark (there are {})",
+            known.join(", ")
         );
     }
     let _signals = SignalGuard::install()?;
@@ -166,7 +192,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         machine: Machine::describe(),
     };
     let mut sections = Vec::new();
-    for bench in BENCHES {
+    for (name, bench) in BENCHES {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
+            continue;
+        }
         check_interrupted()?;
         sections.push(bench(&ctx)?);
     }
@@ -1030,6 +1059,1118 @@ fn listing_report(
     out
 }
 
+// ------------------------------------------------------------ the events benchmark
+
+/// New UDP flows per burst: as many NEW events, then as many DESTROY events
+/// when they are flushed.
+const EVENT_FLOWS: u64 = 500_000;
+/// The same, with --quick.
+const EVENT_FLOWS_QUICK: u64 = 20_000;
+/// With --quick the bench fails when ctscope shows less than this share of a
+/// burst (percent), or has died by its end.
+const QUICK_MIN_KEPT: f64 = 99.9;
+/// What conntrack -E is asked for with -b (128 MiB).
+const CONNTRACK_E_BUFFER: &str = "134217728";
+/// Alternating (no listener, listener) pairs of the churn-rate measurement.
+const CHURN_PAIRS: usize = 3;
+/// The listeners have caught up once none of their outputs grew for this long.
+const QUIET: Duration = Duration::from_secs(1);
+/// Longest wait for the listeners to catch up after a burst.
+const DRAIN_CAP: Duration = Duration::from_secs(180);
+/// Longest wait for the listeners to join their netlink groups.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for the kernel to free the entries of a deleted namespace.
+const TEARDOWN_CAP: Duration = Duration::from_secs(60);
+/// How long a listener gets to exit after SIGINT before SIGKILL.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// NETLINK_NETFILTER: the Eth column of /proc/net/netlink.
+const NETLINK_NETFILTER: u32 = 12;
+/// Bits of the Groups column of /proc/net/netlink (group N is bit N-1):
+/// NFNLGRP_CONNTRACK_NEW (1), _UPDATE (2) and _DESTROY (3).
+const GROUP_NEW: u32 = 1;
+const GROUP_UPDATE: u32 = 1 << 1;
+const GROUP_DESTROY: u32 = 1 << 2;
+
+/// What makes the events of a burst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Burst {
+    /// ctchurn creating the flows: NEW events.
+    New,
+    /// conntrack -F deleting them: DESTROY events.
+    Destroy,
+}
+
+impl Burst {
+    fn event(self) -> &'static str {
+        match self {
+            Self::New => "NEW",
+            Self::Destroy => "DESTROY",
+        }
+    }
+
+    fn group(self) -> u32 {
+        match self {
+            Self::New => GROUP_NEW,
+            Self::Destroy => GROUP_DESTROY,
+        }
+    }
+}
+
+/// One event listener the events benchmark runs.
+struct EventListener {
+    /// The command as the report shows it.
+    label: String,
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+impl EventListener {
+    fn new(name: &str, program: PathBuf, args: &[&str]) -> Self {
+        Self {
+            label: format!("{name} {}", args.join(" ")),
+            program,
+            args: args.iter().map(|&a| a.to_owned()).collect(),
+        }
+    }
+
+    fn command(&self, netns: &Netns) -> Command {
+        let mut cmd = netns.command(&self.program);
+        cmd.args(&self.args);
+        cmd
+    }
+}
+
+/// Where ctscope is in [`event_listeners`].
+const CTSCOPE_LISTENER: usize = 0;
+
+/// ctscope events and conntrack -E (default buffer and -b), for one kind of
+/// event.
+fn event_listeners(ctx: &Ctx, burst: Burst) -> Vec<EventListener> {
+    let event = burst.event();
+    vec![
+        EventListener::new(
+            "ctscope",
+            ctx.ctscope.clone(),
+            &["events", "-e", event, "-o", "json"],
+        ),
+        EventListener::new("conntrack", "conntrack".into(), &["-E", "-e", event]),
+        EventListener::new(
+            "conntrack",
+            "conntrack".into(),
+            &["-E", "-e", event, "-b", CONNTRACK_E_BUFFER],
+        ),
+    ]
+}
+
+/// How a reaped child ended and the CPU it used.
+#[derive(Clone, Copy, Debug)]
+struct Exited {
+    status: libc::c_int,
+    /// ru_utime + ru_stime.
+    cpu: Duration,
+}
+
+impl Exited {
+    fn describe(self) -> String {
+        if libc::WIFSIGNALED(self.status) {
+            format!("killed by signal {}", libc::WTERMSIG(self.status))
+        } else {
+            format!("exit status {}", libc::WEXITSTATUS(self.status))
+        }
+    }
+}
+
+/// wait4(2) on our child `pid`: how it ended and its CPU time once it has
+/// exited; `None` while it runs (with `WNOHANG`).
+fn wait_child(pid: libc::pid_t, flags: libc::c_int) -> io::Result<Option<Exited>> {
+    // SAFETY: plain C struct, all-zero is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: pid is our unreaped child; status and usage are writable.
+        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut usage) };
+        if r == pid {
+            let tv = |t: libc::timeval| {
+                Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+                    + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+            };
+            return Ok(Some(Exited {
+                status,
+                cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+            }));
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// A listener running in the background, stdout and stderr to files. Killed
+/// and reaped on drop if still running, so an error leaves nothing behind.
+struct Running {
+    pid: libc::pid_t,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    exit: Option<Exited>,
+}
+
+impl Running {
+    fn spawn(cmd: &mut Command, stdout: PathBuf, stderr: PathBuf) -> Result<Self> {
+        let out =
+            File::create(&stdout).with_context(|| format!("cannot create {}", stdout.display()))?;
+        let err =
+            File::create(&stderr).with_context(|| format!("cannot create {}", stderr.display()))?;
+        // The Child handle is dropped: the child has no pipes, and it is
+        // reaped here with wait4 (for its rusage), not by std.
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        Ok(Self {
+            pid: libc::pid_t::try_from(child.id()).context("pid out of range")?,
+            stdout,
+            stderr,
+            exit: None,
+        })
+    }
+
+    /// Reaps the child if it has exited; true while it runs.
+    fn alive(&mut self) -> Result<bool> {
+        if self.exit.is_none() {
+            self.exit = wait_child(self.pid, libc::WNOHANG).context("wait4")?;
+        }
+        Ok(self.exit.is_none())
+    }
+
+    /// SIGINT (as Ctrl-C would), then reaps it; SIGKILL if it has not exited
+    /// after [`EXIT_GRACE`].
+    fn interrupt(&mut self) -> Result<Exited> {
+        if self.alive()? {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(self.pid, libc::SIGINT) };
+            let start = Instant::now();
+            while self.alive()? {
+                if start.elapsed() > EXIT_GRACE {
+                    eprintln!(
+                        "xtask: pid {} did not exit within {} s of SIGINT; killing it",
+                        self.pid,
+                        EXIT_GRACE.as_secs()
+                    );
+                    // SAFETY: as above.
+                    unsafe { libc::kill(self.pid, libc::SIGKILL) };
+                    self.exit = wait_child(self.pid, 0).context("wait4")?;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.exit.context("the child was not reaped")
+    }
+
+    /// The last lines of its stderr, for an error message. Only used before
+    /// a burst: during one, conntrack -E's stderr is a flood of ENOBUFS
+    /// warnings.
+    fn stderr_tail(&self) -> String {
+        let text = fs::read_to_string(&self.stderr).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(3)..].join(" / ")
+    }
+
+    fn output_len(&self) -> u64 {
+        fs::metadata(&self.stdout).map_or(0, |m| m.len())
+    }
+
+    /// Packets the kernel dropped for want of room in the receive buffers
+    /// of its sockets subscribed to `group` (sk_drops).
+    fn socket_drops(&self, group: u32) -> u64 {
+        netfilter_sockets(self.pid)
+            .iter()
+            .filter(|s| s.groups & group != 0)
+            .map(|s| s.drops)
+            .sum()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            // SAFETY: kill(2) and wait4(2) on our own unreaped child.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            let _ = wait_child(self.pid, 0);
+        }
+    }
+}
+
+/// One row of /proc/net/netlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NetlinkRow {
+    /// Eth: the netlink protocol.
+    protocol: u32,
+    /// Groups: the first 32 multicast groups joined, as a bitmask.
+    groups: u32,
+    /// Drops: sk_drops.
+    drops: u64,
+    inode: u64,
+}
+
+/// Parses /proc/net/netlink (`sk Eth Pid Groups Rmem Wmem Dump Locks Drops
+/// Inode`); lines that do not parse are skipped.
+fn parse_netlink_table(text: &str) -> Vec<NetlinkRow> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 {
+                return None;
+            }
+            Some(NetlinkRow {
+                protocol: cols[1].parse().ok()?,
+                groups: u32::from_str_radix(cols[3], 16).ok()?,
+                drops: cols[8].parse().ok()?,
+                inode: cols[9].parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The NETLINK_NETFILTER sockets of process `pid`: the rows of its
+/// namespace's netlink table whose inode is one of its descriptors.
+fn netfilter_sockets(pid: libc::pid_t) -> Vec<NetlinkRow> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: Vec<u64> = fds
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let table = fs::read_to_string(format!("/proc/{pid}/net/netlink")).unwrap_or_default();
+    parse_netlink_table(&table)
+        .into_iter()
+        .filter(|row| row.protocol == NETLINK_NETFILTER && inodes.contains(&row.inode))
+        .collect()
+}
+
+/// Waits until each listener has a netfilter socket in all of `groups`, so
+/// none misses the start of the burst.
+fn wait_subscribed(running: &mut [Running], labels: &[&str], groups: u32) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        check_interrupted()?;
+        let mut all = true;
+        for (listener, label) in running.iter_mut().zip(labels) {
+            if !listener.alive()? {
+                let how = listener.exit.map(Exited::describe).unwrap_or_default();
+                bail!(
+                    "`{label}` exited before the burst ({how}): {}",
+                    listener.stderr_tail()
+                );
+            }
+            all &= netfilter_sockets(listener.pid)
+                .iter()
+                .any(|s| s.groups & groups == groups);
+        }
+        if all {
+            return Ok(());
+        }
+        if start.elapsed() > SUBSCRIBE_TIMEOUT {
+            bail!(
+                "the event listeners did not all join netlink groups {groups:#x} within {} s",
+                SUBSCRIBE_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until no listener's output has grown for [`QUIET`]; returns, for
+/// each, how long after the call its output last grew (zero if it did not).
+fn wait_caught_up(running: &[Running]) -> Result<Vec<Duration>> {
+    let start = Instant::now();
+    let mut lens: Vec<u64> = running.iter().map(Running::output_len).collect();
+    let mut grew = vec![Duration::ZERO; running.len()];
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        check_interrupted()?;
+        let now = start.elapsed();
+        for (i, listener) in running.iter().enumerate() {
+            let len = listener.output_len();
+            if len != lens[i] {
+                lens[i] = len;
+                grew[i] = now;
+            }
+        }
+        let last = grew.iter().max().copied().unwrap_or_default();
+        if now.saturating_sub(last) >= QUIET {
+            return Ok(grew);
+        }
+        if now >= DRAIN_CAP {
+            eprintln!(
+                "xtask: the listeners' output was still growing {} s after the burst; stopping them",
+                DRAIN_CAP.as_secs()
+            );
+            return Ok(grew);
+        }
+    }
+}
+
+/// What one listener did in one burst.
+#[derive(Clone, Debug)]
+struct Heard {
+    /// Lines printed: one per event.
+    shown: u64,
+    /// Still running when the burst was over and the outputs had stopped
+    /// growing.
+    alive: bool,
+    /// User + system CPU over its whole life (wait4).
+    cpu: Duration,
+    /// From the end of the burst to its last output.
+    caught_up: Duration,
+    /// sk_drops of its subscribed sockets just before SIGINT (when alive).
+    drops: Option<u64>,
+    /// How it ended (after SIGINT, or on its own).
+    exit: Exited,
+    /// The first line of its stderr (ctscope says there which event source
+    /// it uses).
+    first_stderr_line: String,
+}
+
+/// One burst.
+struct BurstRun {
+    /// Events the kernel generated: entries created or flushed.
+    expected: u64,
+    /// Wall time of the command that made the burst (ctchurn or conntrack -F).
+    trigger: Duration,
+    /// ctchurn's own figure, flows per second (NEW bursts).
+    churn_rate: Option<f64>,
+    /// Per listener, in [`event_listeners`] order.
+    heard: Vec<Heard>,
+}
+
+/// The ctchurn command of one burst: `flows` new UDP flows from addresses
+/// of their own (127.`net`.0.x).
+fn churn_command(ctx: &Ctx, netns: &Netns, flows: u64, net: u64) -> Command {
+    let mut cmd = netns.command(&ctx.ctchurn);
+    cmd.args([
+        "--proto",
+        "udp",
+        "--count",
+        &flows.to_string(),
+        "--src-base",
+        &format!("127.{}.0.1", 20 + net % 200),
+        "--dst",
+        "127.0.0.1",
+        "--dport-base",
+        "10000",
+    ]);
+    cmd
+}
+
+/// Parses ctchurn's last stderr line, `ctchurn: N flows in S s (R flows/s)`,
+/// into flows per second.
+fn parse_churn_rate(stderr: &str) -> Option<f64> {
+    let line = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("ctchurn: "))?;
+    let mut words = line.split_whitespace();
+    let flows: f64 = words.next()?.parse().ok()?;
+    if words.next()? != "flows" || words.next()? != "in" {
+        return None;
+    }
+    let secs: f64 = words.next()?.parse().ok()?;
+    (secs > 0.0).then(|| flows / secs)
+}
+
+/// Runs ctchurn in the namespace; returns its rate (flows per second).
+fn churn(ctx: &Ctx, netns: &Netns, flows: u64, net: u64) -> Result<(f64, Duration)> {
+    let stderr_path = ctx.scratch.join("events-ctchurn.stderr");
+    let outcome = measure(
+        &mut churn_command(ctx, netns, flows, net),
+        Stdout::Null,
+        &stderr_path,
+    )?;
+    let wall = outcome.sample.wall;
+    let rate = parse_churn_rate(&fs::read_to_string(&stderr_path).unwrap_or_default())
+        .unwrap_or(flows as f64 / wall.as_secs_f64().max(1e-9));
+    Ok((rate, wall))
+}
+
+/// Empties the namespace's table (no listener running), checks it is, and
+/// says how many entries `conntrack -F` deleted and how long it took.
+fn flush_table(ctx: &Ctx, netns: &Netns) -> Result<(u64, Duration)> {
+    let before = netns.count()?;
+    let outcome = measure(
+        netns.command("conntrack").arg("-F"),
+        Stdout::Null,
+        &ctx.scratch.join("events-flush.stderr"),
+    )?;
+    let left = netns.count()?;
+    if left > 0 {
+        bail!("{left} conntrack entries are left after conntrack -F");
+    }
+    Ok((before, outcome.sample.wall))
+}
+
+/// Starts the listeners (each round starting with the next one), waits
+/// until they are subscribed, makes the burst, waits until their output
+/// stops growing, and stops them with SIGINT.
+fn run_burst(
+    ctx: &Ctx,
+    netns: &Netns,
+    burst: Burst,
+    listeners: &[EventListener],
+    run: usize,
+    flows: u64,
+) -> Result<BurstRun> {
+    let slack = flows / 100 + 10;
+    let before = netns.count()?;
+    match burst {
+        Burst::New if before != 0 => {
+            bail!("the namespace holds {before} entries before the NEW burst, not 0")
+        }
+        Burst::Destroy if before.abs_diff(flows) > slack => {
+            bail!("the namespace holds {before} entries before the flush, not about {flows}")
+        }
+        _ => {}
+    }
+
+    let n = listeners.len();
+    let mut slots: Vec<Option<Running>> = (0..n).map(|_| None).collect();
+    for k in 0..n {
+        let i = (run + k) % n;
+        slots[i] = Some(Running::spawn(
+            &mut listeners[i].command(netns),
+            ctx.scratch.join(format!("events-{i}.out")),
+            ctx.scratch.join(format!("events-{i}.stderr")),
+        )?);
+    }
+    let mut running: Vec<Running> = slots.into_iter().flatten().collect();
+    let labels: Vec<&str> = listeners.iter().map(|l| l.label.as_str()).collect();
+    wait_subscribed(&mut running, &labels, burst.group())?;
+
+    let (trigger, churn_rate) = match burst {
+        Burst::New => {
+            let (rate, wall) = churn(ctx, netns, flows, run as u64)?;
+            (wall, Some(rate))
+        }
+        Burst::Destroy => {
+            let outcome = measure(
+                netns.command("conntrack").arg("-F"),
+                Stdout::Null,
+                &ctx.scratch.join("events-flush.stderr"),
+            )?;
+            (outcome.sample.wall, None)
+        }
+    };
+    let grew = wait_caught_up(&running)?;
+
+    let mut heard = Vec::with_capacity(n);
+    for (listener, caught_up) in running.iter_mut().zip(grew) {
+        let alive = listener.alive()?;
+        let drops = alive.then(|| listener.socket_drops(burst.group()));
+        let exit = listener.interrupt()?;
+        let shown = count_lines(
+            File::open(&listener.stdout)
+                .with_context(|| format!("cannot read {}", listener.stdout.display()))?,
+        )
+        .context("counting events")?;
+        let first_stderr_line = fs::read_to_string(&listener.stderr)
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        // Hundreds of MB of JSON a burst: not kept.
+        let _ = fs::remove_file(&listener.stdout);
+        heard.push(Heard {
+            shown,
+            alive,
+            cpu: exit.cpu,
+            caught_up,
+            drops,
+            exit,
+            first_stderr_line,
+        });
+    }
+
+    let after = netns.count()?;
+    let expected = match burst {
+        Burst::New => {
+            if after.abs_diff(flows) > slack {
+                bail!("after the NEW burst of {flows} flows the namespace holds {after} entries");
+            }
+            after
+        }
+        Burst::Destroy => {
+            if after > 0 {
+                bail!("{after} entries are left after conntrack -F");
+            }
+            before
+        }
+    };
+    Ok(BurstRun {
+        expected,
+        trigger,
+        churn_rate,
+        heard,
+    })
+}
+
+/// Churn rates without and with a listener.
+struct ChurnRates {
+    /// Flows per second with no listener.
+    quiet: Vec<f64>,
+    /// Flows per second with ctscope subscribed to NEW, UPDATE and DESTROY.
+    listened: Vec<f64>,
+    /// Events ctscope showed in each listened run.
+    shown: Vec<u64>,
+    /// `conntrack -F` with no listener, between the runs: entries deleted
+    /// and wall time.
+    flushes: Vec<(u64, Duration)>,
+}
+
+/// The ctscope command of the churn-rate measurement.
+fn churn_listener(ctx: &Ctx) -> EventListener {
+    EventListener::new(
+        "ctscope",
+        ctx.ctscope.clone(),
+        &["events", "-e", "NEW,UPDATE,DESTROY", "-o", "json"],
+    )
+}
+
+/// [`CHURN_PAIRS`] alternating pairs of ctchurn runs, without and with
+/// ctscope events listening; the table is flushed (no listener) before each.
+fn churn_rates(ctx: &Ctx, netns: &Netns, flows: u64) -> Result<ChurnRates> {
+    let listener = churn_listener(ctx);
+    let mut rates = ChurnRates {
+        quiet: Vec::new(),
+        listened: Vec::new(),
+        shown: Vec::new(),
+        flushes: Vec::new(),
+    };
+    for pair in 0..CHURN_PAIRS {
+        for listened in [pair % 2 == 1, pair % 2 == 0] {
+            check_interrupted()?;
+            let (flushed, took) = flush_table(ctx, netns)?;
+            if flushed > 0 {
+                rates.flushes.push((flushed, took));
+            }
+            let net = 100 + rates.quiet.len() as u64 + rates.listened.len() as u64;
+            let check_count = || -> Result<()> {
+                let count = netns.count()?;
+                if count.abs_diff(flows) > flows / 100 + 10 {
+                    bail!("after a churn of {flows} flows the namespace holds {count} entries");
+                }
+                Ok(())
+            };
+            if !listened {
+                rates.quiet.push(churn(ctx, netns, flows, net)?.0);
+                check_count()?;
+                continue;
+            }
+            let mut running = [Running::spawn(
+                &mut listener.command(netns),
+                ctx.scratch.join("events-churn.out"),
+                ctx.scratch.join("events-churn.stderr"),
+            )?];
+            wait_subscribed(
+                &mut running,
+                &[listener.label.as_str()],
+                GROUP_NEW | GROUP_UPDATE | GROUP_DESTROY,
+            )?;
+            rates.listened.push(churn(ctx, netns, flows, net)?.0);
+            check_count()?;
+            wait_caught_up(&running)?;
+            let [mut running] = running;
+            running.interrupt()?;
+            rates.shown.push(
+                count_lines(File::open(&running.stdout).context("cannot read ctscope's output")?)
+                    .context("counting events")?,
+            );
+            let _ = fs::remove_file(&running.stdout);
+        }
+        eprintln!("xtask: churn rate pair {}/{CHURN_PAIRS} done", pair + 1);
+    }
+    let (flushed, took) = flush_table(ctx, netns)?;
+    rates.flushes.push((flushed, took));
+    Ok(rates)
+}
+
+/// Number of nf_conntrack objects in use, from /proc/slabinfo: entries of
+/// all namespaces, including those of deleted namespaces not yet freed.
+fn conntrack_objects() -> Option<u64> {
+    let slabinfo = fs::read_to_string("/proc/slabinfo").ok()?;
+    slabinfo.lines().find_map(|line| {
+        let mut cols = line.split_whitespace();
+        (cols.next()? == "nf_conntrack").then_some(())?;
+        cols.next()?.parse().ok()
+    })
+}
+
+/// A deleted namespace's entries (the listing bench's million) are freed by
+/// a kernel worker after `ip netns del` returns; waits for it, so that work
+/// does not compete with the bursts.
+fn wait_for_conntrack_teardown(own: &str) {
+    let start = Instant::now();
+    let mut last = (u64::MAX, Instant::now());
+    loop {
+        let Some(objects) = conntrack_objects() else {
+            return;
+        };
+        let live = foreign_entries(own);
+        if objects <= live + 5_000 {
+            return;
+        }
+        if objects < last.0 {
+            last = (objects, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(3) {
+            // Not going down any more: slab caches keep some objects.
+            return;
+        }
+        if start.elapsed() > TEARDOWN_CAP {
+            eprintln!(
+                "xtask: {objects} conntrack objects still allocated (live entries {live}) after {} s; going on",
+                TEARDOWN_CAP.as_secs()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Median, min and max of numbers.
+fn spread_f64(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_unstable_by(f64::total_cmp);
+    let (first, last) = (*v.first()?, *v.last()?);
+    let mid = v.len() / 2;
+    let median = if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    };
+    Some((median, first, last))
+}
+
+/// ctscope events against conntrack -E while 500,000 flows are created and
+/// then flushed, and the churn rate with and without a listener.
+fn events(ctx: &Ctx) -> Result<Section> {
+    let quick = ctx.args.quick;
+    let flows = if quick {
+        EVENT_FLOWS_QUICK
+    } else {
+        EVENT_FLOWS
+    };
+    let runs = ctx.args.runs.unwrap_or(if quick { 1 } else { 5 }).max(1);
+
+    let max_guard =
+        HostSysctl::raise("net.netfilter.nf_conntrack_max", flows + flows / 4 + 65_536)?;
+    let netns = Netns::create()?;
+    wait_for_conntrack_teardown(&netns.name);
+    // Unreplied UDP entries live 30 s by default: the flush must find all
+    // of them.
+    netns.sysctl("net.netfilter.nf_conntrack_udp_timeout", "3600")?;
+    netns.sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", "3600")?;
+    let load_before = load_average();
+    eprintln!(
+        "xtask: events bench in netns {} (nf_conntrack_max {}), {flows} flows, {runs} runs; load average {load_before}",
+        netns.name,
+        read_sysctl("net.netfilter.nf_conntrack_max"),
+    );
+
+    let new_listeners = event_listeners(ctx, Burst::New);
+    let destroy_listeners = event_listeners(ctx, Burst::Destroy);
+    let mut new_runs = Vec::new();
+    let mut destroy_runs = Vec::new();
+    for run in 0..runs {
+        check_interrupted()?;
+        let new = run_burst(ctx, &netns, Burst::New, &new_listeners, run, flows)?;
+        log_burst(Burst::New, run, runs, &new_listeners, &new);
+        new_runs.push(new);
+        check_interrupted()?;
+        let destroy = run_burst(ctx, &netns, Burst::Destroy, &destroy_listeners, run, flows)?;
+        log_burst(Burst::Destroy, run, runs, &destroy_listeners, &destroy);
+        destroy_runs.push(destroy);
+    }
+    let rates = churn_rates(ctx, &netns, flows)?;
+    let load_after = load_average();
+
+    let report = EventsReport {
+        flows,
+        runs,
+        new_listeners: &new_listeners,
+        destroy_listeners: &destroy_listeners,
+        new_runs: &new_runs,
+        destroy_runs: &destroy_runs,
+        rates: &rates,
+        churn_label: churn_listener(ctx).label,
+        load: (load_before, load_after),
+        max: &max_guard,
+    };
+    println!("{}", report.tables());
+    let markdown = report.markdown(ctx);
+    drop(netns);
+
+    if quick {
+        for (burst, results) in [(Burst::New, &new_runs), (Burst::Destroy, &destroy_runs)] {
+            for result in results.iter() {
+                let heard = &result.heard[CTSCOPE_LISTENER];
+                let kept = percent(heard.shown, result.expected);
+                if kept < QUICK_MIN_KEPT || !heard.alive {
+                    bail!(
+                        "ctscope events showed {} of {} {} events ({kept:.2} %, at least {QUICK_MIN_KEPT} % wanted){}",
+                        heard.shown,
+                        result.expected,
+                        burst.event(),
+                        if heard.alive {
+                            ""
+                        } else {
+                            " and had died by the end of the burst"
+                        }
+                    );
+                }
+            }
+        }
+    }
+    Ok(Section {
+        name: "events",
+        markdown,
+    })
+}
+
+/// `part` as a percentage of `whole`.
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        return 0.0;
+    }
+    part as f64 * 100.0 / whole as f64
+}
+
+/// One line on stderr per burst, to follow the bench.
+fn log_burst(
+    burst: Burst,
+    run: usize,
+    runs: usize,
+    listeners: &[EventListener],
+    result: &BurstRun,
+) {
+    let heard: Vec<String> = listeners
+        .iter()
+        .zip(&result.heard)
+        .map(|(l, h)| {
+            format!(
+                "{} {} ({:.1} %{})",
+                l.label,
+                thousands(h.shown),
+                percent(h.shown, result.expected),
+                if h.alive { "" } else { ", dead" }
+            )
+        })
+        .collect();
+    let rate = result
+        .churn_rate
+        .map(|r| format!(" at {}/s", thousands(r as u64)))
+        .unwrap_or_default();
+    eprintln!(
+        "xtask: {} burst {}/{runs} ({} events in {:.2} s{rate}): {}",
+        burst.event(),
+        run + 1,
+        thousands(result.expected),
+        result.trigger.as_secs_f64(),
+        heard.join("; ")
+    );
+}
+
+/// Everything the events section reports.
+struct EventsReport<'a> {
+    flows: u64,
+    runs: usize,
+    new_listeners: &'a [EventListener],
+    destroy_listeners: &'a [EventListener],
+    new_runs: &'a [BurstRun],
+    destroy_runs: &'a [BurstRun],
+    rates: &'a ChurnRates,
+    churn_label: String,
+    /// 1-minute load average before and after.
+    load: (String, String),
+    max: &'a HostSysctl,
+}
+
+impl EventsReport<'_> {
+    /// The three tables, for stdout and the report.
+    fn tables(&self) -> String {
+        let mut out = String::new();
+        let flows = thousands(self.flows);
+        let runs = self.runs;
+        let _ = writeln!(
+            out,
+            "#### NEW events while ctchurn creates {flows} UDP flows ({runs} run{})\n",
+            plural(runs)
+        );
+        out.push_str(&burst_table(self.new_listeners, self.new_runs));
+        if let Some((median, min, max)) =
+            spread_f64(self.new_runs.iter().filter_map(|r| r.churn_rate))
+        {
+            let _ = writeln!(
+                out,
+                "\nctchurn's rate with the three listeners subscribed: median {}/s (min {}, max {}).\n",
+                thousands(median as u64),
+                thousands(min as u64),
+                thousands(max as u64)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "#### DESTROY events while `conntrack -F` flushes the {flows} entries ({runs} run{})\n",
+            plural(runs)
+        );
+        out.push_str(&burst_table(self.destroy_listeners, self.destroy_runs));
+        if let Some(flush) = Spread::of(self.destroy_runs.iter().map(|r| r.trigger)) {
+            let _ = writeln!(
+                out,
+                "\n`conntrack -F` of {} entries with the three listeners subscribed: median {} (min {}, max {}).\n",
+                thousands(self.destroy_runs.first().map_or(0, |r| r.expected)),
+                secs(flush.median),
+                secs(flush.min),
+                secs(flush.max)
+            );
+        }
+        if let Some(flush) = Spread::of(self.rates.flushes.iter().map(|f| f.1)) {
+            let smallest = self.rates.flushes.iter().map(|f| f.0).min().unwrap_or(0);
+            let largest = self.rates.flushes.iter().map(|f| f.0).max().unwrap_or(0);
+            let sizes = if smallest == largest {
+                thousands(largest)
+            } else {
+                format!("{} to {}", thousands(smallest), thousands(largest))
+            };
+            let _ = writeln!(
+                out,
+                "For reference, `conntrack -F` with no listener ({} flushes of {sizes} entries, between the churn-rate runs below): median {} (min {}, max {}).\n",
+                self.rates.flushes.len(),
+                secs(flush.median),
+                secs(flush.min),
+                secs(flush.max)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "#### ctchurn's rate ({flows} UDP flows) with no listener and with `{}` ({CHURN_PAIRS} alternating pairs)\n",
+            self.churn_label
+        );
+        let _ = writeln!(
+            out,
+            "| during ctchurn | median | each run |\n|---|---:|---|"
+        );
+        let rows = [
+            ("no event listener".to_owned(), &self.rates.quiet),
+            (format!("`{}`", self.churn_label), &self.rates.listened),
+        ];
+        for (label, rates) in rows {
+            let each: Vec<String> = rates
+                .iter()
+                .map(|r| format!("{}/s", thousands(*r as u64)))
+                .collect();
+            let median = spread_f64(rates.iter().copied()).map_or(0.0, |s| s.0);
+            let _ = writeln!(
+                out,
+                "| {label} | {}/s | {} |",
+                thousands(median as u64),
+                each.join(", ")
+            );
+        }
+        let quiet = spread_f64(self.rates.quiet.iter().copied()).map_or(0.0, |s| s.0);
+        let listened = spread_f64(self.rates.listened.iter().copied()).map_or(0.0, |s| s.0);
+        let shown: Vec<String> = self.rates.shown.iter().map(|&n| thousands(n)).collect();
+        let _ = writeln!(
+            out,
+            "\nWith the listener, ctchurn ran at {:.2} times its rate without one (medians). \
+             ctscope showed {} events in the listened runs.",
+            listened / quiet.max(1e-9),
+            shown.join(", ")
+        );
+        out
+    }
+
+    /// The events section of the report.
+    fn markdown(&self, ctx: &Ctx) -> String {
+        let m = &ctx.machine;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "## Event capture at full churn: ctscope events vs conntrack -E\n"
+        );
+        let _ = writeln!(
+            out,
+            "Command: `{}` (run {}).\n",
+            ctx.args.command_line(),
+            m.date
+        );
+        let _ = writeln!(
+            out,
+            "Machine: {} cores ({}), {} RAM, kernel {}; {}; {}. Load average (1 min) {} before the bench, {} after.\n",
+            m.nproc,
+            m.cpu_model,
+            m.memory,
+            m.kernel,
+            m.conntrack_version,
+            m.ctscope_version(&ctx.ctscope),
+            self.load.0,
+            self.load.1,
+        );
+        let said = self
+            .new_runs
+            .first()
+            .map(|r| r.heard[CTSCOPE_LISTENER].first_stderr_line.clone())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "Event source: these are ctscope's **ctnetlink** figures, on the host (ctscope said on \
+             stderr: `{}`). The eBPF source cannot attach on this host's kernel (no kprobes, \
+             fentry refused); its figures come from the qemu guest, measured separately.\n",
+            said.replace('`', "'")
+        );
+        out.push_str(&self.tables());
+        let ends: Vec<String> = self
+            .new_listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("`{}`: {}", l.label, exits(self.new_runs, i)))
+            .chain(
+                self.destroy_listeners
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| format!("`{}`: {}", l.label, exits(self.destroy_runs, i))),
+            )
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nHow it was measured: one network namespace made for the bench (lo up, an nftables \
+             input chain with `ct state new counter`); `nf_conntrack_udp_timeout` and `_stream` \
+             set to 3600 s in it so no entry expires; `nf_conntrack_max` (host-wide) {} during \
+             the bench ({} before; put back afterwards). Every command ran inside the namespace, \
+             entered with setns(2) between fork and exec. Each run is a NEW burst then a DESTROY \
+             burst. NEW burst: the three listeners `{}` were started (each run starting with the \
+             next one), stdout to a file, stderr to another; once /proc/PID/net/netlink showed \
+             each of them in the NEW group, `ctchurn --proto udp --count {} --src-base 127.N.0.1 \
+             --dst 127.0.0.1 --dport-base 10000` (N new each run) created the flows at full speed \
+             (one datagram per new tuple, sendmmsg, unreplied UDP entries). DESTROY burst: the \
+             same with `-e DESTROY`, and `conntrack -F` (timed) deleting the entries. After the \
+             burst, once no listener's output had grown for {} s, each listener still running \
+             got SIGINT. Events shown = lines printed (one per event; `-o json` is one object a \
+             line); % kept = shown over the entries created (`conntrack -C` after the NEW burst) \
+             or flushed (before the flush); alive = still running when the outputs had stopped \
+             growing, before SIGINT (a listener that gives up on ENOBUFS is not); CPU = the listener's user + \
+             system time over its whole life, from wait4(2), per million events shown; caught \
+             up = from the end of ctchurn or conntrack -F to the listener's last output (50 ms \
+             resolution); socket drops = the Drops column of /proc/PID/net/netlink (sk_drops) \
+             of its subscribed sockets just before SIGINT: events the kernel could not queue \
+             for it. conntrack 1.4.7 applies `-b` to its first netlink socket, not to the one \
+             subscribed to the events (checked by hand with `ss -f netlink -a -m`: 256 MiB \
+             granted on the first, the event socket left at 208 KiB), so `-b` does not enlarge \
+             the buffer that overflows. Churn rate: ctchurn's own \
+             figure (flows over its sending time), {} flows per run, table flushed before each \
+             run with no listener running; the listener (stdout to a file) joined NEW, UPDATE \
+             and DESTROY before ctchurn started. How the listeners ended: {}.",
+            thousands(self.max.value),
+            self.max.old,
+            self.new_listeners
+                .iter()
+                .map(|l| l.label.as_str())
+                .collect::<Vec<_>>()
+                .join("`, `"),
+            self.flows,
+            QUIET.as_secs(),
+            thousands(self.flows),
+            ends.join("; ")
+        );
+        out
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// How listener `i` ended over the runs, e.g. "exit status 0 (5)".
+fn exits(runs: &[BurstRun], i: usize) -> String {
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for run in runs {
+        let Some(heard) = run.heard.get(i) else {
+            continue;
+        };
+        let how = if heard.alive {
+            format!("{} after SIGINT", heard.exit.describe())
+        } else {
+            format!("{} on its own during the burst", heard.exit.describe())
+        };
+        match seen.iter_mut().find(|(h, _)| *h == how) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((how, 1)),
+        }
+    }
+    seen.iter()
+        .map(|(how, n)| format!("{how} ({n})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The table of one kind of burst: one row per listener.
+fn burst_table(listeners: &[EventListener], runs: &[BurstRun]) -> String {
+    let mut out = String::from(
+        "| listener | events shown (median) | % kept (median) | % kept (min) | % kept (max) | alive at the end | CPU s per M events shown (median) | caught up after the burst (median) | socket drops (median) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (i, listener) in listeners.iter().enumerate() {
+        let heard: Vec<(&Heard, u64)> = runs
+            .iter()
+            .filter_map(|r| Some((r.heard.get(i)?, r.expected)))
+            .collect();
+        let shown = spread_f64(heard.iter().map(|(h, _)| h.shown as f64)).map_or(0.0, |s| s.0);
+        let kept = spread_f64(heard.iter().map(|(h, n)| percent(h.shown, *n)));
+        let (kept_median, kept_min, kept_max) = kept.unwrap_or_default();
+        let alive = heard.iter().filter(|(h, _)| h.alive).count();
+        let cpu = spread_f64(
+            heard
+                .iter()
+                .filter(|(h, _)| h.shown > 0)
+                .map(|(h, _)| h.cpu.as_secs_f64() * 1e6 / h.shown as f64),
+        )
+        .map_or_else(|| "-".to_owned(), |s| format!("{:.2}", s.0));
+        let caught_up = Spread::of(heard.iter().map(|(h, _)| h.caught_up))
+            .map_or_else(|| "-".to_owned(), |s| secs(s.median));
+        let drops = spread_f64(heard.iter().filter_map(|(h, _)| h.drops.map(|d| d as f64)))
+            .map_or_else(|| "-".to_owned(), |s| thousands(s.0 as u64));
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {kept_median:.2} % | {kept_min:.2} % | {kept_max:.2} % | {alive}/{} | {cpu} | {caught_up} | {drops} |",
+            listener.label,
+            thousands(shown as u64),
+            heard.len(),
+        );
+    }
+    out
+}
+
 // ------------------------------------------------------------ machine and report file
 
 /// What the report says about the machine.
@@ -1201,6 +2342,53 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(1_000_000), "1,000,000");
+    }
+
+    #[test]
+    fn netlink_table_rows() {
+        let text = "sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode\n\
+            00000000f49334e1 12  2278       00000000 0        0        0     2        0        817243  \n\
+            00000000605f28f9 12  4221369939 00000005 0        0        0     2        9689     817244  \n\
+            garbage line\n\
+            000000000d65ecbb 0   0          0000zz00 0        0        0     2        0        817197\n";
+        assert_eq!(
+            parse_netlink_table(text),
+            vec![
+                NetlinkRow {
+                    protocol: 12,
+                    groups: 0,
+                    drops: 0,
+                    inode: 817_243
+                },
+                NetlinkRow {
+                    protocol: 12,
+                    groups: GROUP_NEW | GROUP_DESTROY,
+                    drops: 9689,
+                    inode: 817_244
+                },
+            ]
+        );
+        assert!(parse_netlink_table("").is_empty());
+    }
+
+    #[test]
+    fn churn_rate_from_its_last_line() {
+        let rate =
+            parse_churn_rate("warming up\nctchurn: 20000 flows in 0.400 s (50000 flows/s)\n")
+                .expect("parses");
+        assert!((rate - 50_000.0).abs() < 1e-6);
+        assert_eq!(parse_churn_rate("ctchurn: 20000 flows in 0 s"), None);
+        assert_eq!(parse_churn_rate("ctchurn: cannot bind"), None);
+        assert_eq!(parse_churn_rate(""), None);
+    }
+
+    #[test]
+    fn spread_of_numbers() {
+        assert_eq!(spread_f64([3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(spread_f64([4.0, 1.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(spread_f64([]), None);
+        assert_eq!(percent(1, 0), 0.0);
+        assert!((percent(999, 1000) - 99.9).abs() < 1e-9);
     }
 
     #[test]

@@ -78,4 +78,11 @@ fn profile_counts_the_churn_of_the_run() {
     assert_eq!(lifetimes.len(), 1, "{report}");
     assert_eq!(lifetimes[0][0], "tcp");
     assert_eq!(lifetimes[0][1]["count"], 10);
+    // Per protocol churn, and TCP lifetime per end state (the entries were
+    // deleted while ESTABLISHED).
+    assert_eq!(report["churn_by_proto"][0][0], "tcp", "{report}");
+    assert_eq!(report["churn_by_proto"][0][1], 40);
+    assert_eq!(report["churn_by_proto"][0][2], 10);
+    assert_eq!(report["tcp_lifetime_ms"][0][0], "ESTABLISHED", "{report}");
+    assert_eq!(report["tcp_lifetime_ms"][0][1]["count"], 10);
 }

@@ -83,8 +83,12 @@ pub struct Report {
     pub destroy_per_sec: f64,
     /// Events lost (overruns or ring drops).
     pub lost: u64,
+    /// NEW and DESTROY per protocol: (protocol, new, destroy, new/s, destroy/s).
+    pub churn_by_proto: Vec<(String, u64, u64, f64, f64)>,
     /// Lifetime in ms per protocol, for connections that ended.
     pub lifetime_ms: Vec<(String, Quantiles)>,
+    /// TCP lifetime in ms per end state.
+    pub tcp_lifetime_ms: Vec<(String, Quantiles)>,
     /// TCP set-up time (NEW to ESTABLISHED), µs.
     pub tcp_setup_us: Quantiles,
     /// Event delivery latency, ns (eBPF source only).
@@ -155,6 +159,33 @@ pub fn report(
         .map(|(k, h)| (k.to_string(), Quantiles::of(h)))
         .collect();
     lifetime_ms.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut tcp_lifetime_ms: Vec<(String, Quantiles)> = s
+        .tcp_lifetime_ms
+        .iter()
+        .map(|(k, h)| (k.to_string(), Quantiles::of(h)))
+        .collect();
+    tcp_lifetime_ms.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut protos: Vec<&&str> = s
+        .new_by_proto
+        .keys()
+        .chain(s.destroy_by_proto.keys())
+        .collect();
+    protos.sort();
+    protos.dedup();
+    let churn_by_proto = protos
+        .into_iter()
+        .map(|p| {
+            let new = s.new_by_proto.get(*p).copied().unwrap_or(0);
+            let destroy = s.destroy_by_proto.get(*p).copied().unwrap_or(0);
+            (
+                p.to_string(),
+                new,
+                destroy,
+                new as f64 / secs,
+                destroy as f64 / secs,
+            )
+        })
+        .collect();
     Report {
         duration_secs,
         source,
@@ -163,7 +194,9 @@ pub fn report(
         new_per_sec: s.new_total as f64 / secs,
         destroy_per_sec: s.destroy_total as f64 / secs,
         lost,
+        churn_by_proto,
         lifetime_ms,
+        tcp_lifetime_ms,
         tcp_setup_us: Quantiles::of(&s.tcp_setup_us),
         delivery_ns: Quantiles::of(&s.delivery_ns),
         top_sources: top_n(src, n),
@@ -204,12 +237,21 @@ pub fn text(r: &Report) -> String {
         "table: {} entries{max}  early_drop {}  insert_failed {}  drop {}",
         r.pressure.count, r.pressure.early_drop, r.pressure.insert_failed, r.pressure.drop
     );
+    for (proto, new, destroy, new_s, destroy_s) in &r.churn_by_proto {
+        let _ = writeln!(
+            out,
+            "  {proto:<8} NEW {new} ({new_s:.0}/s)  DESTROY {destroy} ({destroy_s:.0}/s)"
+        );
+    }
     let _ = writeln!(out, "lifetime (connections that ended):");
     if r.lifetime_ms.is_empty() {
         let _ = writeln!(out, "  none ended");
     }
     for (proto, q) in &r.lifetime_ms {
         q_line(&mut out, proto, "ms", q);
+    }
+    for (state, q) in &r.tcp_lifetime_ms {
+        q_line(&mut out, &format!("tcp {state}"), "ms", q);
     }
     let _ = writeln!(out, "latency:");
     if r.source == "netlink" {
@@ -300,6 +342,7 @@ mod tests {
         assert_eq!(r.top_sources[0].connections, 2);
         assert_eq!(r.top_sources[0].bytes, 300);
         assert_eq!(r.lifetime_ms[0].0, "udp");
+        assert_eq!(r.churn_by_proto, vec![("udp".to_string(), 3, 1, 1.5, 0.5)]);
         assert!((240..=260).contains(&r.lifetime_ms[0].1.max));
         let text = text(&r);
         assert!(

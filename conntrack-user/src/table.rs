@@ -98,6 +98,12 @@ pub struct Stats {
     pub last_drift: Drift,
     /// Connection lifetime in ms, per protocol name.
     pub lifetime_ms: HashMap<&'static str, Histogram<u64>>,
+    /// TCP connection lifetime in ms, per end state (the state at DESTROY).
+    pub tcp_lifetime_ms: HashMap<&'static str, Histogram<u64>>,
+    /// NEW events per protocol name.
+    pub new_by_proto: HashMap<&'static str, u64>,
+    /// DESTROY events per protocol name.
+    pub destroy_by_proto: HashMap<&'static str, u64>,
     /// TCP set-up time (NEW to ESTABLISHED) in µs.
     pub tcp_setup_us: Histogram<u64>,
     /// Event delivery latency (kernel time to handling) in ns.
@@ -118,6 +124,9 @@ impl Default for Stats {
             resyncs: 0,
             last_drift: Drift::default(),
             lifetime_ms: HashMap::new(),
+            tcp_lifetime_ms: HashMap::new(),
+            new_by_proto: HashMap::new(),
+            destroy_by_proto: HashMap::new(),
             tcp_setup_us: histogram(),
             delivery_ns: histogram(),
         }
@@ -248,6 +257,11 @@ impl Table {
             EventKind::New | EventKind::Update => {
                 if kind == EventKind::New {
                     self.stats.new_total += 1;
+                    *self
+                        .stats
+                        .new_by_proto
+                        .entry(proto_name(ct.l4proto()))
+                        .or_default() += 1;
                     if self
                         .recently_destroyed
                         .get(&key)
@@ -274,6 +288,11 @@ impl Table {
             }
             EventKind::Destroy => {
                 self.stats.destroy_total += 1;
+                *self
+                    .stats
+                    .destroy_by_proto
+                    .entry(proto_name(ct.l4proto()))
+                    .or_default() += 1;
                 self.recently_destroyed.insert(key, now);
                 match self.remove(&key) {
                     Some(t) => {
@@ -284,6 +303,16 @@ impl Table {
                             _ => u64::from(now_ms.saturating_sub(t.first_seen_ms)),
                         };
                         self.record_lifetime(ct.l4proto(), ms);
+                        // The end state: the DESTROY's own, else the last seen.
+                        if let Some(ProtoState::Tcp(state)) = ct.proto_state.or(t.ct.proto_state) {
+                            let name = crate::format::state_name(ProtoState::Tcp(state));
+                            let _ = self
+                                .stats
+                                .tcp_lifetime_ms
+                                .entry(name)
+                                .or_insert_with(histogram)
+                                .record(ms.max(1));
+                        }
                     }
                     None => self.stats.destroy_unknown += 1,
                 }
@@ -566,6 +595,30 @@ mod tests {
         let drift = t.resync(dump, base + Duration::from_secs(100_000));
         assert_eq!(drift, Drift::default());
         assert_eq!(t.len(), model.len());
+    }
+
+    #[test]
+    fn churn_per_protocol_and_tcp_end_state() {
+        let mut t = Table::new();
+        let now = Instant::now();
+        let mut tcp = udp(5);
+        tcp.orig.l4proto = Some(6);
+        tcp.proto_state = Some(ProtoState::Tcp(ESTABLISHED));
+        t.apply(EventKind::New, &tcp, now, None);
+        t.apply(EventKind::New, &udp(6), now, None);
+        let mut closed = tcp.clone();
+        closed.proto_state = Some(ProtoState::Tcp(7));
+        t.apply(
+            EventKind::Destroy,
+            &closed,
+            now + Duration::from_millis(40),
+            None,
+        );
+        assert_eq!(t.stats.new_by_proto["tcp"], 1);
+        assert_eq!(t.stats.new_by_proto["udp"], 1);
+        assert_eq!(t.stats.destroy_by_proto["tcp"], 1);
+        assert!(!t.stats.destroy_by_proto.contains_key("udp"));
+        assert_eq!(t.stats.tcp_lifetime_ms["TIME_WAIT"].len(), 1);
     }
 
     #[test]

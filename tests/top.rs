@@ -1147,6 +1147,64 @@ fn interactive_sigterm() {
     );
 }
 
+/// The consumer is stopped (SIGSTOP) while a burst overflows its small
+/// receive buffer: the loss shows on screen, a resync runs at once, and
+/// afterwards the live table holds what `conntrack -C` counts.
+#[test]
+fn stopped_consumer_loses_events_then_resyncs() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    let cmd = format!(
+        "{} --netns {} top -b 65536 --resync 3600; echo EXITED=$?; sleep 60",
+        ctscope_bin().display(),
+        ns.name()
+    );
+    let tmux = Tmux::start(&cmd, 160);
+    let (up, screen) = tmux.wait(Duration::from_secs(5), |s| {
+        s.header().starts_with("ctscope top -- ")
+    });
+    assert!(up, "the screen did not come up\n{screen}");
+    let pid = ctscope_pid(&tmux).unwrap_or_else(|| panic!("no ctscope under the pane\n{screen}"));
+    let pid = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    // 600 NEW events need far more than the 128 KiB the kernel grants a
+    // 64 KiB buffer.
+    for i in 0..600u32 {
+        let src = format!("10.6.{}.{}", i / 250, i % 250 + 1);
+        let sport = (1024 + i).to_string();
+        insert(
+            &ns,
+            &[
+                "-p",
+                "udp",
+                "-s",
+                &src,
+                "-d",
+                "10.6.99.1",
+                "--sport",
+                &sport,
+                "--dport",
+                "53",
+            ],
+        );
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    let count = ns.conntrack(&["-C"]).stdout.trim().to_string();
+    let want = format!("-- {count} entries/");
+    let (ok, screen) = tmux.wait(Duration::from_secs(10), |s| {
+        s.header().contains(&want)
+            && s.content()
+                .iter()
+                .any(|l| l.contains(" lost ") && !l.contains(" lost 0 "))
+            && s.content().iter().any(|l| l.contains("resyncs 2"))
+    });
+    assert!(
+        ok,
+        "after SIGCONT: want the table at conntrack -C = {count}, a non-zero loss and a second resync\n{screen}"
+    );
+}
+
 #[test]
 fn needs_a_terminal() {
     let Some(ns) = Netns::new() else {

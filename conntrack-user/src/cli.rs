@@ -166,6 +166,9 @@ pub struct TopArgs {
     /// Event source.
     #[arg(long, value_enum, default_value_t = SourceChoice::Auto)]
     pub source: SourceChoice,
+    /// Netlink receive buffer in bytes for the ctnetlink source.
+    #[arg(short = 'b', long = "buffer-size", default_value_t = 256 << 20, value_parser = parse_buffer_size)]
+    pub buffer_size: usize,
 }
 
 impl Default for TopArgs {
@@ -180,6 +183,7 @@ impl Default for TopArgs {
             resync: 10,
             enable_acct: false,
             source: SourceChoice::Auto,
+            buffer_size: 256 << 20,
         }
     }
 }
@@ -870,7 +874,7 @@ fn top(args: &TopArgs) -> Result<()> {
             .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
     }
     // Subscribe before the first dump, so nothing falls between them.
-    let (events, source_note) = LiveFeed::open(args.source)?;
+    let (events, source_note) = LiveFeed::open(args.source, args.buffer_size)?;
     let table = Arc::new(Mutex::new(Table::new()));
     if let Ok(mut t) = table.lock() {
         t.resync(dump_all()?, now);
@@ -989,7 +993,7 @@ type FeedEvent = (EventKind, Conntrack, Option<u64>);
 
 impl LiveFeed {
     /// Opens the source; the second value says why eBPF is not used.
-    fn open(choice: SourceChoice) -> Result<(Self, Option<String>)> {
+    fn open(choice: SourceChoice, rcvbuf: usize) -> Result<(Self, Option<String>)> {
         let mut note = None;
         if choice != SourceChoice::Netlink {
             let config = tracer::TracerConfig {
@@ -1010,7 +1014,7 @@ impl LiveFeed {
         }
         let sock = EventSocket::open(EventConfig {
             mask: EventMask::default(),
-            rcvbuf: 256 << 20,
+            rcvbuf,
             reliable: false,
         })?;
         Ok((Self::Netlink(sock), note))
@@ -1086,7 +1090,7 @@ fn profile(args: &ProfileArgs) -> Result<()> {
     }
     let mut sock = CtSocket::open()?;
     let before = pressure_counters(&mut sock)?;
-    let (mut events, note) = LiveFeed::open(args.source)?;
+    let (mut events, note) = LiveFeed::open(args.source, 256 << 20)?;
     match note {
         Some(note) => eprintln!("ctscope: {note}"),
         None => eprintln!("ctscope: event source: eBPF (kprobes on nf_conntrack)"),

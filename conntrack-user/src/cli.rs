@@ -551,6 +551,8 @@ fn now_secs() -> i64 {
 
 /// Writes entries to stdout in large chunks; memory stays bounded.
 struct Printer {
+    /// Namespace inode to show with each event (--all-netns).
+    netns: Option<u32>,
     out: Vec<u8>,
     stdout: io::Stdout,
     opts: OutputOptions,
@@ -561,6 +563,7 @@ struct Printer {
 impl Printer {
     fn new(opts: OutputOptions) -> Self {
         Self {
+            netns: None,
             out: Vec::with_capacity(OUT_CHUNK + 4096),
             stdout: io::stdout(),
             opts,
@@ -603,6 +606,7 @@ impl Printer {
                 kind: Some(kind),
                 time_ns: Some(now.as_nanos() as u64),
                 source: Some(source),
+                netns: self.netns,
             };
             format::write_json(&mut self.out, ct, &self.opts, meta);
         } else {
@@ -622,6 +626,11 @@ impl Printer {
                 Some(kind),
                 now.as_secs() as i64,
             );
+            if let Some(netns) = self.netns {
+                self.out.pop();
+                let _ = write!(self.out, " netns={netns}");
+                self.out.push(b'\n');
+            }
             if portid != 0 {
                 self.out.pop();
                 let _ = write!(self.out, " [USERSPACE] portid={portid}");
@@ -1053,7 +1062,7 @@ impl LiveFeed {
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_nanos() as u64)
                     .unwrap_or(0);
-                tracer.drain(|kind, ct, time_ns| {
+                tracer.drain(|kind, ct, time_ns, _| {
                     out.push((kind, ct.clone(), Some(now_ns.saturating_sub(time_ns))));
                 });
                 let lost = tracer.lost();
@@ -1276,12 +1285,13 @@ fn events_ebpf(
                 return Err(CliError::Failed(msg));
             }
             tracer::Tracer::readable(&fd, std::time::Duration::from_millis(100)).await;
-            tracer.drain(|kind, ct, time_ns| {
+            tracer.drain(|kind, ct, time_ns, netns| {
                 if shown >= limit || !out_ok || !args.event_mask.wants(kind) || !filter.matches(ct)
                 {
                     return;
                 }
                 shown += 1;
+                printer.netns = args.all_netns.then_some(netns);
                 out_ok = printer.event(kind, ct, "ebpf", 0, &mut prognames, Some(time_ns));
             });
             out_ok = out_ok && printer.flush_out();

@@ -522,6 +522,8 @@ struct JsonEntry<'a> {
     time_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<u32>,
     family: &'static str,
     proto: &'static str,
     protonum: u8,
@@ -552,6 +554,8 @@ pub struct EventMeta<'a> {
     pub time_ns: Option<u64>,
     /// "ebpf" or "netlink".
     pub source: Option<&'a str>,
+    /// Network namespace inode (eBPF source with --all-netns).
+    pub netns: Option<u32>,
 }
 
 /// Writes one entry as a JSON object and a newline. Schema in README.md.
@@ -581,6 +585,7 @@ pub fn write_json(out: &mut Vec<u8>, ct: &Conntrack, opts: &OutputOptions, meta:
         event: meta.kind,
         time_ns: meta.time_ns,
         source: meta.source,
+        netns: meta.netns,
         family: if i32::from(ct.family) == libc::AF_INET6 {
             "ipv6"
         } else {

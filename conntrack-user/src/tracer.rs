@@ -231,8 +231,9 @@ impl Tracer {
         self.ring.as_raw_fd()
     }
 
-    /// Hands every record in the ring to `on_event`; returns how many.
-    pub fn drain(&mut self, mut on_event: impl FnMut(EventKind, &Conntrack, u64)) -> u64 {
+    /// Hands every record in the ring to `on_event` (kind, entry, wall time
+    /// in ns, network namespace inode); returns how many.
+    pub fn drain(&mut self, mut on_event: impl FnMut(EventKind, &Conntrack, u64, u32)) -> u64 {
         let mut n = 0;
         let mut ct = Conntrack::default();
         while let Some(item) = self.ring.next() {
@@ -249,7 +250,7 @@ impl Tracer {
             };
             to_conntrack(&ev, kind, self.hz, &mut ct);
             let real = i128::from(ev.ktime_ns) + self.mono_to_real_ns;
-            on_event(kind, &ct, u64::try_from(real).unwrap_or(0));
+            on_event(kind, &ct, u64::try_from(real).unwrap_or(0), ev.netns);
         }
         n
     }

@@ -1,0 +1,59 @@
+#!/bin/sh
+# The eBPF source sees every namespace: by default ctscope shows only its
+# own, with --all-netns all of them, each line naming its namespace inode.
+set -eu
+. /vm/harness/lib.sh
+
+IP=/sbin/ip  # iproute2 (busybox's ip has no netns)
+$IP netns add other
+$IP -n other link set lo up
+for ns in "" "$IP netns exec other"; do
+    $ns nft -f - <<'NFT' || fail "nft could not load the ct rule"
+table inet netns {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        ct state new counter
+    }
+}
+NFT
+done
+other_ino=$(stat -L -c %i /run/netns/other)
+self_ino=$(stat -L -c %i /proc/self/ns/net)
+echo "   namespaces: ours $self_ino, other $other_ino"
+
+ctscope events --source ebpf -e NEW --all-netns >/tmp/all.txt 2>/tmp/all.err &
+all=$!
+ctscope events --source ebpf -e NEW >/tmp/own.txt 2>/tmp/own.err &
+own=$!
+for f in /tmp/all.err /tmp/own.err; do
+    i=0
+    until grep -q 'event source: eBPF' "$f"; do
+        i=$((i + 1))
+        [ "$i" -lt 300 ] || fail "a tracer did not start: $(cat "$f")"
+        sleep 0.1
+    done
+done
+
+step "50 flows here, 30 in the other namespace"
+ctchurn --count 50 --src-base 127.4.0.1 >/dev/null 2>&1 || fail "ctchurn here"
+$IP netns exec other ctchurn --count 30 --src-base 127.5.0.1 >/dev/null 2>&1 || fail "ctchurn there"
+sleep 2
+kill -INT "$all" "$own"
+wait "$all" || true
+wait "$own" || true
+
+step "default: only our namespace, no netns field"
+[ "$(grep -c '\[NEW\]' /tmp/own.txt)" -eq 50 ] || fail "own: $(grep -c '\[NEW\]' /tmp/own.txt) NEW, not 50"
+grep -q 'netns=' /tmp/own.txt && fail "own lines carry netns="
+
+step "--all-netns: both, each line naming its namespace"
+[ "$(grep -c "\[NEW\].* netns=$self_ino\$" /tmp/all.txt)" -eq 50 ] ||
+    fail "all: $(grep -c "netns=$self_ino\$" /tmp/all.txt) lines of ours, not 50"
+[ "$(grep -c "\[NEW\].* netns=$other_ino\$" /tmp/all.txt)" -eq 30 ] ||
+    fail "all: $(grep -c "netns=$other_ino\$" /tmp/all.txt) lines of the other, not 30"
+grep "netns=$other_ino" /tmp/all.txt | grep -q 'src=127\.5\.' || fail "the other namespace's lines are not its flows"
+
+$IP netns exec other nft delete table inet netns
+nft delete table inet netns
+$IP netns delete other
+echo "ebpf_netns: ok"

@@ -1,0 +1,47 @@
+#!/bin/sh
+# Entries that time out are removed by the kernel's gc worker, not by a
+# flush: the eBPF source must give their DESTROY too (nf_ct_delete on that
+# path, not inlined away). conntrack -E runs alongside for comparison.
+set -eu
+. /vm/harness/lib.sh
+
+nft -f - <<'NFT' || fail "nft could not load the ct rule"
+table inet gc {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        ct state new counter
+    }
+}
+NFT
+sysctl -qw net.netfilter.nf_conntrack_udp_timeout=2
+
+ctscope events --source ebpf -e DESTROY >/tmp/gc.ebpf 2>/tmp/gc.err &
+tracer=$!
+conntrack -E -e DESTROY >/tmp/gc.nl 2>/dev/null &
+reference=$!
+i=0
+until grep -q 'event source: eBPF' /tmp/gc.err; do
+    i=$((i + 1))
+    [ "$i" -lt 300 ] || fail "the tracer did not start: $(cat /tmp/gc.err)"
+    sleep 0.1
+done
+
+step "300 UDP flows with a 2 s timeout, left to the gc worker"
+ctchurn --count 300 --src-base 127.9.0.1 >/dev/null 2>&1 || fail "ctchurn failed"
+# The gc worker scans a quiet table about once a minute.
+i=0
+while [ "$(conntrack -C)" -gt 0 ] && [ "$i" -lt 150 ]; do
+    sleep 1
+    i=$((i + 1))
+done
+[ "$(conntrack -C)" -eq 0 ] || fail "$(conntrack -C) entries still there after ${i}s"
+sleep 1
+kill -INT "$tracer" "$reference"
+wait "$tracer" || true
+wait "$reference" || true
+ebpf=$(grep -c '^\[DESTROY\] udp' /tmp/gc.ebpf || true)
+echo "   DESTROY by timeout: eBPF $ebpf, conntrack -E $(grep -c DESTROY /tmp/gc.nl || true)"
+[ "$ebpf" -eq 300 ] || fail "eBPF saw $ebpf DESTROY for 300 timed-out flows"
+
+nft delete table inet gc
+echo "ebpf_gc: ok"

@@ -8,7 +8,10 @@
 //!
 //! Benchmarks so far: `listing` (ctscope list vs conntrack -L) and `events`
 //! (ctscope events vs conntrack -E during bursts of new and destroyed
-//! entries, and what a listener costs the kernel's churn rate).
+//! entries, and what a listener costs the kernel's churn rate), `snapshot`
+//! (ctscope top --once vs iptstate -1, on a tmux tty) and `overhead` (what
+//! the eBPF tracer and conntrack -E cost the kernel's rate of new flows, in
+//! qemu guests; skipped by --quick).
 use std::{
     fmt::Write as _,
     fs::{self, File},
@@ -41,7 +44,8 @@ pub struct BenchArgs {
     /// the events bench, bursts of each kind (default 5; with --quick 1).
     #[arg(long)]
     pub runs: Option<usize>,
-    /// Run only these benchmarks (comma-separated: listing, events); all by
+    /// Run only these benchmarks (comma-separated: listing, events, snapshot,
+    /// overhead); all by
     /// default. Sections of the others are left as they are.
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     pub only: Vec<String>,
@@ -124,7 +128,12 @@ struct Section {
 type Bench = (&'static str, fn(&Ctx) -> Result<Section>);
 
 /// The benchmarks, in the order they run; each makes its own namespace.
-const BENCHES: &[Bench] = &[("listing", listing), ("events", events)];
+const BENCHES: &[Bench] = &[
+    ("listing", listing),
+    ("events", events),
+    ("snapshot", snapshot),
+    ("overhead", overhead),
+];
 
 /// Runs the benchmarks.
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
@@ -146,7 +155,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         );
     }
     let _signals = SignalGuard::install()?;
-    let missing: Vec<&str> = ["conntrack", "nft", "ip", "sysctl"]
+    let missing: Vec<&str> = ["conntrack", "nft", "ip", "sysctl", "iptstate", "tmux"]
         .into_iter()
         .filter(|tool| which(tool).is_none())
         .collect();
@@ -2171,6 +2180,617 @@ fn burst_table(listeners: &[EventListener], runs: &[BurstRun]) -> String {
     out
 }
 
+// ------------------------------------------------------------ the snapshot benchmark
+
+/// Table sizes of the snapshot bench (quick mode: [`SNAPSHOT_QUICK_SIZE`]).
+const SNAPSHOT_SIZES: [u64; 2] = [10_000, 100_000];
+const SNAPSHOT_QUICK_SIZE: u64 = 2_000;
+/// iptstate 2.2.7 prints at most this many rows.
+const IPTSTATE_MAX_ROWS: u64 = 16_384;
+/// The tmux window every tty run gets.
+const TMUX_SIZE: (&str, &str) = ("250", "50");
+/// How long one snapshot may take before the bench gives up.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Times the command it is given between two `date` calls and writes
+/// `START_NS END_NS STATUS` to its first argument; it starts once the file
+/// named by its second argument exists (so a pipe-pane can be set up first).
+const TTY_WRAPPER: &str = r#"#!/bin/sh
+out=$1
+go=$2
+shift 2
+while [ ! -e "$go" ]; do sleep 0.01; done
+start=$(date +%s%N)
+"$@"
+code=$?
+end=$(date +%s%N)
+echo "$start $end $code" >"$out.tmp" && mv "$out.tmp" "$out"
+"#;
+
+/// A private tmux server with one detached session, killed on drop.
+struct Tmux {
+    socket: String,
+    wrapper: PathBuf,
+    scratch: PathBuf,
+    windows: usize,
+}
+
+impl Tmux {
+    fn start(scratch: &Path) -> Result<Self> {
+        let wrapper = scratch.join("tty-wrapper.sh");
+        fs::write(&wrapper, TTY_WRAPPER)
+            .with_context(|| format!("cannot write {}", wrapper.display()))?;
+        let tmux = Self {
+            socket: format!("ctbench-{}", std::process::id()),
+            wrapper,
+            scratch: scratch.to_owned(),
+            windows: 0,
+        };
+        run_quiet(tmux.command().args([
+            "new-session",
+            "-d",
+            "-s",
+            "bench",
+            "-x",
+            TMUX_SIZE.0,
+            "-y",
+            TMUX_SIZE.1,
+            "sleep 86400",
+        ]))?;
+        Ok(tmux)
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new("tmux");
+        cmd.args(["-f", "/dev/null", "-L", &self.socket]);
+        cmd
+    }
+
+    /// Runs `words` in a new tmux window (stdout is the pane's tty) inside
+    /// the namespace; returns its wall time as the wrapper measured it and,
+    /// when `count` is set, every byte the pane received.
+    fn run(
+        &mut self,
+        netns: &Netns,
+        words: &[&str],
+        count: bool,
+    ) -> Result<(Duration, Option<String>)> {
+        self.windows += 1;
+        let window = format!("run{}", self.windows);
+        let out = self.scratch.join("tty-run.out");
+        let go = self.scratch.join("tty-run.go");
+        let piped = self.scratch.join("tty-run.pane");
+        for f in [&out, &go, &piped] {
+            let _ = fs::remove_file(f);
+        }
+        let mut line = format!(
+            "ip netns exec {} sh {} {} {}",
+            shell_word(&netns.name),
+            shell_word(&self.wrapper.to_string_lossy()),
+            shell_word(&out.to_string_lossy()),
+            shell_word(&go.to_string_lossy()),
+        );
+        for w in words {
+            line.push(' ');
+            line.push_str(&shell_word(w));
+        }
+        run_quiet(
+            self.command()
+                .args(["new-window", "-d", "-t", "bench", "-n", &window, &line]),
+        )?;
+        if count {
+            run_quiet(self.command().args([
+                "pipe-pane",
+                "-t",
+                &format!("bench:{window}"),
+                &format!("cat >{}", shell_word(&piped.to_string_lossy())),
+            ]))?;
+        }
+        File::create(&go).with_context(|| format!("cannot create {}", go.display()))?;
+        let start = Instant::now();
+        let text = loop {
+            check_interrupted()?;
+            if let Ok(text) = fs::read_to_string(&out) {
+                break text;
+            }
+            if start.elapsed() > SNAPSHOT_TIMEOUT {
+                bail!(
+                    "`{}` did not finish in tmux within {SNAPSHOT_TIMEOUT:?}",
+                    words.join(" ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let fields: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [begin, end, code] = fields[..] else {
+            bail!("the tty wrapper wrote {text:?}");
+        };
+        if code != 0 {
+            bail!("`{}` exited with status {code} in tmux", words.join(" "));
+        }
+        let wall = Duration::from_nanos(end.saturating_sub(begin));
+        let pane = if count {
+            // The pane's output reaches the pipe after the program is done:
+            // wait until the file stops growing.
+            let mut last = u64::MAX;
+            loop {
+                std::thread::sleep(Duration::from_millis(300));
+                let len = fs::metadata(&piped).map_or(0, |m| m.len());
+                if len == last {
+                    break;
+                }
+                last = len;
+            }
+            Some(fs::read_to_string(&piped).unwrap_or_default())
+        } else {
+            None
+        };
+        Ok((wall, pane))
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self
+            .command()
+            .arg("kill-server")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `word` quoted for sh.
+fn shell_word(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// The flow rows in a snapshot's output (lines naming the protocol).
+fn flow_rows(text: &str) -> u64 {
+    text.lines().filter(|l| l.contains(" udp ")).count() as u64
+}
+
+/// How the snapshot bench runs one command.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SnapshotWay {
+    /// In a tmux pane (stdout a tty).
+    Tty,
+    /// stdout to /dev/null, timed with wait4.
+    DevNull,
+}
+
+struct Snapshotter {
+    label: &'static str,
+    program: String,
+    args: &'static [&'static str],
+    way: SnapshotWay,
+}
+
+/// What one table size measured.
+struct SnapshotSize {
+    count: u64,
+    rows: Vec<Option<u64>>,
+    walls: Vec<Vec<Duration>>,
+}
+
+/// ctscope top --once against iptstate -1, both on a tty (tmux), plus
+/// ctscope top --once with stdout to /dev/null.
+fn snapshot(ctx: &Ctx) -> Result<Section> {
+    let quick = ctx.args.quick;
+    let sizes: Vec<u64> = if quick {
+        vec![SNAPSHOT_QUICK_SIZE]
+    } else {
+        SNAPSHOT_SIZES.to_vec()
+    };
+    let runs = if quick {
+        1
+    } else {
+        ctx.args.runs.unwrap_or(5).max(1)
+    };
+    let ctscope = ctx.ctscope.to_string_lossy().into_owned();
+    let iptstate = which("iptstate").context("iptstate is not installed")?;
+    let tools = [
+        Snapshotter {
+            label: "iptstate -1 (tty)",
+            program: iptstate.to_string_lossy().into_owned(),
+            args: &["-1"],
+            way: SnapshotWay::Tty,
+        },
+        Snapshotter {
+            label: "ctscope top --once (tty)",
+            program: ctscope.clone(),
+            args: &["top", "--once"],
+            way: SnapshotWay::Tty,
+        },
+        Snapshotter {
+            label: "ctscope top --once > /dev/null",
+            program: ctscope,
+            args: &["top", "--once"],
+            way: SnapshotWay::DevNull,
+        },
+    ];
+    let largest = sizes.last().copied().unwrap_or(0);
+    let max_guard = HostSysctl::raise(
+        "net.netfilter.nf_conntrack_max",
+        largest + largest / 4 + 65_536,
+    )?;
+    let netns = Netns::create()?;
+    netns.sysctl("net.netfilter.nf_conntrack_udp_timeout", "3600")?;
+    netns.sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", "3600")?;
+    let mut tmux = Tmux::start(&ctx.scratch)?;
+    let stderr_path = ctx.scratch.join("snapshot.stderr");
+    eprintln!(
+        "xtask: snapshot bench in netns {} (nf_conntrack_max {}), sizes {sizes:?}, {runs} runs",
+        netns.name, max_guard.value
+    );
+    let mut results = Vec::new();
+    for (step, &size) in sizes.iter().enumerate() {
+        let fill = fill_to(ctx, &netns, size, step)?;
+        // One untimed pass on a tty that counts the rows each printed.
+        let mut rows = Vec::new();
+        for tool in &tools {
+            let mut words = vec![tool.program.as_str()];
+            words.extend(tool.args);
+            rows.push(match tool.way {
+                SnapshotWay::Tty => {
+                    let (_, pane) = tmux.run(&netns, &words, true)?;
+                    Some(flow_rows(&pane.unwrap_or_default()))
+                }
+                SnapshotWay::DevNull => None,
+            });
+        }
+        let ctscope_rows = rows[1].unwrap_or(0);
+        let iptstate_rows = rows[0].unwrap_or(0);
+        let slack = size / 100 + 10;
+        if ctscope_rows.abs_diff(fill.count) > slack {
+            bail!(
+                "ctscope top --once printed {ctscope_rows} rows on a tty, the table holds {}",
+                fill.count
+            );
+        }
+        if iptstate_rows == 0 || iptstate_rows > IPTSTATE_MAX_ROWS.max(fill.count + slack) {
+            bail!(
+                "iptstate -1 printed {iptstate_rows} rows on a tty, the table holds {}",
+                fill.count
+            );
+        }
+        let mut walls: Vec<Vec<Duration>> = tools.iter().map(|_| Vec::new()).collect();
+        for run in 0..runs {
+            for k in 0..tools.len() {
+                check_interrupted()?;
+                let i = (run + k) % tools.len();
+                let tool = &tools[i];
+                let wall = match tool.way {
+                    SnapshotWay::Tty => {
+                        let mut words = vec![tool.program.as_str()];
+                        words.extend(tool.args);
+                        tmux.run(&netns, &words, false)?.0
+                    }
+                    SnapshotWay::DevNull => {
+                        measure(
+                            netns.command(&tool.program).args(tool.args),
+                            Stdout::Null,
+                            &stderr_path,
+                        )?
+                        .sample
+                        .wall
+                    }
+                };
+                walls[i].push(wall);
+            }
+        }
+        let count = netns.count()?;
+        if count.abs_diff(fill.count) > slack {
+            bail!(
+                "the table went from {} to {count} entries during the runs",
+                fill.count
+            );
+        }
+        let result = SnapshotSize {
+            count: fill.count,
+            rows,
+            walls,
+        };
+        let table = snapshot_table(&tools, &result);
+        eprintln!("{table}");
+        results.push(result);
+    }
+    drop(tmux);
+    drop(netns);
+    drop(max_guard);
+
+    let m = &ctx.machine;
+    let mut out = String::new();
+    let _ = writeln!(out, "## One snapshot: ctscope top --once vs iptstate -1\n");
+    let _ = writeln!(
+        out,
+        "Command: `{}` (run {}).\n",
+        ctx.args.command_line(),
+        m.date
+    );
+    let _ = writeln!(
+        out,
+        "Machine: {} cores ({}), {} RAM, kernel {}; {}; {}.\n",
+        m.nproc,
+        m.cpu_model,
+        m.memory,
+        m.kernel,
+        output_line(Command::new("dpkg-query").args([
+            "-W",
+            "-f",
+            "iptstate ${Version}",
+            "iptstate"
+        ]))
+        .unwrap_or_else(|| "iptstate (version unknown)".into()),
+        m.ctscope_version(&ctx.ctscope),
+    );
+    let _ = writeln!(
+        out,
+        "The table is filled with UDP flows by ctchurn in a namespace of the bench's own. \
+         iptstate 2.2.7 pads every line with thousands of spaces when stdout is not a terminal, \
+         so both tools run with stdout on a tmux pane ({}x{}), started by `ip netns exec` and timed \
+         between two `date` calls around the command alone; `> /dev/null` is ctscope timed with \
+         wait4. {runs} run{} of each per size, interleaved; median (min-max) wall time; ratio is \
+         against iptstate's median. Rows are the flow lines each printed on the tty (iptstate \
+         prints at most {}).\n",
+        TMUX_SIZE.0,
+        TMUX_SIZE.1,
+        plural(runs),
+        thousands(IPTSTATE_MAX_ROWS),
+    );
+    for result in &results {
+        let _ = writeln!(out, "{}", snapshot_table(&tools, result));
+    }
+    Ok(Section {
+        name: "snapshot",
+        markdown: out,
+    })
+}
+
+fn snapshot_table(tools: &[Snapshotter], result: &SnapshotSize) -> String {
+    let mut out = format!(
+        "### {} entries\n\n| command | rows printed | median | min | max | vs iptstate |\n|---|---:|---:|---:|---:|---:|\n",
+        thousands(result.count)
+    );
+    let reference = Spread::of(result.walls[0].iter().copied());
+    for (i, tool) in tools.iter().enumerate() {
+        let Some(spread) = Spread::of(result.walls[i].iter().copied()) else {
+            continue;
+        };
+        let rows = result.rows[i].map_or_else(|| "-".into(), thousands);
+        let ratio = reference.map_or_else(
+            || "?".into(),
+            |r| {
+                format!(
+                    "{:.2}x",
+                    spread.median.as_secs_f64() / r.median.as_secs_f64().max(1e-9)
+                )
+            },
+        );
+        let _ = writeln!(
+            out,
+            "| {} | {rows} | {} | {} | {} | {ratio} |",
+            tool.label,
+            secs(spread.median),
+            secs(spread.min),
+            secs(spread.max)
+        );
+    }
+    out
+}
+
+// ------------------------------------------------------------ the overhead benchmark
+
+/// The guest kernels the overhead bench boots.
+const OVERHEAD_KERNELS: [&str; 2] = ["6.1", "6.12"];
+/// New UDP flows per ctchurn run in the guest.
+const OVERHEAD_FLOWS: u64 = 20_000;
+/// Rounds of (no listener, eBPF tracer, conntrack -E), rotated.
+const OVERHEAD_ROUNDS: usize = 3;
+/// The guest script (under tests/vm/bench/, which vm-test does not run).
+const OVERHEAD_SCRIPT: &str = "/vm/bench/overhead.sh";
+const OVERHEAD_MODES: [(&str, &str); 3] = [
+    ("none", "no listener"),
+    (
+        "ebpf",
+        "`ctscope events --source ebpf -e NEW,DESTROY > /dev/null`",
+    ),
+    ("netlink", "`conntrack -E > /dev/null`"),
+];
+
+/// One kernel's rates: per mode, flows per second of each round.
+struct OverheadKernel {
+    release: String,
+    rates: Vec<Vec<f64>>,
+    notes: Vec<String>,
+    wall: Duration,
+}
+
+/// Boots a guest and runs tests/vm/bench/overhead.sh there.
+fn overhead_in_guest(ctx: &Ctx, major: &str) -> Result<OverheadKernel> {
+    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+    let out_path = ctx.scratch.join(format!("overhead-{major}.out"));
+    let err_path = ctx.scratch.join(format!("overhead-{major}.err"));
+    let stdout = File::create(&out_path)?;
+    let stderr = File::create(&err_path)?;
+    let start = Instant::now();
+    eprintln!("xtask: overhead bench: booting a {major} guest (software emulation)");
+    let status = Command::new(exe)
+        .args(["vm-run", "--kernel", major, "--timeout", "900", "--ctscope"])
+        .arg(&ctx.ctscope)
+        .arg("--ctchurn")
+        .arg(&ctx.ctchurn)
+        .args([
+            "--",
+            "sh",
+            OVERHEAD_SCRIPT,
+            &OVERHEAD_ROUNDS.to_string(),
+            &OVERHEAD_FLOWS.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .status()
+        .context("cannot start xtask vm-run")?;
+    let wall = start.elapsed();
+    let text = fs::read_to_string(&out_path).unwrap_or_default();
+    let tail = |t: &str| -> String {
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    };
+    if !status.success() || !text.contains("CTSCOPE-OVERHEAD-DONE") {
+        let err = fs::read_to_string(&err_path).unwrap_or_default();
+        bail!(
+            "the {major} guest's overhead run failed ({status}); last lines:\n{}\n{}",
+            tail(&text),
+            tail(&err)
+        );
+    }
+    let (rates, notes, release) = parse_overhead(&text);
+    for (i, (mode, _)) in OVERHEAD_MODES.iter().enumerate() {
+        if rates[i].len() != OVERHEAD_ROUNDS {
+            bail!(
+                "the {major} guest reported {} rates for {mode}, not {OVERHEAD_ROUNDS}:\n{}",
+                rates[i].len(),
+                tail(&text)
+            );
+        }
+    }
+    Ok(OverheadKernel {
+        release: release.unwrap_or_else(|| major.to_owned()),
+        rates,
+        notes,
+        wall,
+    })
+}
+
+/// The guest script's lines: rates per mode (in [`OVERHEAD_MODES`] order),
+/// the tracer's notes and the kernel release.
+fn parse_overhead(text: &str) -> (Vec<Vec<f64>>, Vec<String>, Option<String>) {
+    let mut rates = vec![Vec::new(); OVERHEAD_MODES.len()];
+    let mut notes = Vec::new();
+    let mut release = None;
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix("CTSCOPE-OVERHEAD ") {
+            let mut words = rest.splitn(3, ' ');
+            let (Some(mode), Some(_round), Some(churn)) =
+                (words.next(), words.next(), words.next())
+            else {
+                continue;
+            };
+            if let (Some(i), Some(rate)) = (
+                OVERHEAD_MODES.iter().position(|(m, _)| *m == mode),
+                parse_churn_rate(churn),
+            ) {
+                rates[i].push(rate);
+            }
+        } else if let Some(rest) = line.strip_prefix("CTSCOPE-OVERHEAD-LISTENER ") {
+            // "ebpf ROUND ctscope VERSION (...): N flow events have been shown."
+            let said = rest.split_once("): ").map_or(rest, |(_, said)| said);
+            notes.push(said.trim().to_owned());
+        } else if let Some((_, rest)) = line.split_once("   kernel ") {
+            // The serial console may glue it to the firmware's last line.
+            release.get_or_insert_with(|| rest.trim().to_owned());
+        }
+    }
+    (rates, notes, release)
+}
+
+/// What the eBPF tracer and the netlink listener cost the kernel's rate of
+/// new flows, measured in a qemu guest per kernel.
+fn overhead(ctx: &Ctx) -> Result<Section> {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## Kernel overhead of a listener: eBPF tracer vs netlink\n"
+    );
+    if ctx.args.quick {
+        let _ = writeln!(
+            out,
+            "Skipped in quick mode: it boots two qemu guests (run `cargo xtask bench --only overhead`)."
+        );
+        eprintln!("xtask: overhead bench skipped in quick mode (it boots qemu guests)");
+        return Ok(Section {
+            name: "overhead",
+            markdown: out,
+        });
+    }
+    let mut kernels = Vec::new();
+    for major in OVERHEAD_KERNELS {
+        check_interrupted()?;
+        kernels.push(overhead_in_guest(ctx, major)?);
+    }
+    let m = &ctx.machine;
+    let _ = writeln!(
+        out,
+        "Command: `{}` (run {}); host: {} cores ({}), {}.\n",
+        ctx.args.command_line(),
+        m.date,
+        m.nproc,
+        m.cpu_model,
+        m.ctscope_version(&ctx.ctscope),
+    );
+    let _ = writeln!(
+        out,
+        "Each kernel is one boot of a qemu guest (`cargo xtask vm-run`, 2 vCPUs, running \
+         tests/vm/bench/overhead.sh): `ctchurn --count {}` (UDP) with no listener, with the eBPF \
+         tracer attached and with conntrack -E, {OVERHEAD_ROUNDS} rounds in rotating order, the \
+         table flushed before each run. **The guests run under TCG software emulation: the \
+         absolute rates mean nothing, only the ratios within one boot do.** Median (min-max) new \
+         flows per second; ratio = median with the listener / median without.\n",
+        thousands(OVERHEAD_FLOWS)
+    );
+    let _ = writeln!(
+        out,
+        "| kernel | listener | flows/s median | min | max | ratio |\n|---|---|---:|---:|---:|---:|"
+    );
+    for k in &kernels {
+        let base = spread_f64(k.rates[0].iter().copied()).map_or(0.0, |s| s.0);
+        for (i, (_, label)) in OVERHEAD_MODES.iter().enumerate() {
+            let Some((median, min, max)) = spread_f64(k.rates[i].iter().copied()) else {
+                continue;
+            };
+            let ratio = if i == 0 || base <= 0.0 {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", median / base)
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {label} | {} | {} | {} | {ratio} |",
+                k.release,
+                thousands(median as u64),
+                thousands(min as u64),
+                thousands(max as u64)
+            );
+        }
+    }
+    let _ = writeln!(out);
+    for k in &kernels {
+        let _ = writeln!(
+            out,
+            "- {} (boot and runs {:.0} s): ctscope's summary after each eBPF round ({} new flows each): {}",
+            k.release,
+            k.wall.as_secs_f64(),
+            thousands(OVERHEAD_FLOWS),
+            k.notes
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    eprintln!("{out}");
+    Ok(Section {
+        name: "overhead",
+        markdown: out,
+    })
+}
+
 // ------------------------------------------------------------ machine and report file
 
 /// What the report says about the machine.
@@ -2389,6 +3009,32 @@ mod tests {
         assert_eq!(spread_f64([]), None);
         assert_eq!(percent(1, 0), 0.0);
         assert!((percent(999, 1000) - 99.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn overhead_lines_are_parsed() {
+        let text = "Booting from ROM..   kernel 6.12.117+deb12-cloud-amd64\r\n\
+                    CTSCOPE-OVERHEAD none 1 ctchurn: 20000 flows in 0.5 s (40000 flows/s)\n\
+                    CTSCOPE-OVERHEAD ebpf 1 ctchurn: 20000 flows in 1.0 s (20000 flows/s)\n\
+                    CTSCOPE-OVERHEAD-LISTENER ebpf 1 ctscope v0.1.0 (x): 20000 flow events have been shown.\n\
+                    CTSCOPE-OVERHEAD netlink 1 ctchurn: broken\n";
+        let (rates, notes, release) = parse_overhead(text);
+        assert_eq!(rates, vec![vec![40_000.0], vec![20_000.0], vec![]]);
+        assert_eq!(
+            notes,
+            vec!["20000 flow events have been shown.".to_string()]
+        );
+        assert_eq!(release.as_deref(), Some("6.12.117+deb12-cloud-amd64"));
+    }
+
+    #[test]
+    fn snapshot_rows_are_flow_lines() {
+        let pane = "ctscope top -- Sort by: SrcIP -- 2 of 2 entries\r\n\
+                    Source   Destination   Prt  State  TTL\r\n\
+                    127.1.0.1:1   127.0.0.1:10000  udp         0:00:11\r\n\
+                    127.1.0.1:1   127.0.0.1:10001  udp         0:00:11\r\n";
+        assert_eq!(flow_rows(pane), 2);
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
     }
 
     #[test]

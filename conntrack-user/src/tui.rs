@@ -233,6 +233,14 @@ pub struct Status {
 const HELP: &str = "q quit  b/B sort  r reverse  C counters  / filter  s/d src/dst  S/D ports  \
                     x delete  p pause  space refresh  h help  arrows PgUp PgDn Home End";
 
+/// "n=… p50=… p90=… p99=… p99.9=… max=…" with a unit.
+fn quantiles(h: &hdrhistogram::Histogram<u64>, unit: &str) -> String {
+    let [n, p50, p90, p99, p999, max] = table::summary(h);
+    format!(
+        "n={n} p50={p50}{unit} p90={p90}{unit} p99={p99}{unit} p99.9={p999}{unit} max={max}{unit}"
+    )
+}
+
 /// Renders one frame.
 pub fn draw(
     frame: &mut Frame,
@@ -243,7 +251,7 @@ pub fn draw(
     status: &Status,
 ) {
     let [head, body, foot] = Layout::vertical([
-        Constraint::Length(4),
+        Constraint::Length(5),
         Constraint::Min(3),
         Constraint::Length(1),
     ])
@@ -253,12 +261,18 @@ pub fn draw(
         let mut v: Vec<_> = s.lifetime_ms.iter().collect();
         v.sort_by_key(|(k, _)| *k);
         v.iter()
-            .map(|(k, h)| {
-                let [n, p50, _, p99, _, max] = table::summary(h);
-                format!("{k} n={n} p50={p50}ms p99={p99}ms max={max}ms")
-            })
+            .map(|(k, h)| format!("{k} {}", quantiles(h, "ms")))
             .collect()
     };
+    let latency = format!(
+        "tcp set-up: {}  delivery: {}",
+        quantiles(&s.tcp_setup_us, "us"),
+        if s.delivery_ns.is_empty() {
+            "needs the eBPF source".to_string()
+        } else {
+            quantiles(&s.delivery_ns, "ns")
+        }
+    );
     let max = status.max.map(|m| format!("/{m}")).unwrap_or_default();
     let header = vec![
         Line::from(format!(
@@ -285,6 +299,7 @@ pub fn draw(
         } else {
             format!("lifetime: {}", lifetimes.join("  "))
         }),
+        Line::from(latency),
         Line::from(
             status
                 .note
@@ -522,6 +537,8 @@ mod tests {
         let c = s.find("10.0.0.3:3").expect("row 3");
         assert!(a < b && b < c, "{s}");
         assert!(s.contains("source netlink -- 3 entries"), "{s}");
+        assert!(s.contains("tcp set-up: n=0 "), "{s}");
+        assert!(s.contains("delivery: needs the eBPF source"), "{s}");
         app.on_key(key(KeyCode::Char('r')), &[], 3, 7);
         let s = screen(&app, &t);
         assert!(s.find("10.0.0.3:3") < s.find("10.0.0.1:1"), "{s}");

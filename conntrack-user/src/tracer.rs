@@ -309,7 +309,9 @@ pub fn to_conntrack(ev: &CtEvent, kind: EventKind, hz: u32, ct: &mut Conntrack) 
         orig: tuple(ev.l3proto, ev.l4proto, &ev.orig),
         reply: tuple(ev.l3proto, ev.l4proto, &ev.reply),
         status: Some(ev.status),
-        timeout: Some(timeout),
+        // ctnetlink leaves the timeout out of DESTROY events once it has run
+        // out (ctnetlink_dump_timeout with skip_zero); so do we.
+        timeout: (kind != EventKind::Destroy || timeout > 0).then_some(timeout),
         // ctnetlink events carry the mark only when it is set.
         mark: (ev.mark != 0).then_some(ev.mark),
         zone: (ev.zone != 0).then_some(ev.zone),
@@ -383,6 +385,13 @@ mod tests {
                 bytes: 120
             })
         );
+        // An expired entry's DESTROY has no timeout, as ctnetlink's.
+        let mut expired = back;
+        expired.timeout = u32::MAX - 5;
+        to_conntrack(&expired, EventKind::Destroy, 250, &mut ct);
+        assert_eq!(ct.timeout, None);
+        to_conntrack(&expired, EventKind::New, 250, &mut ct);
+        assert_eq!(ct.timeout, Some(0));
     }
 
     #[test]

@@ -13,6 +13,7 @@ table inet gc {
     }
 }
 NFT
+old_udp_timeout=$(sysctl -n net.netfilter.nf_conntrack_udp_timeout)
 sysctl -qw net.netfilter.nf_conntrack_udp_timeout=2
 
 ctscope events --source ebpf -e DESTROY >/tmp/gc.ebpf 2>/tmp/gc.err &
@@ -44,4 +45,5 @@ echo "   DESTROY by timeout: eBPF $ebpf, conntrack -E $(grep -c DESTROY /tmp/gc.
 [ "$ebpf" -eq 300 ] || fail "eBPF saw $ebpf DESTROY for 300 timed-out flows"
 
 nft delete table inet gc
+sysctl -qw "net.netfilter.nf_conntrack_udp_timeout=$old_udp_timeout"
 echo "ebpf_gc: ok"

@@ -3066,7 +3066,10 @@ fn parse_criterion(text: &str) -> Vec<CriterionFigure> {
                 if !head.is_empty() {
                     id = head.to_string();
                 }
-                if let (Some(open), Some(close)) = (trimmed.find('['), trimmed.rfind(']')) {
+                if let (Some(open), Some(close)) = (trimmed.find('['), trimmed.rfind(']'))
+                    // "change:" lines compare with the last run, in percent.
+                    && !trimmed[open..=close].contains('%')
+                {
                     figures.push(CriterionFigure {
                         id: id.clone(),
                         kind: if kind == "time:" {
@@ -3174,7 +3177,8 @@ mod criterion_tests {
             ring/decode+filter      time:   [88.472 µs 91.250 µs 93.965 µs]\n\
             \x20                       thrpt:  [43.591 Melem/s 44.888 Melem/s 46.297 Melem/s]\n\
             top-1M/frame/text-filter\n\
-            \x20                       time:   [52.666 ms 52.799 ms 52.891 ms]\n";
+            \x20                       time:   [52.666 ms 52.799 ms 52.891 ms]\n\
+            \x20                       change: [−3.9062% −1.4314% +1.0245%]\n";
         let f = parse_criterion(text);
         assert_eq!(f.len(), 3, "{f:?}");
         assert_eq!(f[0].id, "ring/decode+filter");

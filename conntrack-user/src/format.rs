@@ -226,7 +226,9 @@ pub fn is_dnat(ct: &Conntrack) -> bool {
             || (has_ports(ct.l4proto()) && ct.reply.sport != ct.orig.dport))
 }
 
-fn has_ports(p: u8) -> bool {
+/// Whether a layer 4 protocol's tuple has ports (TCP, UDP, UDPLITE, SCTP,
+/// DCCP).
+pub(crate) fn has_ports(p: u8) -> bool {
     matches!(p, 6 | 17 | 136 | 132 | 33)
 }
 

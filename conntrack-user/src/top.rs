@@ -188,7 +188,7 @@ pub fn select<'a>(
 
 fn endpoint(a: Option<IpAddr>, port: Option<u16>, l4: u8) -> String {
     let addr = a.map(|a| a.to_string()).unwrap_or_default();
-    match (port, matches!(l4, 6 | 17 | 132 | 33 | 136)) {
+    match (port, crate::format::has_ports(l4)) {
         (Some(p), true) if a.is_some_and(|a| a.is_ipv6()) => format!("[{addr}]:{p}"),
         (Some(p), true) => format!("{addr}:{p}"),
         _ => addr,
@@ -286,7 +286,7 @@ fn row_text_into(buf: &mut Vec<u8>, t: &Tracked) {
     buf.clear();
     let ct = &t.ct;
     let l4 = ct.l4proto();
-    let ports = matches!(l4, 6 | 17 | 132 | 33 | 136);
+    let ports = crate::format::has_ports(l4);
     let mut n = itoa::Buffer::new();
     for (a, port) in [(ct.orig.src, ct.orig.sport), (ct.orig.dst, ct.orig.dport)] {
         let Some(a) = a else {

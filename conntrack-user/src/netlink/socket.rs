@@ -6,7 +6,6 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::{
     IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_GET_STATS, IPCTNL_MSG_CT_GET_STATS_CPU,
-    IPCTNL_MSG_CT_NEW,
     codec::{self, CodecError, Conntrack, StatsCpu},
     ct_msg_type,
 };
@@ -443,20 +442,6 @@ impl CtSocket {
             NLM_F_ACK,
             family,
             &[],
-            |_, _| Ok(()),
-        )
-    }
-
-    /// Creates an entry from attributes (as `conntrack -I`).
-    pub fn create(&mut self, family: u8, attrs: &[u8]) -> Result<(), NetlinkError> {
-        const NLM_F_CREATE: u16 = 0x400;
-        const NLM_F_EXCL: u16 = 0x200;
-        self.transact(
-            "create",
-            IPCTNL_MSG_CT_NEW,
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            family,
-            attrs,
             |_, _| Ok(()),
         )
     }

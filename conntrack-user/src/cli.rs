@@ -738,7 +738,7 @@ fn tuple_request(f: &FilterArgs) -> Result<(u8, AttrWriter)> {
     if src.is_ipv4() != dst.is_ipv4() {
         return Err(usage("mixed address families"));
     }
-    let has_ports = matches!(proto, 6 | 17 | 136 | 132 | 33);
+    let has_ports = format::has_ports(proto);
     if has_ports && (sport.is_none() || dport.is_none()) {
         return Err(usage(
             "get needs --sport and --dport (or the reply ports) for this protocol",
@@ -877,11 +877,7 @@ fn top(args: &TopArgs) -> Result<()> {
             "top needs a terminal; use `top --once` for a snapshot",
         ));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
-    }
+    let stop = stop_on_signals()?;
     // Subscribe before the first dump, so nothing falls between them.
     let (events, source_note) = LiveFeed::open(args.source, args.buffer_size)?;
     let table = Arc::new(Mutex::new(Table::new()));
@@ -903,16 +899,21 @@ fn top(args: &TopArgs) -> Result<()> {
         std::thread::spawn(move || feed(events, table, status, stop, resync))
     };
     let mut sock = CtSocket::open()?;
+    let deleted_from = Arc::clone(&table);
     let deleter: tui::Deleter = Box::new(move |ct: &Conntrack| {
-        sock.delete(ct.family, delete_attrs(ct).as_bytes())
-            .map_err(|e| e.to_string())
-            .and_then(|gone| {
-                if gone {
-                    Ok(())
-                } else {
-                    Err("already gone".into())
-                }
-            })
+        let gone = sock
+            .delete(ct.family, delete_attrs(ct).as_bytes())
+            .map_err(|e| e.to_string())?;
+        if !gone {
+            return Err("already gone".into());
+        }
+        // The kernel sends no DESTROY for entries made while no ctnetlink
+        // listener existed (they carry no event extension), so the table
+        // applies its own delete rather than wait for the next resync.
+        if let Ok(mut t) = deleted_from.lock() {
+            t.apply(EventKind::Destroy, ct, std::time::Instant::now(), None);
+        }
+        Ok(())
     });
     let result = tui::run(
         tui::App::new(view, args.counters),
@@ -1092,11 +1093,7 @@ fn pressure_counters(sock: &mut CtSocket) -> Result<[u64; 3]> {
 }
 
 fn profile(args: &ProfileArgs) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
-    }
+    let stop = stop_on_signals()?;
     let mut sock = CtSocket::open()?;
     let before = pressure_counters(&mut sock)?;
     let (mut events, note) = LiveFeed::open(args.source, 256 << 20)?;
@@ -1210,6 +1207,17 @@ fn stats(args: &StatsArgs) -> Result<()> {
     Ok(())
 }
 
+/// A flag that SIGINT and SIGTERM raise, for the long-running commands to
+/// end cleanly with their summary.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
+    }
+    Ok(stop)
+}
+
 /// The event source in use.
 enum Source {
     /// ctnetlink; the reason eBPF is not used, to print once the netlink
@@ -1318,11 +1326,7 @@ fn events(args: &EventArgs) -> Result<()> {
     if !(args.event_mask.new || args.event_mask.update || args.event_mask.destroy) {
         return Err(usage("-e selects no event"));
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))
-            .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
-    }
+    let stop = stop_on_signals()?;
     let fallback_note = match choose_source(args)? {
         Source::Ebpf(tracer) => {
             return events_ebpf(tracer, args, &filter, Printer::new(opts), &stop);

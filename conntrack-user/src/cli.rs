@@ -1010,7 +1010,7 @@ impl LiveFeed {
                 ring_size: 32 << 20,
                 filter_netns: tracer::netns_inode("/proc/self/ns/net").unwrap_or(0),
             };
-            match tracer::Tracer::start(config) {
+            match start_tracer(config) {
                 Ok(t) => return Ok((Self::Ebpf(Box::new(t), 0), None)),
                 Err(e) if choice == SourceChoice::Ebpf => {
                     return Err(CliError::Failed(format!("eBPF source unavailable: {e}")));
@@ -1026,8 +1026,17 @@ impl LiveFeed {
             mask: EventMask::default(),
             rcvbuf,
             reliable: false,
-        })?;
-        Ok((Self::Netlink(sock), note))
+        });
+        match sock {
+            Ok(sock) => Ok((Self::Netlink(sock), note)),
+            Err(e) => {
+                // Both reasons: why not eBPF, then why not ctnetlink.
+                if let Some(note) = note {
+                    eprintln!("ctscope: {note}");
+                }
+                Err(e.into())
+            }
+        }
     }
 
     fn name(&self) -> &'static str {
@@ -1226,6 +1235,19 @@ enum Source {
     Ebpf(Box<tracer::Tracer>),
 }
 
+/// Starts the eBPF tracer. A ctnetlink request first makes the kernel load
+/// nf_conntrack (through nf_conntrack_netlink) if nothing has yet, so the
+/// functions to hook exist; where that fails, the tracer's error names the
+/// missing function.
+fn start_tracer(
+    config: tracer::TracerConfig,
+) -> std::result::Result<tracer::Tracer, tracer::TracerError> {
+    if let Ok(mut sock) = CtSocket::open() {
+        let _ = sock.probe();
+    }
+    tracer::Tracer::start(config)
+}
+
 /// Picks the event source.
 fn choose_source(args: &EventArgs) -> Result<Source> {
     if args.source == SourceChoice::Netlink {
@@ -1239,7 +1261,7 @@ fn choose_source(args: &EventArgs) -> Result<Source> {
     } else {
         tracer::netns_inode("/proc/self/ns/net").unwrap_or(0)
     };
-    let started = tracer::Tracer::start(tracer::TracerConfig {
+    let started = start_tracer(tracer::TracerConfig {
         ring_size: args.ring_size,
         filter_netns,
     });
@@ -1333,14 +1355,14 @@ fn events(args: &EventArgs) -> Result<()> {
         }
         Source::Netlink(note) => note,
     };
+    if let Some(note) = fallback_note {
+        eprintln!("{note}");
+    }
     let mut sock = EventSocket::open(EventConfig {
         mask: args.event_mask,
         rcvbuf: args.buffer_size,
         reliable: args.reliable,
     })?;
-    if let Some(note) = fallback_note {
-        eprintln!("{note}");
-    }
     let deadline = args.duration.map(|d| std::time::Instant::now() + d);
     let mut printer = Printer::new(opts);
     let (mut shown, mut overruns) = (0u64, 0u64);

@@ -178,6 +178,13 @@ impl EventSocket {
                 })?;
             }
         }
+        // Joining the groups succeeds even when ctnetlink is missing (the
+        // kernel only starts loading it, without waiting), and then no
+        // event ever comes; a request tells the user instead.
+        if let Err(NetlinkError::NoCtnetlink) = super::CtSocket::open().and_then(|mut s| s.probe())
+        {
+            return Err(NetlinkError::NoCtnetlink);
+        }
         socket.set_non_blocking(true).map_err(io("O_NONBLOCK"))?;
         let granted_rcvbuf = socket.get_rx_buf_sz().unwrap_or(0);
         Ok(Self {

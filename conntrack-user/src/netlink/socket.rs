@@ -56,6 +56,12 @@ pub enum NetlinkError {
     /// A message could not be decoded.
     #[error("ctnetlink: {0}")]
     Codec(#[from] CodecError),
+    /// nfnetlink knows no conntrack subsystem: nf_conntrack_netlink is not
+    /// built in, not loaded, and could not be loaded on demand.
+    #[error(
+        "ctnetlink is not available: this kernel has no nf_conntrack_netlink and could not load it (try: modprobe nf_conntrack_netlink)"
+    )]
+    NoCtnetlink,
     /// The caller asked to stop a dump early (not an error for callers of
     /// [`CtSocket::dump`]).
     #[error("dump stopped")]
@@ -79,6 +85,7 @@ impl NetlinkError {
         match self {
             Self::Kernel { source, .. } | Self::Io { source, .. } => source.raw_os_error(),
             Self::PermissionDenied { .. } => Some(libc::EPERM),
+            Self::NoCtnetlink => Some(libc::EINVAL),
             Self::Codec(_) | Self::Stopped => None,
         }
     }
@@ -267,6 +274,49 @@ impl CtSocket {
         flags: u16,
         family: u8,
         attrs: &[u8],
+        on_msg: impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
+    ) -> Result<(), NetlinkError> {
+        let result = self.transact_once(op, msg, flags, family, attrs, on_msg);
+        self.explained(result)
+    }
+
+    /// Asks for the per-CPU statistics, which ctnetlink has answered
+    /// without parameters for over a decade. Sending it makes the kernel load
+    /// nf_conntrack_netlink (and with it nf_conntrack) if it can; an EINVAL
+    /// answer means there is no ctnetlink at all.
+    pub fn probe(&mut self) -> Result<(), NetlinkError> {
+        match self.transact_once(
+            "probe",
+            IPCTNL_MSG_CT_GET_STATS_CPU,
+            NLM_F_DUMP,
+            0,
+            &[],
+            |_, _| Ok(()),
+        ) {
+            Err(e) if e.errno() == Some(libc::EINVAL) => Err(NetlinkError::NoCtnetlink),
+            other => other,
+        }
+    }
+
+    /// nfnetlink answers EINVAL both to a request it finds invalid and to
+    /// every request when ctnetlink is missing; a probe tells them apart.
+    fn explained(&mut self, result: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
+        match result {
+            Err(e) if e.errno() == Some(libc::EINVAL) => match self.probe() {
+                Err(NetlinkError::NoCtnetlink) => Err(NetlinkError::NoCtnetlink),
+                _ => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    fn transact_once(
+        &mut self,
+        op: &'static str,
+        msg: u8,
+        flags: u16,
+        family: u8,
+        attrs: &[u8],
         mut on_msg: impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
     ) -> Result<(), NetlinkError> {
         let seq = self.send(msg, flags, family, attrs)?;
@@ -288,6 +338,18 @@ impl CtSocket {
     /// thread: the kernel fills the next datagrams (its dump work runs in
     /// our recvmsg) while this thread decodes and formats the last ones.
     fn transact_pipelined(
+        &mut self,
+        op: &'static str,
+        msg: u8,
+        family: u8,
+        attrs: &[u8],
+        on_msg: impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
+    ) -> Result<(), NetlinkError> {
+        let result = self.transact_pipelined_once(op, msg, family, attrs, on_msg);
+        self.explained(result)
+    }
+
+    fn transact_pipelined_once(
         &mut self,
         op: &'static str,
         msg: u8,

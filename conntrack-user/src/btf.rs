@@ -98,7 +98,6 @@ impl KernelBtf {
         let data =
             std::fs::read(vmlinux).map_err(|_| BtfError::Missing(vmlinux.display().to_string()))?;
         let mut btf = Self::default();
-        btf.types.push(Type::Other); // id 0 is void
         let base_strings = btf.parse(&data, "vmlinux", &[])?;
         let module = Path::new("/sys/kernel/btf/nf_conntrack");
         if let Ok(data) = std::fs::read(module) {
@@ -117,6 +116,10 @@ impl KernelBtf {
         base_strings: &[u8],
     ) -> Result<Vec<u8>, BtfError> {
         let bad = || BtfError::Malformed(what.to_string());
+        // Type ids count from 1: id 0 is void, in every blob's numbering.
+        if self.types.is_empty() {
+            self.types.push(Type::Other);
+        }
         if u16_at(data, 0) != Some(BTF_MAGIC) {
             return Err(bad());
         }
@@ -366,7 +369,6 @@ mod tests {
 
     fn parsed(blob: &[u8]) -> Result<KernelBtf, BtfError> {
         let mut btf = KernelBtf::default();
-        btf.types.push(Type::Other);
         btf.parse(blob, "sample", &[])?;
         Ok(btf)
     }

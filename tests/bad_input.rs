@@ -47,12 +47,24 @@ fn bad_flags_exit_2_with_one_line() {
             failures.push(format!("list {args:?}: {e}"));
         }
     }
-    for argv in [&["--bogus"][..], &["nosuchcommand"], &["count", "--bogus"]] {
+    // Unknown words, and two commands at once (conntrack: "Invalid
+    // parameters"), which must not run the first and ignore the second.
+    let others: &[&[&str]] = &[
+        &["--bogus"],
+        &["nosuchcommand"],
+        &["count", "--bogus"],
+        &["-L", "-E"],
+        &["-L", "-D"],
+        &["-F", "-L"],
+        &["profile", "--duration", "0"],
+        &["top", "--once", "--sort", "bogus"],
+    ];
+    for argv in others {
         if let Err(e) = one_line_error(&ns.ctscope(argv), 2) {
             failures.push(format!("{argv:?}: {e}"));
         }
     }
-    report(cases.len() + 3, &failures);
+    report(cases.len() + others.len(), &failures);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::{
     collections::HashSet,
     fs::File,
     io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
+    net::{TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -589,35 +589,10 @@ fn ctchurn_bin() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Stand-in for ctchurn: one datagram per new tuple, round robin over
-/// sockets bound to the burst's 16 source addresses. Runs inside the
-/// namespace; returns flows and time taken.
-fn udp_burst(flows: u64) -> (u64, Duration) {
-    let sockets: Vec<UdpSocket> = (1..=16)
-        .map(|k| {
-            UdpSocket::bind((Ipv4Addr::new(127, 77, 0, k), 0))
-                .unwrap_or_else(|e| panic!("bind udp 127.77.0.{k}: {e}"))
-        })
-        .collect();
-    let start = Instant::now();
-    let mut sent = 0;
-    'ports: for dport in 10_000u16..=u16::MAX {
-        for s in &sockets {
-            if sent == flows {
-                break 'ports;
-            }
-            s.send_to(b"ctscope", (Ipv4Addr::LOCALHOST, dport))
-                .unwrap_or_else(|e| panic!("send udp to 127.0.0.1:{dport}: {e}"));
-            sent += 1;
-        }
-    }
-    (sent, start.elapsed())
-}
-
 /// Runs the generator in `ns`: flows, seconds, and what made them.
 fn generate_burst(ns: &Netns) -> (u64, f64, String) {
     let Some(bin) = ctchurn_bin() else {
-        let (flows, took) = ns.in_netns(|| udp_burst(BURST_FLOWS));
+        let (flows, took) = ns.in_netns(|| ctscope_e2e::udp_flows(BURST_FLOWS));
         return (flows, took.as_secs_f64(), "a sendto loop".to_string());
     };
     let bin = bin.to_str().expect("utf-8 path");
@@ -829,6 +804,8 @@ fn bad_input() {
     let mut cases: Vec<(&[&str], i32, &str)> = vec![
         (&["events", "-e", "OPEN"], 2, "OPEN"),
         (&["events", "--ring-size", "1000"], 2, "1000"),
+        (&["events", "--ring-size", "0"], 2, "--ring-size"),
+        (&["events", "--count", "x"], 2, "--count"),
         (
             &["events", "--all-netns", "--source", "netlink"],
             2,

@@ -86,3 +86,56 @@ fn profile_counts_the_churn_of_the_run() {
     assert_eq!(report["tcp_lifetime_ms"][0][0], "ESTABLISHED", "{report}");
     assert_eq!(report["tcp_lifetime_ms"][0][1]["count"], 10);
 }
+
+/// SIGINT or SIGTERM ends a long profile early with the report of what it
+/// saw so far, exit 0: the usual way to end one at 3 a.m.
+#[test]
+fn a_signal_ends_profile_early_with_its_report() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    for (sig, flows) in [
+        (nix::sys::signal::Signal::SIGINT, 3u16),
+        (nix::sys::signal::Signal::SIGTERM, 4),
+    ] {
+        let bin = ctscope_e2e::ctscope_bin();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(&bin)
+            .args(["profile", "--duration", "120", "-o", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ctscope profile starts");
+        std::thread::sleep(Duration::from_millis(700));
+        for i in 0..flows {
+            let sport = (4000 + i).to_string();
+            ns.conntrack(&[
+                "-I", "-p", "udp", "-s", "10.8.0.1", "-d", "10.8.0.2", "--sport", &sport,
+                "--dport", "53", "-t", "600",
+            ]);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, sig).expect("kill");
+        let started = std::time::Instant::now();
+        let out = child.wait_with_output().expect("profile ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{sig}: took {:?} to end",
+            started.elapsed()
+        );
+        assert!(
+            out.status.success(),
+            "{sig}: exit {:?}: {stderr}",
+            out.status
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("one JSON object");
+        assert_eq!(report["new"], flows, "{sig}: {report}");
+        let secs = report["duration_secs"].as_f64().expect("duration_secs");
+        assert!(secs > 0.5 && secs < 10.0, "{sig}: {report}");
+        ns.conntrack(&["-F"]);
+    }
+}

@@ -1,6 +1,8 @@
 //! What ctscope does when the world misbehaves: the watched namespace is
-//! deleted, the output is closed early, the user lacks privileges.
+//! deleted, the output is closed early or not read, a signal comes
+//! mid-listing, the user lacks privileges.
 use std::{
+    io::Read,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -58,6 +60,101 @@ fn deleting_the_watched_namespace_ends_long_commands_with_one_line() {
         );
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// Entries for the signal tests: about 3 MB of listing, far more than a
+/// pipe holds.
+const SIGNAL_FLOWS: u64 = 20_000;
+
+/// `ctscope list` in `ns` with its output on a pipe the test reads (or
+/// not), and its stderr collected.
+fn spawn_list(ns: &Netns) -> std::process::Child {
+    let bin = ctscope_bin();
+    Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(&bin)
+        .arg("list")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ctscope list")
+}
+
+/// Reads a child's pipe to the end on a thread.
+fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
+}
+
+fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, sig).expect("kill");
+}
+
+#[test]
+fn a_signal_mid_listing_ends_it_with_what_was_shown_and_its_summary() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    let (made, _) = ns.in_netns(|| ctscope_e2e::udp_flows(SIGNAL_FLOWS));
+    assert_eq!(made, SIGNAL_FLOWS);
+    for (sig, code) in [
+        (nix::sys::signal::Signal::SIGINT, 130),
+        (nix::sys::signal::Signal::SIGTERM, 143),
+    ] {
+        // Nobody reads at first, so ctscope is mid-listing, blocked on a
+        // full pipe, when the signal comes; then everything is read.
+        let mut child = spawn_list(&ns);
+        std::thread::sleep(Duration::from_millis(800));
+        signal(&child, sig);
+        let stdout = read_all(child.stdout.take().expect("stdout"));
+        let stderr = read_all(child.stderr.take().expect("stderr"));
+        let status = wait_within(&mut child, Duration::from_secs(10));
+        let (stdout, stderr) = (
+            stdout.join().expect("stdout reader"),
+            stderr.join().expect("stderr reader"),
+        );
+        let lines = stdout.lines().count() as u64;
+        assert_eq!(status.code(), Some(code), "{sig}: {status:?}\n{stderr}");
+        assert!(
+            lines > 0 && lines < SIGNAL_FLOWS,
+            "{sig}: {lines} lines: not stopped mid-listing\n{stderr}"
+        );
+        assert!(
+            stdout.ends_with('\n') && stdout.lines().all(|l| l.contains(" dport=")),
+            "{sig}: a line was cut short"
+        );
+        // Exactly the summary, counting exactly what was written.
+        let want = format!("{lines} flow entries have been shown.");
+        assert!(
+            stderr.lines().count() == 1 && stderr.contains(&want),
+            "{sig}: want one line with {want:?}\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_second_signal_ends_a_stuck_listing_at_once() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    ns.in_netns(|| ctscope_e2e::udp_flows(SIGNAL_FLOWS));
+    // The output is never read: the clean stop cannot finish writing.
+    let mut child = spawn_list(&ns);
+    std::thread::sleep(Duration::from_millis(800));
+    signal(&child, nix::sys::signal::Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "ctscope ended though its output was never read"
+    );
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let status = wait_within(&mut child, Duration::from_secs(3));
+    assert_eq!(status.code(), Some(143), "{status:?}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -46,6 +46,10 @@ pub enum CliError {
     /// Exit 1 with nothing more to say (the summary said it).
     #[error("")]
     Silent,
+    /// Stopped by this signal after its summary: exit 128 + the signal,
+    /// as a shell reports a command a signal ended.
+    #[error("")]
+    Interrupted(i32),
 }
 
 impl From<NetlinkError> for CliError {
@@ -680,10 +684,14 @@ fn list(args: &ListArgs) -> Result<()> {
     let opts = OutputOptions::parse(args.output.iter().map(String::as_str))
         .map_err(|e| usage(e.to_string()))?;
     let mut sock = CtSocket::open()?;
+    let signal = interrupt_on_signals()?;
     let mut printer = Printer::new(opts);
     let mut shown = 0u64;
     let kernel_filter = filter.kernel_attrs();
     let dumped = sock.dump(filter.family.unwrap_or(0), kernel_filter.as_bytes(), |ct| {
+        if signal.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
         if !filter.matches(ct) {
             return true;
         }
@@ -699,7 +707,7 @@ fn list(args: &ListArgs) -> Result<()> {
         );
     }
     summary(shown, "shown");
-    Ok(())
+    interrupted(&signal)
 }
 
 /// The tuple conntrack -G / -D take: orig (-s -d --sport --dport) or reply.
@@ -787,6 +795,7 @@ fn delete(args: &ListArgs) -> Result<()> {
     let opts = OutputOptions::parse(args.output.iter().map(String::as_str))
         .map_err(|e| usage(e.to_string()))?;
     let mut sock = CtSocket::open()?;
+    let signal = interrupt_on_signals()?;
     // Collect first: deleting while dumping would disturb the dump.
     let mut victims: Vec<Conntrack> = Vec::new();
     let kernel_filter = filter.kernel_attrs();
@@ -794,11 +803,14 @@ fn delete(args: &ListArgs) -> Result<()> {
         if filter.matches(ct) {
             victims.push(ct.clone());
         }
-        true
+        signal.load(Ordering::Relaxed) == 0
     })?;
     let mut printer = Printer::new(opts);
     let mut deleted = 0u64;
     for ct in &victims {
+        if signal.load(Ordering::Relaxed) != 0 {
+            break;
+        }
         if sock.delete(ct.family, delete_attrs(ct).as_bytes())? {
             deleted += 1;
             printer.entry(ct);
@@ -806,6 +818,7 @@ fn delete(args: &ListArgs) -> Result<()> {
     }
     printer.finish()?;
     summary(deleted, "deleted");
+    interrupted(&signal)?;
     if deleted == 0 {
         // conntrack -D exits 1 when nothing matched.
         return Err(CliError::Silent);
@@ -877,7 +890,7 @@ fn top(args: &TopArgs) -> Result<()> {
             "top needs a terminal; use `top --once` for a snapshot",
         ));
     }
-    let stop = stop_on_signals()?;
+    let stop = stop_on_signals(false)?;
     // Subscribe before the first dump, so nothing falls between them.
     let (events, source_note) = LiveFeed::open(args.source, args.buffer_size)?;
     let table = Arc::new(Mutex::new(Table::new()));
@@ -1030,8 +1043,11 @@ impl LiveFeed {
         match sock {
             Ok(sock) => Ok((Self::Netlink(sock), note)),
             Err(e) => {
-                // Both reasons: why not eBPF, then why not ctnetlink.
-                if let Some(note) = note {
+                // Both reasons: why not eBPF, then why not ctnetlink; a
+                // missing privilege, which both lack, is said once.
+                if let Some(note) = note
+                    && !matches!(e, NetlinkError::PermissionDenied { .. })
+                {
                     eprintln!("ctscope: {note}");
                 }
                 Err(e.into())
@@ -1102,7 +1118,7 @@ fn pressure_counters(sock: &mut CtSocket) -> Result<[u64; 3]> {
 }
 
 fn profile(args: &ProfileArgs) -> Result<()> {
-    let stop = stop_on_signals()?;
+    let stop = stop_on_signals(true)?;
     let mut sock = CtSocket::open()?;
     let before = pressure_counters(&mut sock)?;
     let (mut events, note) = LiveFeed::open(args.source, 256 << 20)?;
@@ -1218,19 +1234,52 @@ fn stats(args: &StatsArgs) -> Result<()> {
 
 /// A flag that SIGINT and SIGTERM raise, for the long-running commands to
 /// end cleanly with their summary.
-fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+fn stop_on_signals(second_exits: bool) -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
+    let failed = |e: io::Error| CliError::Failed(format!("cannot handle signals: {e}"));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
+        // Registered first, so it sees the flag as the previous signal
+        // left it: a second signal ends ctscope at once, for when the
+        // clean stop is stuck (e.g. writing to a pipe nobody reads). Not
+        // for top, whose every exit must restore the terminal.
+        if second_exits {
+            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))
+                .map_err(failed)?;
+        }
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(failed)?;
     }
     Ok(stop)
 }
 
+/// For list and delete: the first SIGINT or SIGTERM is recorded here (the
+/// signal number; 0 until then), and the command stops after the entry in
+/// hand, with everything shown so far written out and its summary line;
+/// a second signal ends ctscope at once.
+fn interrupt_on_signals() -> Result<Arc<AtomicUsize>> {
+    let got = Arc::new(AtomicUsize::new(0));
+    let armed = Arc::new(AtomicBool::new(false));
+    let failed = |e: io::Error| CliError::Failed(format!("cannot handle signals: {e}"));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&armed))
+            .map_err(failed)?;
+        signal_hook::flag::register(sig, Arc::clone(&armed)).map_err(failed)?;
+        signal_hook::flag::register_usize(sig, Arc::clone(&got), sig as usize).map_err(failed)?;
+    }
+    Ok(got)
+}
+
+/// The signal recorded by [`interrupt_on_signals`], as the command's end.
+fn interrupted(got: &AtomicUsize) -> Result<()> {
+    match got.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        sig => Err(CliError::Interrupted(i32::try_from(sig).unwrap_or(2))),
+    }
+}
+
 /// The event source in use.
 enum Source {
-    /// ctnetlink; the reason eBPF is not used, to print once the netlink
-    /// socket is open (so a missing privilege gives one line, not two).
+    /// ctnetlink; the reason eBPF is not used, printed unless the netlink
+    /// socket fails for lack of privilege (then one line says it all).
     Netlink(Option<String>),
     Ebpf(Box<tracer::Tracer>),
 }
@@ -1348,21 +1397,26 @@ fn events(args: &EventArgs) -> Result<()> {
     if !(args.event_mask.new || args.event_mask.update || args.event_mask.destroy) {
         return Err(usage("-e selects no event"));
     }
-    let stop = stop_on_signals()?;
+    let stop = stop_on_signals(true)?;
     let fallback_note = match choose_source(args)? {
         Source::Ebpf(tracer) => {
             return events_ebpf(tracer, args, &filter, Printer::new(opts), &stop);
         }
         Source::Netlink(note) => note,
     };
-    if let Some(note) = fallback_note {
-        eprintln!("{note}");
-    }
-    let mut sock = EventSocket::open(EventConfig {
+    let opened = EventSocket::open(EventConfig {
         mask: args.event_mask,
         rcvbuf: args.buffer_size,
         reliable: args.reliable,
-    })?;
+    });
+    // Why not eBPF, then why not ctnetlink either; a missing privilege,
+    // which both lack, is said once.
+    if let Some(note) = fallback_note
+        && !matches!(opened, Err(NetlinkError::PermissionDenied { .. }))
+    {
+        eprintln!("{note}");
+    }
+    let mut sock = opened?;
     let deadline = args.duration.map(|d| std::time::Instant::now() + d);
     let mut printer = Printer::new(opts);
     let (mut shown, mut overruns) = (0u64, 0u64);
@@ -1483,6 +1537,7 @@ where
         Ok(()) => 0,
         Err(CliError::BrokenPipe) => 0,
         Err(CliError::Silent) => 1,
+        Err(CliError::Interrupted(sig)) => 128 + sig,
         Err(CliError::Usage(msg)) => {
             eprintln!("ctscope: {msg}");
             2

@@ -1204,6 +1204,31 @@ pub fn key_values(line: &str) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// `flows` new UDP entries: one datagram per new tuple, round robin over
+/// sockets bound to 127.77.0.1-16 (a stand-in for ctchurn). Call it inside
+/// the namespace ([`Netns::in_netns`]); returns flows and time taken.
+pub fn udp_flows(flows: u64) -> (u64, Duration) {
+    let sockets: Vec<UdpSocket> = (1..=16)
+        .map(|k| {
+            UdpSocket::bind((Ipv4Addr::new(127, 77, 0, k), 0))
+                .unwrap_or_else(|e| panic!("bind udp 127.77.0.{k}: {e}"))
+        })
+        .collect();
+    let start = Instant::now();
+    let mut sent = 0;
+    'ports: for dport in 10_000u16..=u16::MAX {
+        for s in &sockets {
+            if sent == flows {
+                break 'ports;
+            }
+            s.send_to(b"ctscope", (Ipv4Addr::LOCALHOST, dport))
+                .unwrap_or_else(|e| panic!("send udp to 127.0.0.1:{dport}: {e}"));
+            sent += 1;
+        }
+    }
+    (sent, start.elapsed())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -157,6 +157,53 @@ fn a_second_signal_ends_a_stuck_listing_at_once() {
     assert_eq!(status.code(), Some(143), "{status:?}");
 }
 
+/// A dump that keeps being interrupted (the process stopped and continued
+/// every few milliseconds, as a debugger or job control does) still lists
+/// exactly what conntrack -L lists.
+#[test]
+fn a_dump_stopped_and_continued_again_and_again_is_complete() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    ns.in_netns(|| ctscope_e2e::udp_flows(SIGNAL_FLOWS));
+    let ct = ns.conntrack(&["-L"]);
+    let mut child = spawn_list(&ns);
+    let stdout = read_all(child.stdout.take().expect("stdout"));
+    let stderr = read_all(child.stderr.take().expect("stderr"));
+    let mut stops = 0;
+    let start = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "still listing after 60 s"
+        );
+        signal(&child, nix::sys::signal::Signal::SIGSTOP);
+        std::thread::sleep(Duration::from_millis(3));
+        signal(&child, nix::sys::signal::Signal::SIGCONT);
+        stops += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let status = child.wait().expect("wait");
+    let cs = ctscope_e2e::Output {
+        code: status.code().unwrap_or(-1),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+        command: "ctscope list (stopped and continued)".into(),
+    };
+    assert_eq!(cs.code, 0, "{cs}");
+    println!("{stops} stops during the listing");
+    assert!(
+        stops >= 3,
+        "only {stops} stops: the dump was too quick to interrupt"
+    );
+    let a = ctscope_e2e::normalised_lines(&ct);
+    let b = ctscope_e2e::normalised_lines(&cs);
+    assert!(a.len() as u64 >= SIGNAL_FLOWS, "only {} entries", a.len());
+    if let Some(diff) = ctscope_e2e::multiset_diff("conntrack -L", &a, "ctscope list", &b) {
+        panic!("after {stops} stops: {diff}");
+    }
+}
+
 #[test]
 fn closed_output_ends_quietly() {
     let Some(ns) = Netns::with_varied_table() else {

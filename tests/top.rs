@@ -1147,6 +1147,52 @@ fn interactive_sigterm() {
     );
 }
 
+/// A bug in `top`, on the screen's thread or on the event thread (panics
+/// injected through the test-only CTSCOPE_FAULT_PANIC switch), leaves the
+/// terminal as it found it (same `stty` settings, main screen back), says
+/// what happened, and exits non-zero.
+#[test]
+fn a_panic_restores_the_terminal() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    for e in SMALL_TABLE {
+        insert(&ns, e);
+    }
+    let mut failures = Vec::new();
+    for (place, code, says) in [
+        ("draw", 101, "injected by CTSCOPE_FAULT_PANIC=draw"),
+        (
+            "feeder",
+            1,
+            "ctscope: the event thread panicked: injected by CTSCOPE_FAULT_PANIC=feeder",
+        ),
+    ] {
+        let cmd = format!(
+            "s=$(stty -g); CTSCOPE_FAULT_PANIC={place} RUST_BACKTRACE=0 {} --netns {} top; echo EXITED=$?; \
+             [ \"$(stty -g)\" = \"$s\" ] && echo TTY=restored || echo TTY=changed; sleep 60",
+            ctscope_bin().display(),
+            ns.name()
+        );
+        let tmux = Tmux::start(&cmd, 160);
+        let (ended, screen) = tmux.wait(Duration::from_secs(10), |s| {
+            s.content().iter().any(|l| l.starts_with("TTY="))
+        });
+        let content = screen.content();
+        if !ended
+            || !content.contains(&format!("EXITED={code}").as_str())
+            || !content.contains(&"TTY=restored")
+            || !content.iter().any(|l| l.contains(says))
+            || content.iter().any(|l| l.starts_with("ctscope top -- "))
+        {
+            failures.push(format!(
+                "{place}: want EXITED={code}, TTY=restored, {says:?}, and the screen gone\n{screen}"
+            ));
+        }
+    }
+    report(2, &failures);
+}
+
 /// The consumer is stopped (SIGSTOP) while a burst overflows its small
 /// receive buffer: the loss shows on screen, a resync runs at once, and
 /// afterwards the live table holds what `conntrack -C` counts.

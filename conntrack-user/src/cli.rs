@@ -937,12 +937,16 @@ fn top(args: &TopArgs) -> Result<()> {
     );
     stop.store(true, Ordering::Relaxed);
     let fed = feeder.join();
+    // A panicking feeder may have poisoned the table, failing the screen
+    // too: the panic is the cause to report.
+    let fed = fed.map_err(|_| {
+        CliError::Failed(format!(
+            "the event thread panicked: {}",
+            tui::take_other_panic().unwrap_or_else(|| "no message".into())
+        ))
+    })?;
     result.map_err(|e| CliError::Failed(format!("terminal: {e}")))?;
-    match fed {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(CliError::Failed(e)),
-        Err(_) => Err(CliError::Failed("the event thread panicked".into())),
-    }
+    fed.map_err(CliError::Failed)
 }
 
 /// The feeder: applies events to the table, measures rates, and resyncs by
@@ -954,10 +958,14 @@ fn feed(
     stop: Arc<AtomicBool>,
     resync_every: std::time::Duration,
 ) -> std::result::Result<(), String> {
-    let mut last_resync = std::time::Instant::now();
-    let mut window = (std::time::Instant::now(), 0u64, 0u64, 0u64);
+    let started = std::time::Instant::now();
+    let mut last_resync = started;
+    let mut window = (started, 0u64, 0u64, 0u64);
     let mut lost = 0u64;
     while !stop.load(Ordering::Relaxed) {
+        if started.elapsed() >= std::time::Duration::from_secs(1) {
+            tui::injected_panic("feeder");
+        }
         if let Some(msg) = netns::watched_gone() {
             stop.store(true, Ordering::Relaxed);
             return Err(msg);

@@ -6,7 +6,7 @@
 use std::{
     io,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -368,10 +368,90 @@ pub fn draw(
 /// Restores the terminal when dropped: on quit, on error and on unwinding.
 struct TerminalGuard;
 
-impl Drop for TerminalGuard {
-    fn drop(&mut self) {
+/// Whether the screen holds the terminal (raw mode, alternate screen).
+static SCREEN_UP: AtomicBool = AtomicBool::new(false);
+
+/// Gives the terminal back, once: leaving the alternate screen a second
+/// time would move the cursor back over what was printed since.
+fn restore_once() {
+    if SCREEN_UP.swap(false, Ordering::SeqCst) {
         ratatui::restore();
     }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_once();
+        // Back to the default panic hook, now that no screen is up (not
+        // while unwinding: take_hook panics on a panicking thread).
+        if !std::thread::panicking() {
+            let _ = std::panic::take_hook();
+        }
+    }
+}
+
+/// Test-only fault injection, set by the end-to-end tests and never
+/// otherwise: `draw` panics the screen's thread after a frame, `feeder`
+/// the event thread a second after it starts.
+pub const FAULT_PANIC_ENV: &str = "CTSCOPE_FAULT_PANIC";
+
+/// Panics if [`FAULT_PANIC_ENV`] names `place` (reported at the caller).
+#[track_caller]
+pub fn injected_panic(place: &str) {
+    static PLACE: OnceLock<Option<String>> = OnceLock::new();
+    if PLACE
+        .get_or_init(|| std::env::var(FAULT_PANIC_ENV).ok())
+        .as_deref()
+        == Some(place)
+    {
+        panic!("injected by {FAULT_PANIC_ENV}={place}");
+    }
+}
+
+/// What a panic on another thread said while the screen was up.
+static OTHER_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+/// The message of a panic on another thread while the screen was up, for
+/// the caller to print once the terminal is back.
+pub fn take_other_panic() -> Option<String> {
+    OTHER_PANIC.lock().ok()?.take()
+}
+
+fn panic_text(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let payload = info.payload();
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    match info.location() {
+        Some(at) => format!("{what} at {}:{}", at.file(), at.line()),
+        None => what,
+    }
+}
+
+/// Replaces ratatui's panic hook (which restores the terminal however often
+/// it is called). A panic on the screen's own thread restores the terminal
+/// once, then prints as usual. A panic on another thread (the feeder) must
+/// not pull the terminal from under a screen that is still drawing: it
+/// stops the screen, whose exit restores the terminal, and its message
+/// waits for [`take_other_panic`].
+fn hook_panics(stop: &Arc<AtomicBool>) {
+    let screen = std::thread::current().id();
+    drop(std::panic::take_hook());
+    let print = std::panic::take_hook();
+    let stop = Arc::clone(stop);
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() == screen {
+            restore_once();
+            print(info);
+        } else {
+            if let Ok(mut other) = OTHER_PANIC.lock() {
+                other.get_or_insert_with(|| panic_text(info));
+            }
+            stop.store(true, Ordering::Relaxed);
+        }
+    }));
 }
 
 /// Something that deletes an entry (the kernel, in real use).
@@ -386,9 +466,10 @@ pub fn run(
     stop: Arc<AtomicBool>,
     mut delete: Deleter,
 ) -> io::Result<()> {
-    // ratatui::init installs a panic hook that restores the terminal first.
     let mut terminal = ratatui::init();
+    SCREEN_UP.store(true, Ordering::SeqCst);
     let _guard = TerminalGuard;
+    hook_panics(&stop);
     let mut last_frame = Instant::now() - Duration::from_secs(10);
     let mut frozen: Option<(Vec<Tracked>, usize)> = None;
     loop {
@@ -413,6 +494,7 @@ pub fn run(
         };
         let shown: Vec<&Tracked> = rows.iter().skip(app.offset).copied().collect();
         terminal.draw(|f| draw(f, &app, &shown, total, &guard, &status_now))?;
+        injected_panic("draw");
         last_frame = last_frame.max(Instant::now());
         // Keys are handled against what is on screen; the lock is kept so
         // the rows stay valid, and released before waiting.

@@ -51,13 +51,7 @@ wait_lines() {
 step "ctscope events --source ebpf attaches"
 ctscope events --source ebpf -o extended >/tmp/ebpf.txt 2>/tmp/ebpf.err &
 tracer=$!
-i=0
-until grep -q 'event source: eBPF' /tmp/ebpf.err; do
-    kill -0 "$tracer" 2>/dev/null || fail "ctscope exited: $(cat /tmp/ebpf.err)"
-    i=$((i + 1))
-    [ "$i" -lt 300 ] || fail "the tracer did not start in 30 s: $(cat /tmp/ebpf.err)"
-    sleep 0.1
-done
+wait_for_line /tmp/ebpf.err 'event source: eBPF' "the tracer did not start" "$tracer"
 cat /tmp/ebpf.err
 
 step "$udp_flows new UDP flows and $tcp_flows TCP connections"
@@ -97,12 +91,7 @@ grep '^\[DESTROY\]' /tmp/ebpf.txt | grep -q 'packets=[1-9].*bytes=[1-9].*delta-t
 step "a ring too small on purpose: the loss is counted and reported"
 ctscope events --source ebpf --ring-size 4096 -e NEW >/tmp/small.txt 2>/tmp/small.err &
 tracer=$!
-i=0
-until grep -q 'event source: eBPF' /tmp/small.err; do
-    i=$((i + 1))
-    [ "$i" -lt 300 ] || fail "the tracer did not start: $(cat /tmp/small.err)"
-    sleep 0.1
-done
+wait_for_line /tmp/small.err 'event source: eBPF' "the tracer did not start"
 kill -STOP "$tracer"
 ctchurn --count 5000 --src-base 127.5.0.1 || fail "ctchurn failed"
 kill -CONT "$tracer"

@@ -40,13 +40,7 @@ start_auto_events() {
     # shellcheck disable=SC2086
     ctscope events $1 >/tmp/auto.out 2>/tmp/auto.err &
     auto=$!
-    i=0
-    until grep -q 'using ctnetlink events' /tmp/auto.err; do
-        i=$((i + 1))
-        [ "$i" -lt 200 ] || fail "no fallback line from events $1: $(cat /tmp/auto.err)"
-        kill -0 "$auto" 2>/dev/null || fail "events $1 ended: $(cat /tmp/auto.err)"
-        sleep 0.1
-    done
+    wait_for_line /tmp/auto.err 'using ctnetlink events' "no fallback line from events $1" "$auto"
 }
 
 step "no kernel BTF: every command that traces names it"
@@ -60,12 +54,7 @@ start_auto_events "--source auto -e NEW -p udp --dport 5353"
 grep -q 'no kernel BTF' /tmp/auto.err || fail "the fallback line does not name BTF: $(cat /tmp/auto.err)"
 conntrack -I -p udp -s 10.66.0.1 -d 10.66.0.2 --sport 4000 --dport 5353 -t 60 >/dev/null 2>&1 ||
     fail "conntrack -I failed"
-i=0
-until grep -q '\[NEW\].*dport=5353' /tmp/auto.out; do
-    i=$((i + 1))
-    [ "$i" -lt 100 ] || fail "the ctnetlink fallback saw no NEW: $(cat /tmp/auto.out)"
-    sleep 0.1
-done
+wait_for_line /tmp/auto.out '\[NEW\].*dport=5353' "the ctnetlink fallback saw no NEW" "$auto"
 kill -INT "$auto"
 wait "$auto" || fail "events --source auto did not end cleanly: $(cat /tmp/auto.err)"
 grep -q '1 flow events have been shown' /tmp/auto.err || fail "no summary: $(cat /tmp/auto.err)"
@@ -111,13 +100,7 @@ while read -r setting; do
 done </vm/sysctls
 ctscope events --source ebpf -e NEW -p udp --dport 5454 --count 1 >/tmp/back.out 2>/tmp/back.err &
 back=$!
-i=0
-until grep -q 'event source: eBPF' /tmp/back.err; do
-    i=$((i + 1))
-    [ "$i" -lt 300 ] || fail "the tracer did not start again: $(cat /tmp/back.err)"
-    kill -0 "$back" 2>/dev/null || fail "the tracer ended: $(cat /tmp/back.err)"
-    sleep 0.1
-done
+wait_for_line /tmp/back.err 'event source: eBPF' "the tracer did not start again" "$back"
 conntrack -I -p udp -s 10.66.0.1 -d 10.66.0.2 --sport 4000 --dport 5454 -t 60 >/dev/null 2>&1 ||
     fail "conntrack -I after reload"
 wait "$back" || fail "events --count 1 failed: $(cat /tmp/back.err)"

@@ -20,12 +20,7 @@ ctscope events --source ebpf -e DESTROY >/tmp/gc.ebpf 2>/tmp/gc.err &
 tracer=$!
 conntrack -E -e DESTROY >/tmp/gc.nl 2>/dev/null &
 reference=$!
-i=0
-until grep -q 'event source: eBPF' /tmp/gc.err; do
-    i=$((i + 1))
-    [ "$i" -lt 300 ] || fail "the tracer did not start: $(cat /tmp/gc.err)"
-    sleep 0.1
-done
+wait_for_line /tmp/gc.err 'event source: eBPF' "the tracer did not start"
 
 step "300 UDP flows with a 2 s timeout, left to the gc worker"
 ctchurn --count 300 --src-base 127.9.0.1 >/dev/null 2>&1 || fail "ctchurn failed"

@@ -26,12 +26,7 @@ all=$!
 ctscope events --source ebpf -e NEW >/tmp/own.txt 2>/tmp/own.err &
 own=$!
 for f in /tmp/all.err /tmp/own.err; do
-    i=0
-    until grep -q 'event source: eBPF' "$f"; do
-        i=$((i + 1))
-        [ "$i" -lt 300 ] || fail "a tracer did not start: $(cat "$f")"
-        sleep 0.1
-    done
+    wait_for_line "$f" 'event source: eBPF' "a tracer did not start"
 done
 
 step "50 flows here, 30 in the other namespace"

@@ -37,12 +37,7 @@ for opts in "" "-o extended"; do
     # shellcheck disable=SC2086
     conntrack -E -e NEW,DESTROY $opts >/tmp/p.nl 2>/dev/null &
     reference=$!
-    i=0
-    until grep -q 'event source: eBPF' /tmp/p.err; do
-        i=$((i + 1))
-        [ "$i" -lt 300 ] || fail "the tracer did not start: $(cat /tmp/p.err)"
-        sleep 0.1
-    done
+    wait_for_line /tmp/p.err 'event source: eBPF' "the tracer did not start"
     sleep 1
     ctchurn --count 20 --src-base "127.6.$round.1" >/dev/null 2>&1 || fail "ctchurn udp"
     ctchurn --proto tcp --count 5 --src-base "127.7.$round.1" >/dev/null 2>&1 || fail "ctchurn tcp"

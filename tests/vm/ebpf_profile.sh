@@ -18,12 +18,7 @@ sysctl -qw net.netfilter.nf_conntrack_udp_timeout=3600
 step "profile --source ebpf during 2000 new flows and their flush"
 ctscope profile --source ebpf --duration 15 -o json >/tmp/prof.json 2>/tmp/prof.err &
 prof=$!
-i=0
-until grep -q 'event source: eBPF' /tmp/prof.err; do
-    i=$((i + 1))
-    [ "$i" -lt 300 ] || fail "the tracer did not start in 30 s: $(cat /tmp/prof.err)"
-    sleep 0.1
-done
+wait_for_line /tmp/prof.err 'event source: eBPF' "the tracer did not start"
 ctchurn --count 2000 --src-base 127.8.0.1 >/dev/null 2>&1 || fail "ctchurn failed"
 conntrack -F 2>/dev/null
 wait "$prof" || fail "profile exited with $?: $(cat /tmp/prof.err)"

@@ -34,3 +34,18 @@ assert_list_parity() {
     fi
     echo "   $(wc -l </tmp/parity.ctscope) lines alike"
 }
+
+# Waits up to 30 s for a line matching the grep PATTERN in FILE. Fails,
+# naming WHAT and showing the file, if it does not come, or if the process
+# PID (optional) ends first.
+wait_for_line() {
+    local file="$1" pattern="$2" what="$3" pid="${4:-}" tries=0
+    until grep -q "$pattern" "$file" 2>/dev/null; do
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            fail "$what: the process ended: $(cat "$file")"
+        fi
+        tries=$((tries + 1))
+        [ "$tries" -lt 300 ] || fail "$what: nothing after 30 s: $(cat "$file")"
+        sleep 0.1
+    done
+}

@@ -24,20 +24,35 @@ fn wait_within(child: &mut std::process::Child, limit: Duration) -> std::process
     }
 }
 
+/// What was captured before the namespace went away is still written out:
+/// the event line, the profile's report.
 #[test]
 fn deleting_the_watched_namespace_ends_long_commands_with_one_line() {
-    for args in [&["events"][..], &["profile", "--duration", "60"][..]] {
+    for (args, captured) in [
+        (&["events"][..], "[NEW] udp"),
+        (
+            &["profile", "--duration", "60", "-o", "json"][..],
+            "\"new\":1,",
+        ),
+    ] {
         let Some(ns) = Netns::new() else {
             return;
         };
         let mut child = Command::new(ctscope_bin())
             .args(["--netns", ns.name()])
             .args(args)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("ctscope starts");
+        let stdout = read_all(child.stdout.take().expect("stdout"));
         std::thread::sleep(Duration::from_millis(800));
+        ns.conntrack(&[
+            "-I", "-p", "udp", "-s", "10.3.0.1", "-d", "10.3.0.2", "--sport", "1", "--dport", "2",
+            "-t", "60",
+        ])
+        .expect_code(0);
+        std::thread::sleep(Duration::from_millis(500));
         let del = Command::new("ip")
             .args(["netns", "del", ns.name()])
             .status()
@@ -53,6 +68,11 @@ fn deleting_the_watched_namespace_ends_long_commands_with_one_line() {
             .read_to_string(&mut err)
             .expect("read stderr");
         assert_eq!(status.code(), Some(1), "{args:?}: {err}");
+        let out = stdout.join().expect("stdout reader");
+        assert!(
+            out.contains(captured),
+            "{args:?}: {captured:?} lost: {out}\n{err}"
+        );
         let last = err.lines().last().unwrap_or_default();
         assert!(
             last.contains("network namespace") && last.contains("was deleted"),

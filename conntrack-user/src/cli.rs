@@ -1141,9 +1141,13 @@ fn profile(args: &ProfileArgs) -> Result<()> {
     table.stats.new_total = 0;
     table.stats.destroy_total = 0;
     let mut lost = 0;
+    let mut gone = None;
     while !stop.load(Ordering::Relaxed) && start.elapsed() < args.duration {
-        if let Some(msg) = netns::watched_gone() {
-            return Err(CliError::Failed(msg));
+        // The report of what was seen still comes (ctscope's own sockets
+        // keep the namespace alive), then the reason, exit 1.
+        gone = netns::watched_gone();
+        if gone.is_some() {
+            break;
         }
         let mut batch = Vec::new();
         lost += events.read(100, &mut batch)?;
@@ -1171,7 +1175,11 @@ fn profile(args: &ProfileArgs) -> Result<()> {
     } else {
         out.write_all(crate::profile::text(&report).as_bytes())?;
     }
-    Ok(())
+    out.flush()?;
+    match gone {
+        Some(msg) => Err(CliError::Failed(msg)),
+        None => Ok(()),
+    }
 }
 
 fn flush(args: &FlushArgs) -> Result<()> {

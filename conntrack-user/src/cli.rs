@@ -1395,7 +1395,8 @@ fn events_ebpf(
     });
     let lost = tracer.lost();
     printer.finish()?;
-    result?;
+    // What was shown is counted even when the run ends on an error (the
+    // namespace deleted), as on the ctnetlink path.
     eprintln!(
         "ctscope v{} (conntrack-tools compatible): {shown} flow events have been shown.",
         env!("CARGO_PKG_VERSION")
@@ -1403,7 +1404,7 @@ fn events_ebpf(
     if lost > 0 {
         eprintln!("ctscope: {lost} events lost: the ring buffer was full (raise --ring-size)");
     }
-    Ok(())
+    result
 }
 
 fn events(args: &EventArgs) -> Result<()> {

@@ -48,7 +48,23 @@ step "--all-netns: both, each line naming its namespace"
     fail "all: $(grep -c "netns=$other_ino\$" /tmp/all.txt) lines of the other, not 30"
 grep "netns=$other_ino" /tmp/all.txt | grep -q 'src=127\.5\.' || fail "the other namespace's lines are not its flows"
 
-$IP netns exec other nft delete table inet netns
-nft delete table inet netns
+step "--netns other, then other is deleted: what was shown stays, one line, exit 1"
+ctscope --netns other events --source ebpf -e NEW >/tmp/gone.out 2>/tmp/gone.err &
+watcher=$!
+wait_for_line /tmp/gone.err 'event source: eBPF' "the tracer did not start" "$watcher"
+$IP netns exec other ctchurn --count 3 --src-base 127.5.1.1 >/dev/null 2>&1 || fail "ctchurn there"
+wait_for_line /tmp/gone.out 'src=127\.5\.1\.' "no event from the watched namespace" "$watcher"
 $IP netns delete other
+set +e
+wait "$watcher"
+code=$?
+set -e
+[ "$code" -eq 1 ] || fail "exit $code, not 1: $(cat /tmp/gone.err)"
+tail -n 1 /tmp/gone.err | grep -q 'was deleted' || fail "last line does not say so: $(cat /tmp/gone.err)"
+shown=$(grep -c '\[NEW\]' /tmp/gone.out)
+grep -q "$shown flow events have been shown" /tmp/gone.err ||
+    fail "no summary counting the $shown lines shown: $(cat /tmp/gone.err)"
+echo "   $shown events kept; $(tail -n 1 /tmp/gone.err)"
+
+nft delete table inet netns
 echo "ebpf_netns: ok"

@@ -133,7 +133,7 @@ pub fn report(
 ) -> Report {
     let (mut src, mut dst, mut dport): (HashMap<String, (u64, u64)>, HashMap<_, _>, HashMap<_, _>) =
         Default::default();
-    for t in table.entries() {
+    for t in table.entries().iter() {
         let bytes =
             t.ct.counters_orig.map_or(0, |c| c.bytes) + t.ct.counters_reply.map_or(0, |c| c.bytes);
         let add = |m: &mut HashMap<String, (u64, u64)>, k: String| {

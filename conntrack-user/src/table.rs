@@ -181,8 +181,8 @@ impl Table {
     }
 
     /// Every entry, in no order.
-    pub fn entries(&self) -> impl Iterator<Item = &Tracked> {
-        self.entries.iter()
+    pub fn entries(&self) -> &[Tracked] {
+        &self.entries
     }
 
     fn ms_since_epoch(&self, now: Instant) -> u32 {
@@ -481,7 +481,7 @@ mod tests {
         marked.mark = Some(9);
         t.apply(EventKind::Update, &marked, now, None);
         assert_eq!(t.len(), 2);
-        assert!(t.entries().any(|e| e.ct.mark == Some(9)));
+        assert!(t.entries().iter().any(|e| e.ct.mark == Some(9)));
         t.apply(
             EventKind::Destroy,
             &udp(1),
@@ -549,6 +549,7 @@ mod tests {
         t.resync([a, udp(3)], now + Duration::from_secs(2));
         let e = t
             .entries()
+            .iter()
             .find(|e| e.ct.orig.sport == Some(1))
             .expect("entry 1");
         assert!((e.rate_bytes.0 - 1000.0).abs() < 1.0, "{:?}", e.rate_bytes);
@@ -580,7 +581,7 @@ mod tests {
             }
             if step % 997 == 0 {
                 let held: std::collections::BTreeSet<u16> =
-                    t.entries().filter_map(|e| e.ct.orig.sport).collect();
+                    t.entries().iter().filter_map(|e| e.ct.orig.sport).collect();
                 assert_eq!(held, model, "step {step}");
                 for &p in model.iter().take(50) {
                     assert!(

@@ -290,5 +290,12 @@ fn every_command_unprivileged_exits_1_with_one_line() {
             err.contains("CAP_NET_ADMIN") && err.contains("root"),
             "{args:?}: does not say what is needed: {err}"
         );
+        // The commands that may trace name the eBPF source's needs too.
+        if matches!(args[0], "events" | "profile") {
+            assert!(
+                err.contains("CAP_BPF") && err.contains("CAP_PERFMON"),
+                "{args:?}: does not name the eBPF source's capabilities: {err}"
+            );
+        }
     }
 }

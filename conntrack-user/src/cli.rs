@@ -40,6 +40,9 @@ pub enum CliError {
     /// Anything else: exit 1.
     #[error("{0}")]
     Failed(String),
+    /// The kernel refused for lack of privilege: exit 1.
+    #[error("{0}")]
+    Privilege(String),
     /// Standard output was closed (e.g. `| head`): end quietly.
     #[error("broken pipe")]
     BrokenPipe,
@@ -54,7 +57,23 @@ pub enum CliError {
 
 impl From<NetlinkError> for CliError {
     fn from(e: NetlinkError) -> Self {
-        Self::Failed(e.to_string())
+        match e {
+            NetlinkError::PermissionDenied { .. } => Self::Privilege(e.to_string()),
+            e => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+/// For the commands that may trace: a missing privilege names the eBPF
+/// source's capabilities too, in the same line.
+fn with_ebpf_caps(result: Result<()>, source: SourceChoice) -> Result<()> {
+    match result {
+        Err(CliError::Privilege(msg)) if source != SourceChoice::Netlink => {
+            Err(CliError::Privilege(format!(
+                "{msg}; the eBPF source needs root, or CAP_BPF and CAP_PERFMON"
+            )))
+        }
+        other => other,
     }
 }
 
@@ -1506,10 +1525,12 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Some(Command::Flush(a)) => flush(a),
         Some(Command::Count) => count(),
         Some(Command::Stats(a)) => stats(a),
-        Some(Command::Events(a)) => events(a),
-        Some(Command::Top(a)) => top(a),
-        Some(Command::Profile(a)) => profile(a),
-        None => top(&TopArgs::default()),
+        Some(Command::Events(a)) => with_ebpf_caps(events(a), a.source),
+        // `top --once` takes one dump and never traces.
+        Some(Command::Top(a)) if a.once => top(a),
+        Some(Command::Top(a)) => with_ebpf_caps(top(a), a.source),
+        Some(Command::Profile(a)) => with_ebpf_caps(profile(a), a.source),
+        None => with_ebpf_caps(top(&TopArgs::default()), SourceChoice::Auto),
     }
 }
 
@@ -1559,7 +1580,7 @@ where
             eprintln!("ctscope: {msg}");
             2
         }
-        Err(CliError::Failed(msg)) => {
+        Err(CliError::Failed(msg) | CliError::Privilege(msg)) => {
             eprintln!("ctscope: {msg}");
             1
         }

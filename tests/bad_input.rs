@@ -100,48 +100,25 @@ fn unprivileged_exits_1_like_conntrack() {
         "--regid=65534",
         "--clear-groups",
     ];
-    let cases: &[(&[&str], &[&str])] = &[
-        (&["-L"], &["list"]),
-        (&["-D", "-p", "tcp"], &["delete", "-p", "tcp"]),
+    // (conntrack's arguments, ctscope's), split on spaces.
+    let cases: &[(&str, &str)] = &[
+        ("-L", "list"),
+        ("-D -p tcp", "delete -p tcp"),
         (
-            &[
-                "-G",
-                "-p",
-                "tcp",
-                "-s",
-                "2001:db8::1",
-                "-d",
-                "2001:db8::2",
-                "--sport",
-                "1234",
-                "--dport",
-                "80",
-            ],
-            &[
-                "get",
-                "-p",
-                "tcp",
-                "-s",
-                "2001:db8::1",
-                "-d",
-                "2001:db8::2",
-                "--sport",
-                "1234",
-                "--dport",
-                "80",
-            ],
+            "-G -p tcp -s 2001:db8::1 -d 2001:db8::2 --sport 1234 --dport 80",
+            "get -p tcp -s 2001:db8::1 -d 2001:db8::2 --sport 1234 --dport 80",
         ),
-        (&["-F"], &["flush"]),
+        ("-F", "flush"),
     ];
     let mut failures = Vec::new();
     for &(ct_args, cs_args) in cases {
         let mut argv = nobody.to_vec();
         argv.push("conntrack");
-        argv.extend_from_slice(ct_args);
+        argv.extend(ct_args.split_whitespace());
         let ct = ns.exec(&argv);
         let mut argv = nobody.to_vec();
         argv.push(bin);
-        argv.extend_from_slice(cs_args);
+        argv.extend(cs_args.split_whitespace());
         let cs = ns.exec(&argv);
         if ct.code != 1 {
             failures.push(format!(

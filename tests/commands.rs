@@ -113,118 +113,44 @@ fn get() {
     let Some(ns) = Netns::with_varied_table() else {
         return;
     };
-    let cases: &[(&[&str], i32)] = &[
+    // Arguments as conntrack takes them, split on spaces.
+    let cases: &[(&str, i32)] = &[
         (
-            &[
-                "-p",
-                "tcp",
-                "-s",
-                "2001:db8::1",
-                "-d",
-                "2001:db8::2",
-                "--sport",
-                "1234",
-                "--dport",
-                "80",
-            ],
+            "-p tcp -s 2001:db8::1 -d 2001:db8::2 --sport 1234 --dport 80",
+            0,
+        ),
+        ("-p udp -s 10.1.0.1 -d 10.1.0.2 --sport 56 --dport 53", 0),
+        (
+            "-p sctp -s 10.0.0.1 -d 10.0.0.2 --sport 1000 --dport 2000",
             0,
         ),
         (
-            &[
-                "-p", "udp", "-s", "10.1.0.1", "-d", "10.1.0.2", "--sport", "56", "--dport", "53",
-            ],
+            "-p icmp -s 10.0.0.1 -d 10.0.0.2 --icmp-type 8 --icmp-code 0 --icmp-id 77",
             0,
         ),
         (
-            &[
-                "-p", "sctp", "-s", "10.0.0.1", "-d", "10.0.0.2", "--sport", "1000", "--dport",
-                "2000",
-            ],
-            0,
-        ),
-        (
-            &[
-                "-p",
-                "icmp",
-                "-s",
-                "10.0.0.1",
-                "-d",
-                "10.0.0.2",
-                "--icmp-type",
-                "8",
-                "--icmp-code",
-                "0",
-                "--icmp-id",
-                "77",
-            ],
-            0,
-        ),
-        (
-            &[
-                "-p",
-                "tcp",
-                "-s",
-                "2001:db8::1",
-                "-d",
-                "2001:db8::2",
-                "--sport",
-                "1234",
-                "--dport",
-                "80",
-                "-o",
-                "extended,id",
-            ],
+            "-p tcp -s 2001:db8::1 -d 2001:db8::2 --sport 1234 --dport 80 -o extended,id",
             0,
         ),
         // Missing entry: conntrack exits 1 ("such conntrack doesn't exist").
         (
-            &[
-                "-p",
-                "tcp",
-                "-s",
-                "2001:db8::1",
-                "-d",
-                "2001:db8::2",
-                "--sport",
-                "1234",
-                "--dport",
-                "81",
-            ],
+            "-p tcp -s 2001:db8::1 -d 2001:db8::2 --sport 1234 --dport 81",
             1,
         ),
         // The zone-5 entry is not in zone 0, where -G looks.
-        (
-            &[
-                "-p", "tcp", "-s", "10.1.0.1", "-d", "10.1.0.2", "--sport", "1234", "--dport", "80",
-            ],
-            1,
-        ),
+        ("-p tcp -s 10.1.0.1 -d 10.1.0.2 --sport 1234 --dport 80", 1),
         // Rejected by conntrack: no --dport; -w with -G.
+        ("-p tcp -s 2001:db8::1 -d 2001:db8::2 --sport 1234", 2),
         (
-            &[
-                "-p",
-                "tcp",
-                "-s",
-                "2001:db8::1",
-                "-d",
-                "2001:db8::2",
-                "--sport",
-                "1234",
-            ],
-            2,
-        ),
-        (
-            &[
-                "-p", "tcp", "-s", "10.1.0.1", "-d", "10.1.0.2", "--sport", "1234", "--dport",
-                "80", "-w", "5",
-            ],
+            "-p tcp -s 10.1.0.1 -d 10.1.0.2 --sport 1234 --dport 80 -w 5",
             2,
         ),
     ];
     let mut failures = Vec::new();
     for &(args, code) in cases {
+        let args: Vec<&str> = args.split_whitespace().collect();
         let mut ct_args = vec!["-G"];
-        ct_args.extend_from_slice(args);
+        ct_args.extend_from_slice(&args);
         let ct = ns.conntrack(&ct_args);
         if ct.code != code {
             failures.push(format!("test expects conntrack to exit {code}\n{ct}"));
@@ -235,7 +161,7 @@ fn get() {
         }
         for verb in ["get", "-G"] {
             let mut cs_args = vec![verb];
-            cs_args.extend_from_slice(args);
+            cs_args.extend_from_slice(&args);
             let cs = ns.ctscope(&cs_args);
             if let Err(e) = compare_outputs(&ct, &cs, "shown") {
                 failures.push(format!("{verb} {args:?}:\n{e}"));

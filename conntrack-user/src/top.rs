@@ -168,9 +168,18 @@ fn select_on<'a>(
             .collect();
         handles
             .into_iter()
+            // A new panic, not resume_unwind (which skips the panic hook):
+            // on the screen's thread, the hook restores the terminal and
+            // prints this.
             .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                h.join().unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    panic!("a frame's selection thread panicked: {what}")
+                })
             })
             .collect()
     });

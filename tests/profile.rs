@@ -98,15 +98,7 @@ fn a_signal_ends_profile_early_with_its_report() {
         (nix::sys::signal::Signal::SIGINT, 3u16),
         (nix::sys::signal::Signal::SIGTERM, 4),
     ] {
-        let bin = ctscope_e2e::ctscope_bin();
-        let child = std::process::Command::new("ip")
-            .args(["netns", "exec", ns.name()])
-            .arg(&bin)
-            .args(["profile", "--duration", "120", "-o", "json"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("ctscope profile starts");
+        let mut profile = ns.spawn_ctscope(&["profile", "--duration", "120", "-o", "json"]);
         std::thread::sleep(Duration::from_millis(700));
         for i in 0..flows {
             let sport = (4000 + i).to_string();
@@ -116,23 +108,10 @@ fn a_signal_ends_profile_early_with_its_report() {
             ]);
         }
         std::thread::sleep(Duration::from_millis(500));
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-        nix::sys::signal::kill(pid, sig).expect("kill");
-        let started = std::time::Instant::now();
-        let out = child.wait_with_output().expect("profile ends");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{sig}: took {:?} to end",
-            started.elapsed()
-        );
-        assert!(
-            out.status.success(),
-            "{sig}: exit {:?}: {stderr}",
-            out.status
-        );
-        let report: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("one JSON object");
+        // Panics unless it ends within 5 s of the signal.
+        let out = profile.stop(sig);
+        assert_eq!(out.code, 0, "{sig}: {out}");
+        let report: serde_json::Value = serde_json::from_str(&out.stdout).expect("one JSON object");
         assert_eq!(report["new"], flows, "{sig}: {report}");
         let secs = report["duration_secs"].as_f64().expect("duration_secs");
         assert!(secs > 0.5 && secs < 10.0, "{sig}: {report}");

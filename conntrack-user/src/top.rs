@@ -531,24 +531,32 @@ mod tests {
         assert_eq!(rows[0].ct.timeout, Some(20));
     }
 
-    #[test]
-    fn top_k_pass_equals_the_full_sort() {
+    /// `n` entries from a xorshift sequence started at `seed`: sources
+    /// 10.0.{x % a}.{x % b}, TCP or UDP, timeouts below `ttl`, bytes below
+    /// `bytes`; source ports 0..n tell them apart.
+    fn random_table(n: u16, seed: u32, (a, b): (u32, u32), ttl: u32, bytes: u32) -> Table {
         let mut t = Table::new();
         let now = Instant::now();
-        let mut x: u32 = 99;
-        for i in 0..600u16 {
+        let mut x = seed;
+        for i in 0..n {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
-            let src = format!("10.0.{}.{}", x % 7, x % 5);
+            let src = format!("10.0.{}.{}", x % a, x % b);
             let l4 = if x.is_multiple_of(2) { 6 } else { 17 };
             t.apply(
                 EventKind::New,
-                &entry(&src, i, "10.9.0.1", l4, x % 900, u64::from(x % 300)),
+                &entry(&src, i, "10.9.0.1", l4, x % ttl, u64::from(x % bytes)),
                 now,
                 None,
             );
         }
+        t
+    }
+
+    #[test]
+    fn top_k_pass_equals_the_full_sort() {
+        let t = random_table(600, 99, (7, 5), 900, 300);
         for key in SortKey::ALL {
             for reverse in [false, true] {
                 let v = view(key, reverse);
@@ -571,23 +579,8 @@ mod tests {
 
     #[test]
     fn every_core_selects_what_one_core_does() {
-        let mut t = Table::new();
-        let now = Instant::now();
-        let mut x: u32 = 7;
-        for i in 0..1000u16 {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            // Few distinct keys: many ties, whose order must not change.
-            let src = format!("10.0.{}.{}", x % 3, x % 2);
-            let l4 = if x.is_multiple_of(2) { 6 } else { 17 };
-            t.apply(
-                EventKind::New,
-                &entry(&src, i, "10.9.0.1", l4, x % 50, u64::from(x % 20)),
-                now,
-                None,
-            );
-        }
+        // Few distinct keys: many ties, whose order must not change.
+        let t = random_table(1000, 7, (3, 2), 50, 20);
         let ids = |r: &[&Tracked]| r.iter().map(|e| e.ct.orig.sport).collect::<Vec<_>>();
         for key in SortKey::ALL {
             for text in ["", "udp", "10.0.1"] {

@@ -6,10 +6,9 @@ use std::hint::black_box;
 use conntrack_ebpf::{CT_EVENT_SIZE, CtEvent, EVENT_NEW};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ctscope::{
+    ct::{Conntrack, EventKind},
+    ebpf::record::{decode_record, to_conntrack},
     filter::Filter,
-    format::EventKind,
-    netlink::Conntrack,
-    tracer::{decode_record, to_conntrack},
 };
 
 fn records(n: usize) -> Vec<u8> {

@@ -12,12 +12,13 @@ use std::{
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ctscope::{
+    ct::{Conntrack, Counters, EventKind, ProtoState, Tuple, ips},
     filter::Filter,
-    format::EventKind,
-    netlink::{Conntrack, ProtoState, Tuple, codec::Counters, ips},
     table::Table,
-    top::{self, SortKey, View},
-    tui::{self, App, Status},
+    ui::{
+        rows::{self as top, SortKey, View},
+        screen::{self as tui, App, Status},
+    },
 };
 use ratatui::{Terminal, backend::TestBackend};
 

@@ -7,7 +7,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::netlink::{Conntrack, ProtoState, Tuple, codec::AttrWriter, cta, ips};
+use crate::{
+    ct::{Conntrack, ProtoState, Tuple, ips},
+    netlink::{codec::AttrWriter, cta},
+};
 
 /// NAT filter: `-n`, `-g`, `-j`, each with an optional address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

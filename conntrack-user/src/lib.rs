@@ -1,16 +1,21 @@
 //! ctscope: shows what the Linux connection tracker is doing.
 //!
-//! Data flows one way: sources (`netlink`, `tracer`) -> `table` -> views
-//! (`format`, `tui`).
-pub mod btf;
+//! Data flows one way: an event is born in the kernel and reaches a
+//! [`source`] (the eBPF tracer's ring buffer, [`ebpf`], or ctnetlink's
+//! multicast groups, [`netlink`]), which decodes it into a [`ct::Conntrack`];
+//! the commands ([`cmd`]) merge events and dumps into the live [`table`] and
+//! draw it ([`ui`]), print it ([`output`]) or summarise it ([`report`]).
+//! [`cli`] parses the command line. Nothing below a view imports a view.
 pub mod cli;
+pub mod cmd;
+pub mod ct;
+pub mod ebpf;
+pub mod fault;
 pub mod filter;
-pub mod format;
 pub mod netlink;
 pub mod netns;
-pub mod profile;
-pub mod progname;
+pub mod output;
+pub mod report;
+pub mod source;
 pub mod table;
-pub mod top;
-pub mod tracer;
-pub mod tui;
+pub mod ui;

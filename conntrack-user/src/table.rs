@@ -23,10 +23,7 @@ use std::{
 use hashbrown::{DefaultHashBuilder, HashTable};
 use hdrhistogram::Histogram;
 
-use crate::{
-    format::{EventKind, proto_name},
-    netlink::{Conntrack, ProtoState, Tuple},
-};
+use crate::ct::{Conntrack, EventKind, ProtoState, Tuple, proto_name};
 
 /// The identity of an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -305,7 +302,7 @@ impl Table {
                         self.record_lifetime(ct.l4proto(), ms);
                         // The end state: the DESTROY's own, else the last seen.
                         if let Some(ProtoState::Tcp(state)) = ct.proto_state.or(t.ct.proto_state) {
-                            let name = crate::format::state_name(ProtoState::Tcp(state));
+                            let name = crate::ct::state_name(ProtoState::Tcp(state));
                             let _ = self
                                 .stats
                                 .tcp_lifetime_ms
@@ -443,7 +440,7 @@ pub fn summary(h: &Histogram<u64>) -> [u64; 6] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::{codec::Counters, ips};
+    use crate::ct::{Counters, ips};
 
     fn udp(sport: u16) -> Conntrack {
         let a: IpAddr = "10.0.0.1".parse().expect("addr");

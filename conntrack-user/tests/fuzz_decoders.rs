@@ -27,14 +27,16 @@ use std::{
 
 use conntrack_ebpf::ABSENT;
 use ctscope::{
-    btf::KernelBtf,
-    format::EventKind,
+    ct::{Conntrack, EventKind},
+    ebpf::{
+        btf::KernelBtf,
+        record::{decode_record, to_conntrack},
+    },
     netlink::{
-        Conntrack,
         codec::{decode_conntrack, decode_stats_cpu, decode_stats_global, split_nfgenmsg},
         events::{Batch, decode_datagram},
     },
-    tracer::{decode_record, to_conntrack},
+    output::text::write_text,
 };
 use proptest::{
     prelude::*,
@@ -206,7 +208,7 @@ fn decode_message(bytes: &[u8]) -> Result<(), TestCaseError> {
         &mut batch,
         &mut |_, ct, _| {
             let mut out = Vec::new();
-            ctscope::format::write_text(&mut out, ct, &Default::default(), None, 0);
+            write_text(&mut out, ct, &Default::default(), None, 0);
             n += 1;
         },
     );
@@ -345,7 +347,7 @@ fn fuzz_ring_records() {
                 let mut ct = Conntrack::default();
                 to_conntrack(&ev, EventKind::Destroy, hz, &mut ct);
                 let mut out = Vec::new();
-                ctscope::format::write_text(
+                write_text(
                     &mut out,
                     &ct,
                     &Default::default(),

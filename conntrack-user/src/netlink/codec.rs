@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use netlink_packet_core::{NlaBuffer, NlasIterator};
 
 use super::cta;
+use crate::ct::{Conntrack, Counters, ProtoState, Tuple};
 
 /// Why a message could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,135 +23,6 @@ pub enum CodecError {
     /// A conntrack message without its original tuple.
     #[error("ctnetlink entry without an original tuple")]
     NoTuple,
-}
-
-/// Packet and byte counters of one direction (`nf_conntrack_acct=1`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Packets.
-    pub packets: u64,
-    /// Bytes.
-    pub bytes: u64,
-}
-
-/// The per-protocol state the kernel reports in `CTA_PROTOINFO`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProtoState {
-    /// `enum tcp_conntrack`.
-    Tcp(u8),
-    /// `enum sctp_conntrack`.
-    Sctp(u8),
-    /// `enum ct_dccp_states`.
-    Dccp(u8),
-}
-
-/// One direction of a connection.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Tuple {
-    /// Source address.
-    pub src: Option<IpAddr>,
-    /// Destination address.
-    pub dst: Option<IpAddr>,
-    /// Layer 4 protocol number.
-    pub l4proto: Option<u8>,
-    /// Source port (TCP, UDP, UDPLITE, SCTP, DCCP; GRE key).
-    pub sport: Option<u16>,
-    /// Destination port.
-    pub dport: Option<u16>,
-    /// ICMP / ICMPv6 type.
-    pub icmp_type: Option<u8>,
-    /// ICMP / ICMPv6 code.
-    pub icmp_code: Option<u8>,
-    /// ICMP / ICMPv6 identifier.
-    pub icmp_id: Option<u16>,
-    /// Per-direction zone (`CTA_TUPLE_ZONE`).
-    pub zone: Option<u16>,
-}
-
-/// One conntrack entry, as ctnetlink describes it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Conntrack {
-    /// Address family (`AF_INET`, `AF_INET6`) from the nfgenmsg header.
-    pub family: u8,
-    /// Original direction.
-    pub orig: Tuple,
-    /// Reply direction.
-    pub reply: Tuple,
-    /// `IPS_*` status bits.
-    pub status: Option<u32>,
-    /// Seconds until the entry expires.
-    pub timeout: Option<u32>,
-    /// Connection mark.
-    pub mark: Option<u32>,
-    /// Reference count.
-    pub use_count: Option<u32>,
-    /// The kernel's id of the entry.
-    pub id: Option<u32>,
-    /// Zone (both directions).
-    pub zone: Option<u16>,
-    /// Original-direction counters.
-    pub counters_orig: Option<Counters>,
-    /// Reply-direction counters.
-    pub counters_reply: Option<Counters>,
-    /// Start time, ns since the epoch (`nf_conntrack_timestamp=1`).
-    pub timestamp_start: Option<u64>,
-    /// Stop time, ns since the epoch (DESTROY events).
-    pub timestamp_stop: Option<u64>,
-    /// TCP / SCTP / DCCP state.
-    pub proto_state: Option<ProtoState>,
-    /// Attributes most entries lack (helper, security, labels), boxed so
-    /// the common entry stays small in the live table.
-    pub extra: Option<Box<CtExtra>>,
-}
-
-/// The rarely present attributes of an entry.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CtExtra {
-    /// Security mark.
-    pub secmark: Option<u32>,
-    /// Helper name.
-    pub helper: Option<Box<str>>,
-    /// Security context.
-    pub secctx: Option<Box<str>>,
-    /// Connection labels bitmap (bit i = label i).
-    pub labels: Option<[u8; 16]>,
-}
-
-impl Conntrack {
-    /// The layer 4 protocol number (original tuple).
-    pub fn l4proto(&self) -> u8 {
-        self.orig.l4proto.unwrap_or(0)
-    }
-
-    /// Whether a status bit is set.
-    pub fn has_status(&self, bit: u32) -> bool {
-        self.status.is_some_and(|s| s & bit != 0)
-    }
-
-    /// The rare attributes, created on first write.
-    pub fn extra_mut(&mut self) -> &mut CtExtra {
-        self.extra.get_or_insert_with(Box::default)
-    }
-
-    /// Security mark.
-    pub fn secmark(&self) -> Option<u32> {
-        self.extra.as_ref().and_then(|e| e.secmark)
-    }
-
-    /// Helper name.
-    pub fn helper(&self) -> Option<&str> {
-        self.extra.as_ref().and_then(|e| e.helper.as_deref())
-    }
-
-    /// Security context.
-    pub fn secctx(&self) -> Option<&str> {
-        self.extra.as_ref().and_then(|e| e.secctx.as_deref())
-    }
-
-    /// Connection labels bitmap.
-    pub fn labels(&self) -> Option<&[u8; 16]> {
-        self.extra.as_ref().and_then(|e| e.labels.as_ref())
-    }
 }
 
 /// The nfgenmsg header that starts every nfnetlink payload.

@@ -5,17 +5,18 @@
 //! its consumer slow, then exits on ENOBUFS. Here ENOBUFS is counted and
 //! reported, never fatal, and the receive buffer is raised with
 //! SO_RCVBUFFORCE (as root) to absorb bursts.
-use std::{io, os::fd::AsRawFd};
+use std::{
+    io,
+    os::fd::{AsRawFd, RawFd},
+};
 
-use netlink_packet_core::NetlinkBuffer;
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 use super::{
-    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW, NFNL_SUBSYS_CTNETLINK,
-    codec::{self, Conntrack},
+    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW, NFNL_SUBSYS_CTNETLINK, codec, messages, set_rcvbuf,
     socket::NetlinkError,
 };
-use crate::format::EventKind;
+use crate::ct::{Conntrack, EventKind};
 
 /// `NFNLGRP_CONNTRACK_NEW`.
 const NFNLGRP_CONNTRACK_NEW: u32 = 1;
@@ -101,7 +102,7 @@ pub struct EventConfig {
     pub reliable: bool,
 }
 
-/// What one [`EventSocket::read_batch`] saw.
+/// What one [`EventSocket::drain`] saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
     /// Events decoded.
@@ -110,6 +111,8 @@ pub struct Batch {
     pub overruns: u64,
     /// Messages that could not be decoded.
     pub malformed: u64,
+    /// The socket was read until it had nothing more.
+    pub drained: bool,
 }
 
 /// A socket subscribed to conntrack events in the current namespace.
@@ -120,35 +123,13 @@ pub struct EventSocket {
     pub granted_rcvbuf: usize,
 }
 
-fn set_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: setsockopt with a c_int value on our own fd.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 impl EventSocket {
     /// Opens and subscribes.
     pub fn open(config: EventConfig) -> Result<Self, NetlinkError> {
         let io = |op| move |source| NetlinkError::Io { op, source };
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("socket"))?;
         socket.bind_auto().map_err(io("bind"))?;
-        let fd = socket.as_raw_fd();
-        let size = i32::try_from(config.rcvbuf).unwrap_or(i32::MAX);
-        if set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
-            set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, size).map_err(io("SO_RCVBUF"))?;
-        }
+        set_rcvbuf(socket.as_raw_fd(), config.rcvbuf).map_err(io("SO_RCVBUF"))?;
         if config.reliable {
             socket
                 .set_broadcast_error(true)
@@ -194,32 +175,25 @@ impl EventSocket {
         })
     }
 
-    /// Waits up to `timeout_ms` for events, then reads until the socket is
-    /// empty (at most `max_reads` datagrams), handing each event to
-    /// `on_event` (see [`decode_datagram`]). Returns early (with what it read) on a signal.
-    pub fn read_batch(
+    /// Reads what is queued without waiting, at most `max_reads`
+    /// datagrams, handing each event to `on_event` (see
+    /// [`decode_datagram`]). `Batch::drained` says whether the socket was
+    /// left empty.
+    pub fn drain(
         &mut self,
-        timeout_ms: i32,
         max_reads: usize,
         mut on_event: impl FnMut(EventKind, &Conntrack, u32),
     ) -> Result<Batch, NetlinkError> {
         let mut batch = Batch::default();
-        let mut pfd = libc::pollfd {
-            fd: self.socket.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let ready = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if ready <= 0 {
-            return Ok(batch);
-        }
         let mut ct = Conntrack::default();
         for _ in 0..max_reads {
             let mut slice = &mut self.buf[..];
             let n = match self.socket.recv(&mut slice, 0) {
                 Ok(n) => n.min(self.buf.len()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    batch.drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => break,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     batch.overruns += 1;
@@ -233,6 +207,12 @@ impl EventSocket {
     }
 }
 
+impl AsRawFd for EventSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
 /// Decodes every event message of one datagram; `on_event` also gets the
 /// netlink port id of the program that caused the event (0: the kernel).
 pub fn decode_datagram(
@@ -241,13 +221,11 @@ pub fn decode_datagram(
     batch: &mut Batch,
     on_event: &mut impl FnMut(EventKind, &Conntrack, u32),
 ) {
-    let mut off = 0;
-    while off < buf.len() {
-        let Ok(packet) = NetlinkBuffer::new_checked(&buf[off..]) else {
+    for packet in messages(buf) {
+        let Ok(packet) = packet else {
             batch.malformed += 1;
             return;
         };
-        off += (packet.length() as usize + 3) & !3;
         let t = packet.message_type();
         if t >> 8 != NFNL_SUBSYS_CTNETLINK {
             continue;
@@ -275,7 +253,10 @@ pub fn decode_datagram(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::{Tuple, codec::AttrWriter, ct_msg_type, cta};
+    use crate::{
+        ct::Tuple,
+        netlink::{codec::AttrWriter, ct_msg_type, cta},
+    };
 
     fn message(msg: u8, flags: u16) -> Vec<u8> {
         let mut w = AttrWriter::new();

@@ -15,10 +15,60 @@
 //! nothing per entry.
 pub mod codec;
 pub mod events;
+pub mod progname;
 pub mod socket;
 
-pub use codec::{Conntrack, ProtoState, StatsCpu, Tuple};
+use std::{io, os::fd::RawFd};
+
+pub use codec::StatsCpu;
+use netlink_packet_core::NetlinkBuffer;
 pub use socket::{CtSocket, NetlinkError};
+
+/// The netlink messages of one datagram, each header checked against the
+/// buffer; an `Err` (a truncated header) ends the walk.
+pub fn messages(
+    buf: &[u8],
+) -> impl Iterator<Item = Result<NetlinkBuffer<&[u8]>, codec::CodecError>> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        let rest = buf.get(off..).filter(|r| !r.is_empty())?;
+        match NetlinkBuffer::new_checked(rest) {
+            Ok(packet) => {
+                // Messages are 4-byte aligned (NLMSG_ALIGN).
+                off += (packet.length() as usize + 3) & !3;
+                Some(Ok(packet))
+            }
+            Err(_) => {
+                off = buf.len();
+                Some(Err(codec::CodecError::Truncated("netlink header")))
+            }
+        }
+    })
+}
+
+/// Asks for a receive buffer of `bytes`: SO_RCVBUFFORCE, which root may
+/// set past net.core.rmem_max, else SO_RCVBUF (capped by rmem_max).
+pub fn set_rcvbuf(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |name| {
+        // SAFETY: setsockopt on the caller's fd with a c_int value.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))
+}
 
 /// `NFNL_SUBSYS_CTNETLINK`.
 pub const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -95,46 +145,39 @@ pub mod cta {
     pub const SECCTX_NAME: u16 = 1;
     pub const HELP_NAME: u16 = 1;
 
+    /// `CTA_STATS_INSERT_FAILED`: per-CPU, inserts that lost a race.
+    pub const STATS_INSERT_FAILED: u16 = 9;
+    /// `CTA_STATS_DROP`: per-CPU, packets dropped for want of an entry.
+    pub const STATS_DROP: u16 = 10;
+    /// `CTA_STATS_EARLY_DROP`: per-CPU, entries evicted to make room.
+    pub const STATS_EARLY_DROP: u16 = 11;
+
     pub const STATS_GLOBAL_ENTRIES: u16 = 1;
     pub const STATS_GLOBAL_MAX_ENTRIES: u16 = 2;
 }
 
-/// `IPS_*` status bits (include/uapi/linux/netfilter/nf_conntrack_common.h).
-pub mod ips {
-    pub const EXPECTED: u32 = 1 << 0;
-    pub const SEEN_REPLY: u32 = 1 << 1;
-    pub const ASSURED: u32 = 1 << 2;
-    pub const CONFIRMED: u32 = 1 << 3;
-    pub const SRC_NAT: u32 = 1 << 4;
-    pub const DST_NAT: u32 = 1 << 5;
-    pub const SEQ_ADJUST: u32 = 1 << 6;
-    pub const SRC_NAT_DONE: u32 = 1 << 7;
-    pub const DST_NAT_DONE: u32 = 1 << 8;
-    pub const DYING: u32 = 1 << 9;
-    pub const FIXED_TIMEOUT: u32 = 1 << 10;
-    pub const TEMPLATE: u32 = 1 << 11;
-    pub const UNTRACKED: u32 = 1 << 12;
-    pub const HELPER: u32 = 1 << 13;
-    pub const OFFLOAD: u32 = 1 << 14;
-    pub const HW_OFFLOAD: u32 = 1 << 15;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// Names as conntrack(8) spells them, in bit order.
-    pub const NAMES: &[(&str, u32)] = &[
-        ("EXPECTED", EXPECTED),
-        ("SEEN_REPLY", SEEN_REPLY),
-        ("ASSURED", ASSURED),
-        ("CONFIRMED", CONFIRMED),
-        ("SRC_NAT", SRC_NAT),
-        ("DST_NAT", DST_NAT),
-        ("SEQ_ADJUST", SEQ_ADJUST),
-        ("SRC_NAT_DONE", SRC_NAT_DONE),
-        ("DST_NAT_DONE", DST_NAT_DONE),
-        ("DYING", DYING),
-        ("FIXED_TIMEOUT", FIXED_TIMEOUT),
-        ("TEMPLATE", TEMPLATE),
-        ("UNTRACKED", UNTRACKED),
-        ("HELPER", HELPER),
-        ("OFFLOAD", OFFLOAD),
-        ("HW_OFFLOAD", HW_OFFLOAD),
-    ];
+    #[test]
+    fn messages_walk_aligned_and_stop_at_a_truncated_header() {
+        // Two messages: a 17-byte one (padded to 20) and a 16-byte one.
+        let mut buf = Vec::new();
+        for (len, kind) in [(17u32, 0x0100u16), (16, 3)] {
+            buf.extend_from_slice(&len.to_ne_bytes());
+            buf.extend_from_slice(&kind.to_ne_bytes());
+            buf.extend_from_slice(&[0; 10]);
+            buf.resize(buf.len().next_multiple_of(4) + (len as usize - 16), 0);
+            buf.resize(buf.len().next_multiple_of(4), 0);
+        }
+        let kinds: Vec<u16> = messages(&buf)
+            .map(|m| m.expect("well formed").message_type())
+            .collect();
+        assert_eq!(kinds, [0x0100, 3]);
+        let cut = &buf[..buf.len() - 4];
+        let walked: Vec<bool> = messages(cut).map(|m| m.is_ok()).collect();
+        assert_eq!(walked, [true, false]);
+        assert_eq!(messages(&[]).count(), 0);
+    }
 }

@@ -1,14 +1,14 @@
 //! A ctnetlink request socket: dumps, get, delete, flush, statistics.
 use std::io;
 
-use netlink_packet_core::NetlinkBuffer;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::{
     IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_GET_STATS, IPCTNL_MSG_CT_GET_STATS_CPU,
-    codec::{self, CodecError, Conntrack, StatsCpu},
-    ct_msg_type,
+    codec::{self, CodecError, StatsCpu},
+    ct_msg_type, messages, set_rcvbuf,
 };
+use crate::ct::Conntrack;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -24,9 +24,6 @@ const RECV_BUF: usize = 256 * 1024;
 const SO_RCVBUF_BYTES: usize = 8 * 1024 * 1024;
 /// Dump restarts after ENOBUFS before giving up.
 const MAX_RESTARTS: u32 = 3;
-/// Test-only fault injection: after this many received datagrams, a dump
-/// sees ENOBUFS once (used by the end-to-end tests; never set it otherwise).
-pub const FAULT_ENV: &str = "CTSCOPE_FAULT_DUMP_ENOBUFS_AFTER";
 
 /// What went wrong talking to ctnetlink.
 #[derive(Debug, thiserror::Error)]
@@ -106,21 +103,15 @@ fn recv_fd(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Whether a datagram holds the end (DONE or an error) of reply `seq`.
+/// Whether a datagram holds the end (DONE or an error) of reply `seq`; a
+/// malformed one ends it too.
 fn ends_reply(buf: &[u8], seq: u32) -> bool {
-    let mut off = 0;
-    while off < buf.len() {
-        let Ok(packet) = NetlinkBuffer::new_checked(&buf[off..]) else {
-            return true;
-        };
-        off += (packet.length() as usize + 3) & !3;
-        if packet.sequence_number() == seq
-            && matches!(packet.message_type(), NLMSG_DONE | NLMSG_ERROR)
-        {
-            return true;
-        }
-    }
-    false
+    messages(buf).any(|m| {
+        m.map_or(true, |packet| {
+            packet.sequence_number() == seq
+                && matches!(packet.message_type(), NLMSG_DONE | NLMSG_ERROR)
+        })
+    })
 }
 
 /// Hands the messages of one datagram that answer `seq` to `on_msg`.
@@ -134,12 +125,8 @@ fn process_datagram(
     on_msg: &mut impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
 ) -> Result<bool, NetlinkError> {
     let is_dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-    let mut off = 0;
-    while off < buf.len() {
-        let Ok(packet) = NetlinkBuffer::new_checked(&buf[off..]) else {
-            return Err(CodecError::Truncated("netlink header").into());
-        };
-        off += (packet.length() as usize + 3) & !3;
+    for packet in messages(buf) {
+        let packet = packet?;
         if packet.sequence_number() != seq {
             continue;
         }
@@ -201,17 +188,9 @@ impl CtSocket {
         let io = |op| move |source| NetlinkError::Io { op, source };
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("socket"))?;
         socket.bind_auto().map_err(io("bind"))?;
-        // Best effort: a larger buffer lets the kernel fill whole 32 KiB skbs.
-        let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
-        // SAFETY: setsockopt on our own fd with a c_int value.
-        unsafe {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
-            let p = (&size as *const libc::c_int).cast();
-            let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, p, len) != 0 {
-                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, p, len);
-            }
-        }
+        // Best effort: a larger buffer lets the kernel fill whole 32 KiB
+        // skbs; a dump works with the default one too.
+        let _ = set_rcvbuf(std::os::fd::AsRawFd::as_raw_fd(&socket), rcvbuf);
         socket
             .connect(&SocketAddr::new(0, 0))
             .map_err(io("connect"))?;
@@ -223,7 +202,7 @@ impl CtSocket {
                 .unwrap_or(1),
             buf: vec![0; RECV_BUF],
             rcvbuf,
-            fault_enobufs_after: std::env::var(FAULT_ENV).ok().and_then(|v| v.parse().ok()),
+            fault_enobufs_after: crate::fault::dump_enobufs_after(),
             received: 0,
         })
     }

@@ -1,11 +1,15 @@
-//! The eBPF event source: loads the programs built from conntrack-ebpf with
-//! offsets from the running kernel's BTF, attaches them as kprobes (the
-//! functions live in the nf_conntrack module on distribution kernels, where
-//! aya's fentry cannot find their BTF), and reads `CtEvent` records from the
-//! ring buffer with tokio's AsyncFd.
+//! The eBPF tracer: loads the programs built from conntrack-ebpf with
+//! offsets from the running kernel's BTF ([`btf`]), attaches them as kprobes
+//! (the functions live in the nf_conntrack module on distribution kernels,
+//! where aya's fentry cannot find their BTF), and drains `CtEvent` records
+//! from the ring buffer ([`record`] decodes them). Waiting for the ring is
+//! the event source's business (`source`).
+pub mod btf;
+pub mod record;
+
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd,
+    io,
+    os::fd::{AsRawFd, RawFd},
     path::Path,
 };
 
@@ -14,16 +18,12 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::KProbe,
 };
-use aya_obj::Object;
-use conntrack_ebpf::{
-    CT_EVENT_SIZE, CtEvent, CtTuple, EVENT_DESTROY, EVENT_NEW, FLAG_COUNTERS, FLAG_TIMESTAMPS,
-};
 
-use crate::{
+use self::{
     btf::{BtfError, KernelBtf},
-    format::EventKind,
-    netlink::{Conntrack, ProtoState, Tuple, codec::Counters},
+    record::{decode_record, event_kind, to_conntrack},
 };
+use crate::ct::{Conntrack, EventKind};
 
 /// The eBPF object built by aya-build from conntrack-ebpf (build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/conntrack"));
@@ -70,20 +70,6 @@ pub enum TracerError {
         /// Why.
         reason: String,
     },
-}
-
-/// The names of the programs in the object, checked against the ABI.
-pub fn object_programs() -> Result<Vec<String>, TracerError> {
-    let obj = Object::parse(EBPF_OBJECT).map_err(|e| TracerError::BadObject(e.to_string()))?;
-    if !obj.maps.contains_key(conntrack_ebpf::RING_MAP) {
-        return Err(TracerError::Missing(format!(
-            "map {}",
-            conntrack_ebpf::RING_MAP
-        )));
-    }
-    let mut names: Vec<String> = obj.programs.keys().cloned().collect();
-    names.sort();
-    Ok(names)
 }
 
 /// The symbol to attach to: the function itself, or a compiler clone of it
@@ -173,14 +159,7 @@ impl Tracer {
             .override_global("OFFSETS", &offsets, true)
             .map_max_entries(conntrack_ebpf::RING_MAP, config.ring_size)
             .load(EBPF_OBJECT)
-            .map_err(|e| {
-                let text = e.to_string();
-                if text.contains("Operation not permitted") || text.contains("EPERM") {
-                    TracerError::Privilege(text)
-                } else {
-                    TracerError::Load(text)
-                }
-            })?;
+            .map_err(|e| refused(&e, e.to_string()))?;
         for (program, function) in PROBES {
             let symbol = attach_symbol(function).ok_or_else(|| TracerError::Attach {
                 function: function.to_string(),
@@ -193,7 +172,7 @@ impl Tracer {
                 .map_err(|e| TracerError::Load(format!("{program}: {e}")))?;
             probe
                 .load()
-                .map_err(|e| TracerError::Load(format!("{program}: {e}")))?;
+                .map_err(|e| refused(&e, format!("{program}: {e}")))?;
             probe.attach(&symbol, 0).map_err(|e| TracerError::Attach {
                 function: symbol.clone(),
                 reason: e.to_string(),
@@ -226,119 +205,77 @@ impl Tracer {
             .unwrap_or(0)
     }
 
-    /// The ring buffer's fd, for polling.
-    pub fn ring_fd(&self) -> i32 {
-        self.ring.as_raw_fd()
-    }
-
     /// Hands every record in the ring to `on_event` (kind, entry, wall time
-    /// in ns, network namespace inode); returns how many.
-    pub fn drain(&mut self, mut on_event: impl FnMut(EventKind, &Conntrack, u64, u32)) -> u64 {
-        let mut n = 0;
+    /// in ns, network namespace inode). A record of an unknown size or kind
+    /// (no program emits one) is counted in `malformed`, never shown.
+    pub fn drain(&mut self, mut on_event: impl FnMut(EventKind, &Conntrack, u64, u32)) -> Drained {
+        let mut drained = Drained::default();
         let mut ct = Conntrack::default();
         while let Some(item) = self.ring.next() {
-            let Some(ev) = decode_record(&item) else {
+            let Some((ev, kind)) = decode_record(&item).and_then(|ev| Some((ev, event_kind(&ev)?)))
+            else {
+                drained.malformed += 1;
                 continue;
             };
-            n += 1;
-            let kind = if ev.event == EVENT_DESTROY {
-                EventKind::Destroy
-            } else if ev.event == EVENT_NEW {
-                EventKind::New
-            } else {
-                EventKind::Update
-            };
+            drained.events += 1;
             to_conntrack(&ev, kind, self.hz, &mut ct);
             let real = i128::from(ev.ktime_ns) + self.mono_to_real_ns;
             on_event(kind, &ct, u64::try_from(real).unwrap_or(0), ev.netns);
         }
-        n
+        drained
     }
+}
 
-    /// Waits (async) until the ring has data or `timeout` passes.
-    pub async fn readable(fd: &tokio::io::unix::AsyncFd<i32>, timeout: std::time::Duration) {
-        if let Ok(Ok(mut guard)) = tokio::time::timeout(timeout, fd.readable()).await {
-            guard.clear_ready();
+/// What one [`Tracer::drain`] took from the ring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Records handed on.
+    pub events: u64,
+    /// Records of an unknown size or kind.
+    pub malformed: u64,
+}
+
+impl AsRawFd for Tracer {
+    /// The ring buffer's fd, which polls readable when records wait.
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+/// A refusal by the kernel: [`TracerError::Privilege`] when an EPERM or
+/// EACCES is anywhere in the error's chain, else [`TracerError::Load`].
+fn refused(error: &(dyn std::error::Error + 'static), text: String) -> TracerError {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        {
+            return TracerError::Privilege(text);
         }
+        cause = e.source();
     }
-}
-
-/// Copies one ring buffer record out; `None` when its size is not ours.
-pub fn decode_record(bytes: &[u8]) -> Option<CtEvent> {
-    if bytes.len() < CT_EVENT_SIZE {
-        return None;
-    }
-    // SAFETY: CtEvent is plain old data of CT_EVENT_SIZE bytes; the read is
-    // unaligned-safe.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<CtEvent>()) })
-}
-
-fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
-    if i32::from(family) == libc::AF_INET6 {
-        IpAddr::V6(Ipv6Addr::from(*raw))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-    }
-}
-
-fn tuple(family: u8, l4: u8, t: &CtTuple) -> Tuple {
-    let icmp = l4 == 1 || l4 == 58;
-    Tuple {
-        src: Some(addr(family, &t.src)),
-        dst: Some(addr(family, &t.dst)),
-        l4proto: Some(l4),
-        sport: (!icmp).then_some(t.sport),
-        dport: (!icmp).then_some(t.dport),
-        icmp_type: icmp.then_some(t.icmp_type),
-        icmp_code: icmp.then_some(t.icmp_code),
-        icmp_id: icmp.then_some(t.sport),
-        zone: None,
-    }
-}
-
-/// Converts a record into the entry ctnetlink would have reported for the
-/// same event (NEW: timeout and state; DESTROY: counters and timestamps).
-pub fn to_conntrack(ev: &CtEvent, kind: EventKind, hz: u32, ct: &mut Conntrack) {
-    let timeout = if ev.timeout > i32::MAX as u32 {
-        0
-    } else {
-        ev.timeout / hz.max(1)
-    };
-    *ct = Conntrack {
-        family: ev.l3proto,
-        orig: tuple(ev.l3proto, ev.l4proto, &ev.orig),
-        reply: tuple(ev.l3proto, ev.l4proto, &ev.reply),
-        status: Some(ev.status),
-        // ctnetlink leaves the timeout out of DESTROY events once it has run
-        // out (ctnetlink_dump_timeout with skip_zero); so do we.
-        timeout: (kind != EventKind::Destroy || timeout > 0).then_some(timeout),
-        // ctnetlink events carry the mark only when it is set.
-        mark: (ev.mark != 0).then_some(ev.mark),
-        zone: (ev.zone != 0).then_some(ev.zone),
-        proto_state: (ev.l4proto == 6).then_some(ProtoState::Tcp(ev.proto_state)),
-        ..Conntrack::default()
-    };
-    if kind == EventKind::Destroy {
-        if ev.flags & FLAG_COUNTERS != 0 {
-            ct.counters_orig = Some(Counters {
-                packets: ev.counters[0],
-                bytes: ev.counters[1],
-            });
-            ct.counters_reply = Some(Counters {
-                packets: ev.counters[2],
-                bytes: ev.counters[3],
-            });
-        }
-        if ev.flags & FLAG_TIMESTAMPS != 0 && ev.start_ns != 0 {
-            ct.timestamp_start = Some(ev.start_ns);
-            ct.timestamp_stop = (ev.stop_ns != 0).then_some(ev.stop_ns);
-        }
-    }
+    TracerError::Load(text)
 }
 
 #[cfg(test)]
 mod tests {
+    use aya_obj::Object;
+
     use super::*;
+
+    /// The names of the programs in the object, checked against the ABI.
+    fn object_programs() -> Result<Vec<String>, TracerError> {
+        let obj = Object::parse(EBPF_OBJECT).map_err(|e| TracerError::BadObject(e.to_string()))?;
+        if !obj.maps.contains_key(conntrack_ebpf::RING_MAP) {
+            return Err(TracerError::Missing(format!(
+                "map {}",
+                conntrack_ebpf::RING_MAP
+            )));
+        }
+        let mut names: Vec<String> = obj.programs.keys().cloned().collect();
+        names.sort();
+        Ok(names)
+    }
 
     #[test]
     fn the_build_embeds_the_conntrack_programs_and_ring() {
@@ -352,46 +289,22 @@ mod tests {
     }
 
     #[test]
-    fn records_decode_into_entries() {
-        let mut ev = CtEvent {
-            event: EVENT_DESTROY,
-            l3proto: 2,
-            l4proto: 17,
-            status: 0x8,
-            timeout: 250 * 30,
-            flags: FLAG_COUNTERS,
-            counters: [1, 60, 2, 120],
-            ..CtEvent::default()
+    fn privilege_is_told_by_the_errno_not_the_text() {
+        let eperm = io::Error::from_raw_os_error(libc::EPERM);
+        assert!(matches!(
+            refused(&eperm, "x".into()),
+            TracerError::Privilege(_)
+        ));
+        let wrapped = aya::maps::MapError::CreateError {
+            name: "CT_EVENTS".into(),
+            io_error: io::Error::from_raw_os_error(libc::EACCES),
         };
-        ev.orig.src[..4].copy_from_slice(&[10, 0, 0, 1]);
-        ev.orig.dst[..4].copy_from_slice(&[10, 0, 0, 2]);
-        ev.orig.sport = 1000;
-        ev.orig.dport = 53;
-        let mut bytes = vec![0u8; CT_EVENT_SIZE];
-        // SAFETY: writing a POD record into a buffer of its size.
-        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast::<CtEvent>(), ev) };
-        let back = decode_record(&bytes).expect("decodes");
-        assert_eq!(back, ev);
-        assert!(decode_record(&bytes[..CT_EVENT_SIZE - 1]).is_none());
-        let mut ct = Conntrack::default();
-        to_conntrack(&back, EventKind::Destroy, 250, &mut ct);
-        assert_eq!(ct.timeout, Some(30));
-        assert_eq!(ct.orig.src, Some("10.0.0.1".parse().expect("addr")));
-        assert_eq!(ct.orig.dport, Some(53));
-        assert_eq!(
-            ct.counters_reply,
-            Some(Counters {
-                packets: 2,
-                bytes: 120
-            })
-        );
-        // An expired entry's DESTROY has no timeout, as ctnetlink's.
-        let mut expired = back;
-        expired.timeout = u32::MAX - 5;
-        to_conntrack(&expired, EventKind::Destroy, 250, &mut ct);
-        assert_eq!(ct.timeout, None);
-        to_conntrack(&expired, EventKind::New, 250, &mut ct);
-        assert_eq!(ct.timeout, Some(0));
+        assert!(matches!(
+            refused(&wrapped, wrapped.to_string()),
+            TracerError::Privilege(_)
+        ));
+        let einval = io::Error::from_raw_os_error(libc::EINVAL);
+        assert!(matches!(refused(&einval, "x".into()), TracerError::Load(_)));
     }
 
     #[test]

@@ -147,7 +147,7 @@ pub fn report(
         if let Some(p) = t.ct.orig.dport.filter(|_| t.ct.orig.icmp_type.is_none()) {
             add(
                 &mut dport,
-                format!("{}/{p}", crate::format::proto_name(t.ct.l4proto())),
+                format!("{}/{p}", crate::ct::proto_name(t.ct.l4proto())),
             );
         }
     }
@@ -281,10 +281,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::{
-        format::EventKind,
-        netlink::{Conntrack, Tuple, codec::Counters},
-    };
+    use crate::ct::{Conntrack, Counters, EventKind, Tuple};
 
     fn flow(src: &str, dport: u16, bytes: u64) -> Conntrack {
         let s: IpAddr = src.parse().expect("addr");

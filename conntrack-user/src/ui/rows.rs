@@ -4,9 +4,8 @@
 use std::{cmp::Ordering, fmt::Write as _, net::IpAddr};
 
 use crate::{
+    ct::{Conntrack, ProtoState, Tuple, is_dnat, is_snat, proto_name, state_name},
     filter::Filter,
-    format::{is_dnat, is_snat, proto_name, state_name},
-    netlink::{Conntrack, ProtoState, Tuple},
     table::Tracked,
 };
 
@@ -249,7 +248,7 @@ fn select_in<'a>(
 
 fn endpoint(a: Option<IpAddr>, port: Option<u16>, l4: u8) -> String {
     let addr = a.map(|a| a.to_string()).unwrap_or_default();
-    match (port, crate::format::has_ports(l4)) {
+    match (port, crate::ct::has_ports(l4)) {
         (Some(p), true) if a.is_some_and(|a| a.is_ipv6()) => format!("[{addr}]:{p}"),
         (Some(p), true) => format!("{addr}:{p}"),
         _ => addr,
@@ -347,7 +346,7 @@ fn row_text_into(buf: &mut Vec<u8>, t: &Tracked) {
     buf.clear();
     let ct = &t.ct;
     let l4 = ct.l4proto();
-    let ports = crate::format::has_ports(l4);
+    let ports = crate::ct::has_ports(l4);
     let mut n = itoa::Buffer::new();
     for (a, port) in [(ct.orig.src, ct.orig.sport), (ct.orig.dst, ct.orig.dport)] {
         let Some(a) = a else {
@@ -357,15 +356,15 @@ fn row_text_into(buf: &mut Vec<u8>, t: &Tracked) {
             (Some(p), true) => {
                 if a.is_ipv6() {
                     buf.push(b'[');
-                    crate::format::put_ip(buf, &a);
+                    crate::output::text::put_ip(buf, &a);
                     buf.push(b']');
                 } else {
-                    crate::format::put_ip(buf, &a);
+                    crate::output::text::put_ip(buf, &a);
                 }
                 buf.push(b':');
                 buf.extend_from_slice(n.format(p).as_bytes());
             }
-            _ => crate::format::put_ip(buf, &a),
+            _ => crate::output::text::put_ip(buf, &a),
         }
         buf.push(b' ');
     }
@@ -388,7 +387,7 @@ fn row_text_into(buf: &mut Vec<u8>, t: &Tracked) {
         buf.push(b'0' + (part / 10) as u8);
         buf.push(b'0' + (part % 10) as u8);
     }
-    if ct.has_status(crate::netlink::ips::SRC_NAT_DONE | crate::netlink::ips::DST_NAT_DONE) {
+    if ct.has_status(crate::ct::ips::SRC_NAT_DONE | crate::ct::ips::DST_NAT_DONE) {
         let nat = nat_text(ct);
         if !nat.is_empty() {
             buf.push(b' ');
@@ -457,8 +456,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        format::EventKind,
-        netlink::{codec::Counters, ips},
+        ct::{Counters, EventKind, ips},
         table::Table,
     };
 

@@ -6,7 +6,7 @@
 use std::{
     io,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -22,9 +22,9 @@ use ratatui::{
 };
 
 use crate::{
-    netlink::Conntrack,
+    ct::Conntrack,
     table::{self, Tracked},
-    top::{self, View},
+    ui::rows::{self as top, View},
 };
 
 /// What the screen is waiting for the user to type.
@@ -390,24 +390,6 @@ impl Drop for TerminalGuard {
     }
 }
 
-/// Test-only fault injection, set by the end-to-end tests and never
-/// otherwise: `draw` panics the screen's thread after a frame, `feeder`
-/// the event thread a second after it starts.
-pub const FAULT_PANIC_ENV: &str = "CTSCOPE_FAULT_PANIC";
-
-/// Panics if [`FAULT_PANIC_ENV`] names `place` (reported at the caller).
-#[track_caller]
-pub fn injected_panic(place: &str) {
-    static PLACE: OnceLock<Option<String>> = OnceLock::new();
-    if PLACE
-        .get_or_init(|| std::env::var(FAULT_PANIC_ENV).ok())
-        .as_deref()
-        == Some(place)
-    {
-        panic!("injected by {FAULT_PANIC_ENV}={place}");
-    }
-}
-
 /// What a panic on another thread said while the screen was up.
 static OTHER_PANIC: Mutex<Option<String>> = Mutex::new(None);
 
@@ -494,7 +476,7 @@ pub fn run(
         };
         let shown: Vec<&Tracked> = rows.iter().skip(app.offset).copied().collect();
         terminal.draw(|f| draw(f, &app, &shown, total, &guard, &status_now))?;
-        injected_panic("draw");
+        crate::fault::panic_at("draw");
         last_frame = last_frame.max(Instant::now());
         // Keys are handled against what is on screen; the lock is kept so
         // the rows stay valid, and released before waiting.
@@ -535,10 +517,9 @@ mod tests {
 
     use super::*;
     use crate::{
+        ct::{EventKind, Tuple, ips},
         filter::Filter,
-        format::EventKind,
-        netlink::{Tuple, ips},
-        top::SortKey,
+        ui::rows::SortKey,
     };
 
     fn entry(src: &str, sport: u16) -> Conntrack {

@@ -1,0 +1,376 @@
+//! The command line's flags and their value parsers (clap derive); the
+//! checks across flags live in [`super::filter_args`].
+use std::{net::IpAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+use crate::{
+    netlink::events::EventMask,
+    source::{DEFAULT_RCVBUF, DEFAULT_RING_SIZE, SourceChoice, SourceConfig},
+    ui::rows::SortKey,
+};
+
+/// ctscope: what the Linux connection tracker is doing.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ctscope",
+    version,
+    about = "Shows what the Linux connection tracker (conntrack) is doing",
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// Act inside another network namespace: a name under /run/netns, or a path
+    /// such as /proc/PID/ns/net.
+    #[arg(long, global = true, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+
+    /// Without a command: `top`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands; conntrack's short options are aliases (`-L` = `list`).
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the connection tracking table (conntrack -L).
+    #[command(short_flag = 'L', long_flag = "dump", visible_alias = "dump")]
+    List(ListArgs),
+    /// Get one entry by its tuple (conntrack -G).
+    #[command(short_flag = 'G', long_flag = "get")]
+    Get(ListArgs),
+    /// Delete the entries that match the filters (conntrack -D).
+    #[command(short_flag = 'D', long_flag = "delete")]
+    Delete(ListArgs),
+    /// Flush the whole table (conntrack -F).
+    #[command(short_flag = 'F', long_flag = "flush")]
+    Flush(FlushArgs),
+    /// Print the number of entries in the table (conntrack -C).
+    #[command(short_flag = 'C', long_flag = "count")]
+    Count,
+    /// Print per-CPU statistics (conntrack -S).
+    #[command(short_flag = 'S', long_flag = "stats")]
+    Stats(StatsArgs),
+    /// Print connection events as they happen (conntrack -E).
+    #[command(short_flag = 'E', long_flag = "event")]
+    Events(EventArgs),
+    /// The live table, like iptstate (the default command).
+    Top(TopArgs),
+    /// Watch for a while, then report churn, lifetimes, latencies, top
+    /// talkers and table pressure.
+    Profile(ProfileArgs),
+}
+
+/// Arguments of profile.
+#[derive(Args, Debug, Clone)]
+pub struct ProfileArgs {
+    /// How long to watch, in seconds.
+    #[arg(long, value_parser = parse_duration, default_value = "10")]
+    pub duration: Duration,
+    /// Output: text (default) or json.
+    #[arg(short = 'o', long = "output", value_parser = ["text", "json"], default_value = "text")]
+    pub output: String,
+    /// How many top talkers of each kind.
+    #[arg(long = "top", default_value_t = 10)]
+    pub top: usize,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// Arguments of top.
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// One snapshot to stdout as a plain text table, then exit.
+    #[arg(short = '1', long = "once")]
+    pub once: bool,
+    /// Sort column.
+    #[arg(long, value_enum, default_value_t = SortKey::Src)]
+    pub sort: SortKey,
+    /// Largest first.
+    #[arg(long)]
+    pub reverse: bool,
+    /// At most this many rows (--once; default: all).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Bytes, packets and rate columns (needs nf_conntrack_acct=1).
+    #[arg(short = 'C', long = "counters")]
+    pub counters: bool,
+    /// Seconds between full dumps that reconcile the table.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub resync: u64,
+    /// Turn on nf_conntrack_acct (per-connection counters) in this namespace.
+    #[arg(long = "enable-acct")]
+    pub enable_acct: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+impl Default for TopArgs {
+    fn default() -> Self {
+        Self {
+            filter: FilterArgs::default(),
+            once: false,
+            sort: SortKey::Src,
+            reverse: false,
+            limit: None,
+            counters: false,
+            resync: 10,
+            enable_acct: false,
+            source: SourceArgs::default(),
+        }
+    }
+}
+
+/// Where events come from, for every command that reads them.
+#[derive(Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// Event source.
+    #[arg(long, value_enum, default_value_t = SourceChoice::Auto)]
+    pub source: SourceChoice,
+    /// Netlink receive buffer in bytes for the ctnetlink source (raised
+    /// with SO_RCVBUFFORCE).
+    #[arg(short = 'b', long = "buffer-size", default_value_t = DEFAULT_RCVBUF, value_parser = parse_buffer_size)]
+    pub buffer_size: usize,
+    /// eBPF ring buffer size in bytes (a power of two; the default absorbs
+    /// a 100 ms consumer stall at 1M events/s).
+    #[arg(long = "ring-size", default_value_t = DEFAULT_RING_SIZE, value_parser = parse_ring_size)]
+    pub ring_size: u32,
+    /// Show events of every network namespace (eBPF source), not only ours.
+    #[arg(long = "all-netns")]
+    pub all_netns: bool,
+}
+
+impl Default for SourceArgs {
+    fn default() -> Self {
+        Self {
+            source: SourceChoice::Auto,
+            buffer_size: DEFAULT_RCVBUF,
+            ring_size: DEFAULT_RING_SIZE,
+            all_netns: false,
+        }
+    }
+}
+
+impl SourceArgs {
+    /// The source's settings, with the events wanted and whether delivery
+    /// must be reliable.
+    pub fn config(&self, mask: EventMask, reliable: bool) -> SourceConfig {
+        SourceConfig {
+            choice: self.source,
+            mask,
+            rcvbuf: self.buffer_size,
+            reliable,
+            ring_size: self.ring_size,
+            all_netns: self.all_netns,
+        }
+    }
+}
+
+/// Arguments of events.
+#[derive(Args, Debug, Clone)]
+pub struct EventArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Output: extended, id, timestamp, json (comma-separated).
+    #[arg(short = 'o', long = "output", value_name = "FORMAT")]
+    pub output: Vec<String>,
+    /// Events to show: NEW, UPDATE, DESTROY, ALL (comma-separated).
+    #[arg(short = 'e', long = "event-mask", value_parser = EventMask::parse, default_value = "ALL")]
+    pub event_mask: EventMask,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Reliable ctnetlink delivery: the kernel drops the conntrack change
+    /// rather than the event when ctscope falls behind (slows the packet path).
+    #[arg(long)]
+    pub reliable: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+fn parse_ring_size(s: &str) -> std::result::Result<u32, String> {
+    s.parse::<u32>()
+        .ok()
+        .filter(|v| *v >= 4096 && v.is_power_of_two())
+        .ok_or_else(|| format!("invalid ring size `{s}' (bytes: a power of two, at least 4096)"))
+}
+
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0)
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("invalid duration `{s}' (seconds, > 0)"))
+}
+
+fn parse_buffer_size(s: &str) -> std::result::Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|v| (4096..=(1 << 31)).contains(v))
+        .ok_or_else(|| format!("invalid buffer size `{s}' (bytes, 4096 to 2147483648)"))
+}
+
+/// Filters shared by list, get, delete (and later events and top).
+#[derive(Args, Debug, Default, Clone)]
+pub struct FilterArgs {
+    /// Original source address or network (ADDR or ADDR/PREFIX).
+    #[arg(short = 's', long = "src", visible_alias = "orig-src", value_parser = parse_net)]
+    pub src: Option<IpNet>,
+    /// Original destination address or network.
+    #[arg(short = 'd', long = "dst", visible_alias = "orig-dst", value_parser = parse_net)]
+    pub dst: Option<IpNet>,
+    /// Reply source address or network.
+    #[arg(short = 'r', long = "reply-src", value_parser = parse_net)]
+    pub reply_src: Option<IpNet>,
+    /// Reply destination address or network.
+    #[arg(short = 'q', long = "reply-dst", value_parser = parse_net)]
+    pub reply_dst: Option<IpNet>,
+    /// Layer 4 protocol, by name (tcp, udp, icmp...) or number.
+    #[arg(short = 'p', long = "proto", visible_alias = "protonum", value_parser = parse_proto)]
+    pub proto: Option<u8>,
+    /// Layer 3 family: ipv4 or ipv6 (default: both).
+    #[arg(short = 'f', long = "family", value_parser = parse_family)]
+    pub family: Option<u8>,
+    /// Original source port.
+    #[arg(long = "sport", visible_alias = "orig-port-src")]
+    pub sport: Option<u16>,
+    /// Original destination port.
+    #[arg(long = "dport", visible_alias = "orig-port-dst")]
+    pub dport: Option<u16>,
+    /// Reply source port.
+    #[arg(long = "reply-port-src")]
+    pub reply_port_src: Option<u16>,
+    /// Reply destination port.
+    #[arg(long = "reply-port-dst")]
+    pub reply_port_dst: Option<u16>,
+    /// Protocol state (TCP, SCTP, DCCP), e.g. ESTABLISHED.
+    #[arg(long = "state")]
+    pub state: Option<String>,
+    /// ICMP type.
+    #[arg(long = "icmp-type")]
+    pub icmp_type: Option<u8>,
+    /// ICMP code.
+    #[arg(long = "icmp-code")]
+    pub icmp_code: Option<u8>,
+    /// ICMP id.
+    #[arg(long = "icmp-id")]
+    pub icmp_id: Option<u16>,
+    /// Connection mark, MARK or MARK/MASK (decimal or 0x hex).
+    #[arg(short = 'm', long = "mark", value_parser = parse_mark)]
+    pub mark: Option<(u32, u32)>,
+    /// Status flags that must be set, comma-separated (ASSURED, SEEN_REPLY,
+    /// EXPECTED, FIXED_TIMEOUT, ...; UNSET for none).
+    #[arg(short = 'u', long = "status", value_parser = parse_status)]
+    pub status: Option<(u32, u32)>,
+    /// Zone.
+    #[arg(short = 'w', long = "zone")]
+    pub zone: Option<u16>,
+    /// Original-direction zone.
+    #[arg(long = "orig-zone")]
+    pub orig_zone: Option<u16>,
+    /// Reply-direction zone.
+    #[arg(long = "reply-zone")]
+    pub reply_zone: Option<u16>,
+    /// Source-NATed entries, optionally to ADDR.
+    #[arg(short = 'n', long = "src-nat", num_args = 0..=1, default_missing_value = "", value_name = "ADDR")]
+    pub src_nat: Option<String>,
+    /// Destination-NATed entries, optionally to ADDR.
+    #[arg(short = 'g', long = "dst-nat", num_args = 0..=1, default_missing_value = "", value_name = "ADDR")]
+    pub dst_nat: Option<String>,
+    /// Entries NATed either way, optionally to ADDR.
+    #[arg(short = 'j', long = "any-nat", num_args = 0..=1, default_missing_value = "", value_name = "ADDR")]
+    pub any_nat: Option<String>,
+    /// Connection labels that must be set (names from connlabel.conf, or bit
+    /// numbers), comma-separated.
+    #[arg(short = 'l', long = "label")]
+    pub label: Vec<String>,
+}
+
+/// Arguments of list, get and delete.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Output: extended, id, ktimestamp, labels, json (comma-separated).
+    #[arg(short = 'o', long = "output", value_name = "FORMAT")]
+    pub output: Vec<String>,
+}
+
+/// Arguments of flush.
+#[derive(Args, Debug, Default, Clone)]
+pub struct FlushArgs {
+    /// Only this family: ipv4 or ipv6.
+    #[arg(short = 'f', long = "family", value_parser = parse_family)]
+    pub family: Option<u8>,
+}
+
+/// Arguments of stats.
+#[derive(Args, Debug, Default, Clone)]
+pub struct StatsArgs {
+    /// Add a line with the sum over all CPUs.
+    #[arg(long)]
+    pub total: bool,
+}
+
+fn parse_net(s: &str) -> std::result::Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("invalid address `{s}'"))
+}
+
+fn parse_proto(s: &str) -> std::result::Result<u8, String> {
+    crate::ct::proto_number(s).ok_or_else(|| format!("unknown protocol `{s}'"))
+}
+
+fn parse_family(s: &str) -> std::result::Result<u8, String> {
+    match s {
+        "ipv4" => Ok(libc::AF_INET as u8),
+        "ipv6" => Ok(libc::AF_INET6 as u8),
+        _ => Err(format!("unknown family `{s}' (ipv4 or ipv6)")),
+    }
+}
+
+fn parse_u32(s: &str) -> Option<u32> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn parse_mark(s: &str) -> std::result::Result<(u32, u32), String> {
+    let bad = || format!("invalid mark `{s}' (MARK or MARK/MASK)");
+    match s.split_once('/') {
+        Some((v, m)) => Ok((parse_u32(v).ok_or_else(bad)?, parse_u32(m).ok_or_else(bad)?)),
+        None => Ok((parse_u32(s).ok_or_else(bad)?, u32::MAX)),
+    }
+}
+
+/// `-u`: (value, mask). UNREPLIED means SEEN_REPLY unset; UNSET asks
+/// nothing, as in conntrack.
+fn parse_status(s: &str) -> std::result::Result<(u32, u32), String> {
+    let (mut value, mut mask) = (0, 0);
+    for word in s.split(',') {
+        match word {
+            "UNSET" => {}
+            "UNREPLIED" => mask |= crate::ct::ips::SEEN_REPLY,
+            _ => {
+                let bit = crate::ct::ips::NAMES
+                    .iter()
+                    .find(|(n, _)| *n == word)
+                    .map(|(_, b)| *b)
+                    .ok_or_else(|| format!("Bad parameter `{word}'"))?;
+                value |= bit;
+                mask |= bit;
+            }
+        }
+    }
+    Ok((value, mask))
+}

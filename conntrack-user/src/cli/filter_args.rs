@@ -1,0 +1,132 @@
+//! Filter flags -> [`Filter`]: the checks across flags (families that
+//! disagree, ports without a protocol, states of the wrong protocol).
+use ipnet::IpNet;
+
+use super::{Result, args::FilterArgs, usage};
+use crate::{
+    ct::{DCCP_STATES, ProtoState, SCTP_STATES, TCP_STATES, is_icmp, proto},
+    filter::{Filter, NatFilter, StateFilter},
+    output::LabelMap,
+};
+
+fn parse_state(proto: Option<u8>, name: &str) -> Result<StateFilter> {
+    let upper = name.to_ascii_uppercase();
+    let find = |table: &[&str; 10]| table.iter().position(|s| *s == upper).map(|i| i as u8);
+    let state = match proto {
+        Some(proto::TCP) => find(&TCP_STATES).map(ProtoState::Tcp),
+        Some(proto::SCTP) => find(&SCTP_STATES).map(ProtoState::Sctp),
+        Some(proto::DCCP) => find(&DCCP_STATES).map(ProtoState::Dccp),
+        _ => return Err(usage("--state needs -p tcp, sctp or dccp")),
+    };
+    state
+        .map(StateFilter)
+        .ok_or_else(|| usage(format!("unknown state `{name}'")))
+}
+
+fn parse_nat(value: &Option<String>, flag: &str) -> Result<NatFilter> {
+    match value.as_deref() {
+        None => Ok(NatFilter::Off),
+        Some("") => Ok(NatFilter::Any),
+        Some(a) => a
+            .parse()
+            .map(NatFilter::To)
+            .map_err(|_| usage(format!("invalid address `{a}' for {flag}"))),
+    }
+}
+
+fn family_of(net: &Option<IpNet>) -> Option<u8> {
+    net.as_ref().map(|n| match n {
+        IpNet::V4(_) => libc::AF_INET as u8,
+        IpNet::V6(_) => libc::AF_INET6 as u8,
+    })
+}
+
+impl FilterArgs {
+    /// Checks the combination and builds the filter.
+    pub fn to_filter(&self) -> Result<Filter> {
+        for (net, flag) in [
+            (&self.reply_src, "--reply-src"),
+            (&self.reply_dst, "--reply-dst"),
+        ] {
+            if net.is_some_and(|n| n.prefix_len() != n.max_prefix_len()) {
+                return Err(usage(format!("CIDR notation unavailable for `{flag}'")));
+            }
+        }
+        if self.any_nat.is_some() && (self.src_nat.is_some() || self.dst_nat.is_some()) {
+            return Err(usage(
+                "cannot specify `--src-nat' or `--dst-nat' with `--any-nat'",
+            ));
+        }
+        let mut family = self.family;
+        for net in [&self.src, &self.dst, &self.reply_src, &self.reply_dst] {
+            if let Some(f) = family_of(net) {
+                match family {
+                    Some(have) if have != f => {
+                        return Err(usage(
+                            "mixed address families: -f and the addresses disagree",
+                        ));
+                    }
+                    _ => family = Some(f),
+                }
+            }
+        }
+        let ports = [
+            self.sport,
+            self.dport,
+            self.reply_port_src,
+            self.reply_port_dst,
+        ];
+        if ports.iter().any(Option::is_some) && self.proto.is_none() {
+            return Err(usage("port filters need -p/--proto"));
+        }
+        let icmp = self.icmp_type.is_some() || self.icmp_code.is_some() || self.icmp_id.is_some();
+        if icmp && !self.proto.is_some_and(is_icmp) {
+            return Err(usage(
+                "--icmp-type/--icmp-code/--icmp-id need -p icmp or icmpv6",
+            ));
+        }
+        let state = self
+            .state
+            .as_deref()
+            .map(|s| parse_state(self.proto, s))
+            .transpose()?;
+        let labels = if self.label.is_empty() {
+            Vec::new()
+        } else {
+            let map = LabelMap::load_default();
+            let mut bits = Vec::new();
+            for name in self.label.iter().flat_map(|l| l.split(',')) {
+                bits.push(
+                    map.bit(name)
+                        .ok_or_else(|| usage(format!("unknown label `{name}'")))?,
+                );
+            }
+            bits
+        };
+        Ok(Filter {
+            family,
+            orig_src: self.src,
+            orig_dst: self.dst,
+            reply_src: self.reply_src,
+            reply_dst: self.reply_dst,
+            l4proto: self.proto,
+            orig_sport: self.sport,
+            orig_dport: self.dport,
+            reply_sport: self.reply_port_src,
+            reply_dport: self.reply_port_dst,
+            state,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+            icmp_id: self.icmp_id,
+            mark: self.mark,
+            status: self.status,
+            zone: self.zone,
+            orig_zone: self.orig_zone,
+            reply_zone: self.reply_zone,
+            src_nat: parse_nat(&self.src_nat, "-n")?,
+            dst_nat: parse_nat(&self.dst_nat, "-g")?,
+            any_nat: parse_nat(&self.any_nat, "-j")?,
+            labels,
+        })
+    }
+}

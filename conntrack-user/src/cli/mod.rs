@@ -1,0 +1,245 @@
+//! The command line: conntrack(8)-compatible subcommands and flags
+//! ([`args`]), the checks across them ([`filter_args`]), signal handling
+//! ([`signals`]) and exit codes.
+//!
+//! Exit codes as conntrack: 0 ok, 2 bad parameters (one line saying why),
+//! 1 anything else (missing entry, missing privilege, kernel error).
+use std::io;
+
+use clap::Parser as _;
+
+pub mod args;
+pub mod filter_args;
+pub mod signals;
+
+use args::TopArgs;
+pub use args::{Cli, Command};
+
+use crate::{
+    cmd,
+    netlink::NetlinkError,
+    netns,
+    source::{SourceChoice, SourceError},
+};
+
+/// What ends a command early, and with which exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad parameters: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else: exit 1.
+    #[error("{0}")]
+    Failed(String),
+    /// The kernel refused for lack of privilege: exit 1.
+    #[error("{0}")]
+    Privilege(String),
+    /// Standard output was closed (e.g. `| head`): end quietly.
+    #[error("broken pipe")]
+    BrokenPipe,
+    /// Exit 1 with nothing more to say (the summary said it).
+    #[error("")]
+    Silent,
+    /// Stopped by this signal after its summary: exit 128 + the signal,
+    /// as a shell reports a command a signal ended.
+    #[error("")]
+    Interrupted(i32),
+}
+
+impl From<NetlinkError> for CliError {
+    fn from(e: NetlinkError) -> Self {
+        match e {
+            NetlinkError::PermissionDenied { .. } => Self::Privilege(e.to_string()),
+            e => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<SourceError> for CliError {
+    fn from(e: SourceError) -> Self {
+        match e {
+            SourceError::Netlink(e) => e.into(),
+            SourceError::AllNetnsNeedsEbpf => Self::Usage(e.to_string()),
+            e if e.is_privilege() => Self::Privilege(e.to_string()),
+            e => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+/// For the commands that may trace: a missing privilege names the eBPF
+/// source's capabilities too, in the same line.
+fn with_ebpf_caps(result: Result<()>, source: SourceChoice) -> Result<()> {
+    match result {
+        Err(CliError::Privilege(msg)) if source != SourceChoice::Netlink => {
+            Err(CliError::Privilege(format!(
+                "{msg}; the eBPF source needs root, or CAP_BPF and CAP_PERFMON"
+            )))
+        }
+        other => other,
+    }
+}
+
+impl From<io::Error> for CliError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            Self::BrokenPipe
+        } else {
+            Self::Failed(format!("writing output: {e}"))
+        }
+    }
+}
+
+/// What a command returns.
+pub type Result<T> = std::result::Result<T, CliError>;
+
+/// A bad-parameters error (exit 2).
+pub fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+fn dispatch(cli: &Cli) -> Result<()> {
+    if let Some(ns) = &cli.netns {
+        netns::enter(ns).map_err(|e| CliError::Failed(e.to_string()))?;
+        if let Some(w) = netns::Watch::new(ns) {
+            netns::set_watch(w);
+        }
+    }
+    match &cli.command {
+        Some(Command::List(a)) => cmd::table::list(a),
+        Some(Command::Get(a)) => cmd::table::get(a),
+        Some(Command::Delete(a)) => cmd::table::delete(a),
+        Some(Command::Flush(a)) => cmd::table::flush(a),
+        Some(Command::Count) => cmd::stats::count(),
+        Some(Command::Stats(a)) => cmd::stats::stats(a),
+        Some(Command::Events(a)) => with_ebpf_caps(cmd::events::run(a), a.source.source),
+        // `top --once` takes one dump and never traces.
+        Some(Command::Top(a)) if a.once => cmd::top::run(a),
+        Some(Command::Top(a)) => with_ebpf_caps(cmd::top::run(a), a.source.source),
+        Some(Command::Profile(a)) => with_ebpf_caps(cmd::profile::run(a), a.source.source),
+        None => with_ebpf_caps(cmd::top::run(&TopArgs::default()), SourceChoice::Auto),
+    }
+}
+
+/// Runs ctscope with the process arguments; returns the exit code.
+pub fn main() -> i32 {
+    run(std::env::args_os())
+}
+
+/// Runs ctscope with these arguments; returns the exit code.
+pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        2
+                    } else {
+                        0
+                    };
+                }
+                _ => {
+                    // One line: clap's first line, without its "error: ".
+                    let text = e.render().to_string();
+                    let first = text.lines().next().unwrap_or("bad arguments");
+                    let first = first.strip_prefix("error: ").unwrap_or(first);
+                    eprintln!("ctscope: {first} (see ctscope --help)");
+                    return 2;
+                }
+            }
+        }
+    };
+    match dispatch(&cli) {
+        Ok(()) => 0,
+        Err(CliError::BrokenPipe) => 0,
+        Err(CliError::Silent) => 1,
+        Err(CliError::Interrupted(sig)) => 128 + sig,
+        Err(CliError::Usage(msg)) => {
+            eprintln!("ctscope: {msg}");
+            2
+        }
+        Err(CliError::Failed(msg) | CliError::Privilege(msg)) => {
+            eprintln!("ctscope: {msg}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{filter::NatFilter, ui::rows::SortKey};
+
+    fn parse(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ctscope").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn conntrack_short_flags_select_subcommands() {
+        let cli = parse(&["-L", "-p", "tcp", "-o", "extended,id"]).expect("parses");
+        let Some(Command::List(a)) = cli.command else {
+            panic!("not list");
+        };
+        assert_eq!(a.filter.proto, Some(6));
+        assert_eq!(a.output, vec!["extended,id"]);
+        assert!(matches!(
+            parse(&["-C"]).expect("parses").command,
+            Some(Command::Count)
+        ));
+        assert!(matches!(
+            parse(&["-F"]).expect("parses").command,
+            Some(Command::Flush(_))
+        ));
+        assert!(
+            parse(&[]).expect("parses").command.is_none(),
+            "no command is top"
+        );
+        let Some(Command::Top(t)) = parse(&["top", "-1", "-C", "--sort", "bytes"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not top");
+        };
+        assert!(t.once && t.counters && t.sort == SortKey::Bytes);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        assert!(parse(&["list", "-s", "300.1.1.1"]).is_err());
+        assert!(parse(&["list", "-m", "x"]).is_err());
+        assert!(parse(&["list", "--sport", "70000"]).is_err());
+        assert!(parse(&["list", "-f", "ipx"]).is_err());
+        assert!(parse(&["list", "-p", "nosuchproto"]).is_err());
+        assert_eq!(run(["ctscope", "list", "--bogus"]), 2);
+    }
+
+    #[test]
+    fn filter_combinations() {
+        let cli = parse(&["list", "-s", "10.0.0.0/8", "-m", "0x10/0xf0", "-n"]).expect("parses");
+        let Some(Command::List(a)) = cli.command else {
+            panic!("not list");
+        };
+        let f = a.filter.to_filter().expect("valid");
+        assert_eq!(f.family, Some(libc::AF_INET as u8));
+        assert_eq!(f.mark, Some((0x10, 0xf0)));
+        assert_eq!(f.src_nat, NatFilter::Any);
+        let cli = parse(&["list", "-f", "ipv6", "-s", "10.0.0.1"]).expect("parses");
+        let Some(Command::List(a)) = cli.command else {
+            panic!("not list");
+        };
+        assert!(matches!(a.filter.to_filter(), Err(CliError::Usage(_))));
+        let cli = parse(&["list", "--state", "ESTABLISHED"]).expect("parses");
+        let Some(Command::List(a)) = cli.command else {
+            panic!("not list");
+        };
+        assert!(matches!(a.filter.to_filter(), Err(CliError::Usage(_))));
+    }
+}

@@ -1,0 +1,89 @@
+//! profile: watches for `--duration`, then reports churn, lifetimes,
+//! latencies, top talkers and table pressure (text or JSON).
+use std::{
+    io::{self, Write},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use super::{dump_all, pressure_counters, read_sysctl};
+use crate::{
+    cli::{CliError, Result, args::ProfileArgs, signals::stop_on_signals, usage},
+    netlink::{CtSocket, events::EventMask},
+    report::{self, Pressure},
+    source::{Source, SourceError, runtime},
+    table::Table,
+};
+
+/// Runs `ctscope profile`.
+pub fn run(args: &ProfileArgs) -> Result<()> {
+    if args.source.all_netns {
+        return Err(usage(
+            "--all-netns is for `events`: profile reconciles its table with dumps of one namespace",
+        ));
+    }
+    let stop = stop_on_signals(true)?;
+    let mut sock = CtSocket::open()?;
+    let before = pressure_counters(&mut sock)?;
+    let source = Source::open(&args.source.config(EventMask::default(), false))?;
+    if let Some(line) = source.startup_line() {
+        eprintln!("{line}");
+    }
+    let runtime =
+        runtime().map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    let start = Instant::now();
+    let deadline = start.checked_add(args.duration);
+    let mut table = Table::new();
+    table.resync(dump_all()?, start);
+    // The churn counts only what happens during the run.
+    table.stats.new_total = 0;
+    table.stats.destroy_total = 0;
+    let (source_name, lost, gone) = runtime.block_on(async {
+        let mut reader = source.reader()?;
+        let mut gone = None;
+        while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+            let now = Instant::now();
+            let read = reader
+                .read(Duration::from_millis(100), |ev| {
+                    table.apply(ev.kind, ev.ct, now, ev.delivery_ns);
+                })
+                .await;
+            match read {
+                Ok(_) => {}
+                // The report of what was seen still comes (ctscope's own
+                // sockets keep the namespace alive), then the reason, exit 1.
+                Err(SourceError::NamespaceGone(msg)) => {
+                    gone = Some(msg);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok::<_, SourceError>((reader.name(), reader.lost(), gone))
+    })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    table.resync(dump_all()?, Instant::now());
+    let after = pressure_counters(&mut sock)?;
+    let pressure = Pressure {
+        count: table.len() as u64,
+        max: read_sysctl("nf_conntrack_max"),
+        early_drop: after[0].saturating_sub(before[0]),
+        insert_failed: after[1].saturating_sub(before[1]),
+        drop: after[2].saturating_sub(before[2]),
+    };
+    let lost = lost.ring_full + lost.overruns;
+    let report = report::report(&table, elapsed, source_name, lost, pressure, args.top);
+    let mut out = io::stdout().lock();
+    if args.output == "json" {
+        let line =
+            serde_json::to_string(&report).map_err(|e| CliError::Failed(format!("json: {e}")))?;
+        writeln!(out, "{line}")?;
+    } else {
+        out.write_all(report::text(&report).as_bytes())?;
+    }
+    out.flush()?;
+    match gone {
+        Some(msg) => Err(CliError::Failed(msg)),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,187 @@
+//! The table commands: list (`-L`), get (`-G`), delete (`-D`), flush
+//! (`-F`), with conntrack's output and exit codes.
+use std::{net::IpAddr, sync::atomic::Ordering};
+
+use ipnet::IpNet;
+
+use crate::{
+    cli::{
+        CliError, Result,
+        args::{FilterArgs, FlushArgs, ListArgs},
+        signals::{interrupt_on_signals, interrupted},
+        usage,
+    },
+    ct::{Conntrack, Tuple, has_ports},
+    netlink::{CtSocket, codec::AttrWriter, cta},
+    output::{OutputOptions, Printer, summary},
+};
+
+/// The `-o` options of a listing.
+fn output_options(output: &[String]) -> Result<OutputOptions> {
+    OutputOptions::parse(output.iter().map(String::as_str)).map_err(|e| usage(e.to_string()))
+}
+
+pub fn list(args: &ListArgs) -> Result<()> {
+    let filter = args.filter.to_filter()?;
+    let opts = output_options(&args.output)?;
+    let mut sock = CtSocket::open()?;
+    let signal = interrupt_on_signals()?;
+    let mut printer = Printer::new(opts);
+    let mut shown = 0u64;
+    let kernel_filter = filter.kernel_attrs();
+    let dumped = sock.dump(filter.family.unwrap_or(0), kernel_filter.as_bytes(), |ct| {
+        if signal.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        if !filter.matches(ct) {
+            return true;
+        }
+        shown += 1;
+        printer.entry(ct)
+    })?;
+    printer.finish()?;
+    if dumped.restarts > 0 {
+        eprintln!(
+            "ctscope: the dump was restarted {} time(s) after a socket overrun (ENOBUFS); \
+             entries already shown were skipped by id",
+            dumped.restarts
+        );
+    }
+    summary(&format!("{shown} flow entries have been shown"));
+    interrupted(&signal)
+}
+
+/// The tuple conntrack -G / -D take: orig (-s -d --sport --dport) or reply.
+fn tuple_request(f: &FilterArgs) -> Result<(u8, AttrWriter)> {
+    let single = |net: &Option<IpNet>| -> Option<IpAddr> {
+        net.as_ref()
+            .filter(|n| n.prefix_len() == n.max_prefix_len())
+            .map(IpNet::addr)
+    };
+    if f.zone.is_some() {
+        return Err(usage("Illegal option `--zone' with this command"));
+    }
+    let proto = f.proto.ok_or_else(|| usage("get needs -p/--proto"))?;
+    let (kind, src, dst, sport, dport) = if f.src.is_some() || f.dst.is_some() {
+        (
+            cta::TUPLE_ORIG,
+            single(&f.src),
+            single(&f.dst),
+            f.sport,
+            f.dport,
+        )
+    } else {
+        (
+            cta::TUPLE_REPLY,
+            single(&f.reply_src),
+            single(&f.reply_dst),
+            f.reply_port_src,
+            f.reply_port_dst,
+        )
+    };
+    let (Some(src), Some(dst)) = (src, dst) else {
+        return Err(usage(
+            "get needs a full tuple: -s and -d (or -r and -q) as single addresses, -p, and ports",
+        ));
+    };
+    if src.is_ipv4() != dst.is_ipv4() {
+        return Err(usage("mixed address families"));
+    }
+    let has_ports = has_ports(proto);
+    if has_ports && (sport.is_none() || dport.is_none()) {
+        return Err(usage(
+            "get needs --sport and --dport (or the reply ports) for this protocol",
+        ));
+    }
+    let tuple = Tuple {
+        src: Some(src),
+        dst: Some(dst),
+        l4proto: Some(proto),
+        sport,
+        dport,
+        icmp_type: f.icmp_type,
+        icmp_code: f.icmp_code,
+        icmp_id: f.icmp_id,
+        zone: None,
+    };
+    let mut w = AttrWriter::new();
+    w.tuple(kind, &tuple);
+    let family = if src.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    } as u8;
+    Ok((family, w))
+}
+
+pub fn get(args: &ListArgs) -> Result<()> {
+    let opts = output_options(&args.output)?;
+    let (family, attrs) = tuple_request(&args.filter)?;
+    let mut sock = CtSocket::open()?;
+    match sock.get(family, attrs.as_bytes())? {
+        Some(ct) => {
+            let mut printer = Printer::new(opts);
+            printer.entry(&ct);
+            printer.finish()?;
+            summary("1 flow entries have been shown");
+            Ok(())
+        }
+        None => Err(CliError::Failed("such conntrack doesn't exist".into())),
+    }
+}
+
+pub fn delete(args: &ListArgs) -> Result<()> {
+    let filter = args.filter.to_filter()?;
+    let opts = output_options(&args.output)?;
+    let mut sock = CtSocket::open()?;
+    let signal = interrupt_on_signals()?;
+    // Collect first: deleting while dumping would disturb the dump.
+    let mut victims: Vec<Conntrack> = Vec::new();
+    let kernel_filter = filter.kernel_attrs();
+    sock.dump(filter.family.unwrap_or(0), kernel_filter.as_bytes(), |ct| {
+        if filter.matches(ct) {
+            victims.push(ct.clone());
+        }
+        signal.load(Ordering::Relaxed) == 0
+    })?;
+    let mut printer = Printer::new(opts);
+    let mut deleted = 0u64;
+    for ct in &victims {
+        if signal.load(Ordering::Relaxed) != 0 {
+            break;
+        }
+        if sock.delete(ct.family, delete_attrs(ct).as_bytes())? {
+            deleted += 1;
+            printer.entry(ct);
+        }
+    }
+    printer.finish()?;
+    summary(&format!("{deleted} flow entries have been deleted"));
+    interrupted(&signal)?;
+    if deleted == 0 {
+        // conntrack -D exits 1 when nothing matched.
+        return Err(CliError::Silent);
+    }
+    Ok(())
+}
+
+/// The request attributes that name one entry for deletion: its original
+/// tuple, zone and id (so a newer entry with the same tuple is kept).
+pub fn delete_attrs(ct: &Conntrack) -> AttrWriter {
+    let mut w = AttrWriter::new();
+    w.tuple(cta::TUPLE_ORIG, &ct.orig);
+    if let Some(z) = ct.zone {
+        w.be16(cta::ZONE, z);
+    }
+    if let Some(id) = ct.id {
+        w.be32(cta::ID, id);
+    }
+    w
+}
+
+pub fn flush(args: &FlushArgs) -> Result<()> {
+    let mut sock = CtSocket::open()?;
+    sock.flush(args.family.unwrap_or(0))?;
+    summary("connection tracking table has been emptied");
+    Ok(())
+}

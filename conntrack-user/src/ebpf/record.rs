@@ -1,0 +1,140 @@
+//! The kernel/user record ABI, user side: a `CtEvent` from the ring buffer
+//! into the [`Conntrack`] entry ctnetlink would have reported for the same
+//! event.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use conntrack_ebpf::{
+    CT_EVENT_SIZE, CtEvent, CtTuple, EVENT_DESTROY, EVENT_NEW, FLAG_COUNTERS, FLAG_TIMESTAMPS,
+};
+
+use crate::ct::{Conntrack, Counters, EventKind, ProtoState, Tuple, is_icmp, proto};
+
+/// The event a record reports; `None` for a kind no program emits.
+pub fn event_kind(ev: &CtEvent) -> Option<EventKind> {
+    match ev.event {
+        EVENT_NEW => Some(EventKind::New),
+        EVENT_DESTROY => Some(EventKind::Destroy),
+        _ => None,
+    }
+}
+
+/// Copies one ring buffer record out; `None` when its size is not ours.
+pub fn decode_record(bytes: &[u8]) -> Option<CtEvent> {
+    if bytes.len() < CT_EVENT_SIZE {
+        return None;
+    }
+    // SAFETY: CtEvent is plain old data of CT_EVENT_SIZE bytes; the read is
+    // unaligned-safe.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<CtEvent>()) })
+}
+
+fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
+    if i32::from(family) == libc::AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
+fn tuple(family: u8, l4: u8, t: &CtTuple) -> Tuple {
+    let icmp = is_icmp(l4);
+    Tuple {
+        src: Some(addr(family, &t.src)),
+        dst: Some(addr(family, &t.dst)),
+        l4proto: Some(l4),
+        sport: (!icmp).then_some(t.sport),
+        dport: (!icmp).then_some(t.dport),
+        icmp_type: icmp.then_some(t.icmp_type),
+        icmp_code: icmp.then_some(t.icmp_code),
+        icmp_id: icmp.then_some(t.sport),
+        zone: None,
+    }
+}
+
+/// Converts a record into the entry ctnetlink would have reported for the
+/// same event (NEW: timeout and state; DESTROY: counters and timestamps).
+pub fn to_conntrack(ev: &CtEvent, kind: EventKind, hz: u32, ct: &mut Conntrack) {
+    let timeout = if ev.timeout > i32::MAX as u32 {
+        0
+    } else {
+        ev.timeout / hz.max(1)
+    };
+    *ct = Conntrack {
+        family: ev.l3proto,
+        orig: tuple(ev.l3proto, ev.l4proto, &ev.orig),
+        reply: tuple(ev.l3proto, ev.l4proto, &ev.reply),
+        status: Some(ev.status),
+        // ctnetlink leaves the timeout out of DESTROY events once it has run
+        // out (ctnetlink_dump_timeout with skip_zero); so do we.
+        timeout: (kind != EventKind::Destroy || timeout > 0).then_some(timeout),
+        // ctnetlink events carry the mark only when it is set.
+        mark: (ev.mark != 0).then_some(ev.mark),
+        zone: (ev.zone != 0).then_some(ev.zone),
+        proto_state: (ev.l4proto == proto::TCP).then_some(ProtoState::Tcp(ev.proto_state)),
+        ..Conntrack::default()
+    };
+    if kind == EventKind::Destroy {
+        if ev.flags & FLAG_COUNTERS != 0 {
+            ct.counters_orig = Some(Counters {
+                packets: ev.counters[0],
+                bytes: ev.counters[1],
+            });
+            ct.counters_reply = Some(Counters {
+                packets: ev.counters[2],
+                bytes: ev.counters[3],
+            });
+        }
+        if ev.flags & FLAG_TIMESTAMPS != 0 && ev.start_ns != 0 {
+            ct.timestamp_start = Some(ev.start_ns);
+            ct.timestamp_stop = (ev.stop_ns != 0).then_some(ev.stop_ns);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_decode_into_entries() {
+        let mut ev = CtEvent {
+            event: EVENT_DESTROY,
+            l3proto: 2,
+            l4proto: 17,
+            status: 0x8,
+            timeout: 250 * 30,
+            flags: FLAG_COUNTERS,
+            counters: [1, 60, 2, 120],
+            ..CtEvent::default()
+        };
+        ev.orig.src[..4].copy_from_slice(&[10, 0, 0, 1]);
+        ev.orig.dst[..4].copy_from_slice(&[10, 0, 0, 2]);
+        ev.orig.sport = 1000;
+        ev.orig.dport = 53;
+        let mut bytes = vec![0u8; CT_EVENT_SIZE];
+        // SAFETY: writing a POD record into a buffer of its size.
+        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast::<CtEvent>(), ev) };
+        let back = decode_record(&bytes).expect("decodes");
+        assert_eq!(back, ev);
+        assert!(decode_record(&bytes[..CT_EVENT_SIZE - 1]).is_none());
+        let mut ct = Conntrack::default();
+        to_conntrack(&back, EventKind::Destroy, 250, &mut ct);
+        assert_eq!(ct.timeout, Some(30));
+        assert_eq!(ct.orig.src, Some("10.0.0.1".parse().expect("addr")));
+        assert_eq!(ct.orig.dport, Some(53));
+        assert_eq!(
+            ct.counters_reply,
+            Some(Counters {
+                packets: 2,
+                bytes: 120
+            })
+        );
+        // An expired entry's DESTROY has no timeout, as ctnetlink's.
+        let mut expired = back;
+        expired.timeout = u32::MAX - 5;
+        to_conntrack(&expired, EventKind::Destroy, 250, &mut ct);
+        assert_eq!(ct.timeout, None);
+        to_conntrack(&expired, EventKind::New, 250, &mut ct);
+        assert_eq!(ct.timeout, Some(0));
+    }
+}

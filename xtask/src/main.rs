@@ -85,15 +85,39 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+/// The cargo that runs xtask, with ~/.cargo/bin on PATH.
+pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // bpf-linker, which the ctscope build needs, lives in ~/.cargo/bin.
     cmd.env("PATH", setup::path_with_cargo_bin());
     cmd
 }
 
+/// Builds ctscope (package conntrack-user) with the release profile.
+pub fn build_release_ctscope() -> Result<()> {
+    run_checked(cargo().args(["build", "--release", "--package", "conntrack-user"]))
+}
+
+/// Builds the ctchurn generator with the release profile.
+pub fn build_release_ctchurn() -> Result<()> {
+    run_checked(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "xtask",
+        "--bin",
+        "ctchurn",
+    ]))
+}
+
+/// `'word'`, for a POSIX shell.
+pub fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
 fn run(args: &[String]) -> Result<ExitCode> {
     setup::ensure(setup::Needs { test: false })?;
-    run_checked(cargo().args(["build", "--release", "--package", "conntrack-user"]))?;
+    build_release_ctscope()?;
     let bin = workspace_root().join("target/release/ctscope");
     let mut cmd = if nix::unistd::geteuid().is_root() {
         Command::new(&bin)

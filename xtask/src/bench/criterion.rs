@@ -4,8 +4,8 @@ use std::{fmt::Write as _, process::Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Ctx, Section, cargo};
-use crate::workspace_root;
+use super::{Ctx, Section};
+use crate::{cargo, workspace_root};
 
 /// One criterion figure: the benchmark's id and its `[low mean high]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,12 +21,7 @@ mod overhead;
 mod report;
 mod snapshot;
 
-use std::{
-    fmt::Write as _,
-    fs,
-    path::PathBuf,
-    process::{Command, ExitCode},
-};
+use std::{fmt::Write as _, fs, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -39,7 +34,7 @@ use self::{
     report::{Machine, write_section},
     snapshot::snapshot,
 };
-use crate::{run_checked, setup, workspace_root};
+use crate::{build_release_ctchurn, build_release_ctscope, setup, workspace_root};
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -184,18 +179,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let ctscope = match &args.ctscope {
         Some(path) => path.clone(),
         None => {
-            run_checked(cargo().args(["build", "--release", "--package", "conntrack-user"]))?;
+            build_release_ctscope()?;
             target.join("release/ctscope")
         }
     };
-    run_checked(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "xtask",
-        "--bin",
-        "ctchurn",
-    ]))?;
+    build_release_ctchurn()?;
     let ctchurn = target.join("release/ctchurn");
     for bin in [&ctscope, &ctchurn] {
         if !bin.exists() {
@@ -231,13 +219,6 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     }
     eprintln!("xtask: bench report written to {}", report.display());
     Ok(ExitCode::SUCCESS)
-}
-
-fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    // bpf-linker, which the ctscope build needs, lives in ~/.cargo/bin.
-    cmd.env("PATH", setup::path_with_cargo_bin());
-    cmd
 }
 
 fn target_dir() -> PathBuf {

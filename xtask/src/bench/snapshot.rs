@@ -18,6 +18,7 @@ use super::{
     report::{output_line, plural, secs, thousands},
     which,
 };
+use crate::shell_quote;
 
 /// Table sizes of the snapshot bench (quick mode: [`SNAPSHOT_QUICK_SIZE`]).
 const SNAPSHOT_SIZES: [u64; 2] = [10_000, 100_000];
@@ -102,14 +103,14 @@ impl Tmux {
         }
         let mut line = format!(
             "ip netns exec {} sh {} {} {}",
-            shell_word(&netns.name),
-            shell_word(&self.wrapper.to_string_lossy()),
-            shell_word(&out.to_string_lossy()),
-            shell_word(&go.to_string_lossy()),
+            shell_quote(&netns.name),
+            shell_quote(&self.wrapper.to_string_lossy()),
+            shell_quote(&out.to_string_lossy()),
+            shell_quote(&go.to_string_lossy()),
         );
         for w in words {
             line.push(' ');
-            line.push_str(&shell_word(w));
+            line.push_str(&shell_quote(w));
         }
         run_quiet(
             self.command()
@@ -120,7 +121,7 @@ impl Tmux {
                 "pipe-pane",
                 "-t",
                 &format!("bench:{window}"),
-                &format!("cat >{}", shell_word(&piped.to_string_lossy())),
+                &format!("cat >{}", shell_quote(&piped.to_string_lossy())),
             ]))?;
         }
         File::create(&go).with_context(|| format!("cannot create {}", go.display()))?;
@@ -178,11 +179,6 @@ impl Drop for Tmux {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-/// `word` quoted for sh.
-fn shell_word(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 /// The flow rows in a snapshot's output (lines naming the protocol).
@@ -430,6 +426,6 @@ mod tests {
                     127.1.0.1:1   127.0.0.1:10000  udp         0:00:11\r\n\
                     127.1.0.1:1   127.0.0.1:10001  udp         0:00:11\r\n";
         assert_eq!(flow_rows(pane), 2);
-        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
     }
 }

@@ -75,8 +75,12 @@ pub fn workspace_root() -> PathBuf {
 
 /// Runs a command in the workspace root; an error if it does not exit 0.
 pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    run_checked_here(cmd.current_dir(workspace_root()))
+}
+
+/// Runs a command where it is set to run; an error if it does not exit 0.
+pub fn run_checked_here(cmd: &mut Command) -> Result<()> {
     let status = cmd
-        .current_dir(workspace_root())
         .status()
         .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {

@@ -1,19 +1,17 @@
 //! The listing benchmark: ctscope list against conntrack -L on tables of
 //! growing size.
-use std::{
-    fmt::Write as _,
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use super::{
     Ctx, Section,
     measure::{Sample, Spread, Stdout, measure},
-    netns::{HostSysctl, Netns, check_interrupted, foreign_entries, read_sysctl},
-    report::{mib, secs, thousands},
+    netns::{
+        Fill, HostSysctl, check_interrupted, fill_to, foreign_entries, read_sysctl, table_netns,
+    },
+    report::{mib, ratio_to, secs, thousands},
+    rotated, tolerance,
 };
 
 /// One command the listing benchmark times.
@@ -37,13 +35,6 @@ struct SizeResult {
     lines: Vec<(&'static str, u64)>,
     /// Samples per lister, in `listers` order.
     samples: Vec<Vec<Sample>>,
-}
-
-/// How the table was filled up to a size.
-pub(super) struct Fill {
-    pub(super) count: u64,
-    pub(super) flows: u64,
-    pub(super) elapsed: Duration,
 }
 
 /// ctscope list (text and JSON), conntrack -L and cat /proc/net/nf_conntrack
@@ -79,17 +70,7 @@ pub(super) fn listing(ctx: &Ctx) -> Result<Section> {
         },
     ];
 
-    // nf_conntrack_max is one host-wide limit (read-only inside a namespace
-    // on 6.18) that each namespace's count is held to; raised for the bench
-    // and put back afterwards. Declared before the namespace so it is put
-    // back after the namespace is gone.
-    let max = largest + largest / 4 + 65_536;
-    let max_guard = HostSysctl::raise("net.netfilter.nf_conntrack_max", max)?;
-    let netns = Netns::create()?;
-    // Unreplied UDP entries live 30 s by default: long enough to expire
-    // between the fill and the last run of a 1M table.
-    netns.sysctl("net.netfilter.nf_conntrack_udp_timeout", "3600")?;
-    netns.sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", "3600")?;
+    let (max_guard, netns) = table_netns(largest)?;
     let foreign_before = foreign_entries(&netns.name);
     eprintln!(
         "xtask: listing bench in netns {} (nf_conntrack_max {}, buckets {}), sizes {sizes:?}, {runs} runs",
@@ -139,18 +120,15 @@ pub(super) fn listing(ctx: &Ctx) -> Result<Section> {
                 );
             }
         }
-        let slack = size / 100 + 10;
+        let slack = tolerance(size);
         if reference.abs_diff(size) > slack {
             bail!("{REFERENCE} printed {reference} lines, the table should hold about {size}");
         }
 
         let mut samples: Vec<Vec<Sample>> = listers.iter().map(|_| Vec::new()).collect();
         for run in 0..runs {
-            // Interleaved: every round starts with the next command, so drift
-            // (caches, timers, other load) spreads over all of them.
-            for k in 0..listers.len() {
+            for i in rotated(run, listers.len()) {
                 check_interrupted()?;
-                let i = (run + k) % listers.len();
                 let lister = &listers[i];
                 let outcome = measure(
                     netns.command(&lister.program).args(lister.args),
@@ -187,58 +165,6 @@ pub(super) fn listing(ctx: &Ctx) -> Result<Section> {
     })
 }
 
-/// Adds UDP flows until the namespace holds `size` entries, and checks it
-/// does. Each step uses its own source addresses so its tuples are new.
-pub(super) fn fill_to(ctx: &Ctx, netns: &Netns, size: u64, step: usize) -> Result<Fill> {
-    let before = netns.count()?;
-    let mut flows = 0;
-    let mut elapsed = Duration::ZERO;
-    if before < size {
-        flows = size - before;
-        let src_base = format!("127.{}.0.1", 10 + step % 200);
-        let start = Instant::now();
-        run_quiet_logged(netns.command(&ctx.ctchurn).args([
-            "--proto",
-            "udp",
-            "--count",
-            &flows.to_string(),
-            "--src-base",
-            &src_base,
-            "--dst",
-            "127.0.0.1",
-            "--dport-base",
-            "10000",
-        ]))?;
-        elapsed = start.elapsed();
-    }
-    let count = netns.count()?;
-    if count < size || count > size + size / 100 + 10 {
-        bail!(
-            "after adding {flows} flows the namespace holds {count} conntrack entries, not about {size} \
-             (nf_conntrack_max {}; dropped or expired entries?)",
-            read_sysctl("net.netfilter.nf_conntrack_max")
-        );
-    }
-    Ok(Fill {
-        count,
-        flows,
-        elapsed,
-    })
-}
-
-/// Runs a command, passing its stderr through (ctchurn says its rate there).
-fn run_quiet_logged(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
 /// The Markdown table of one size (also what stdout shows).
 fn size_table(listers: &[Lister], result: &SizeResult) -> String {
     let reference = listers
@@ -262,12 +188,7 @@ fn size_table(listers: &[Lister], result: &SizeResult) -> String {
         let rss = samples.iter().map(|s| s.max_rss_kib).max().unwrap_or(0);
         let ratio = reference.map_or_else(
             || "-".to_owned(),
-            |r| {
-                format!(
-                    "{:.2}",
-                    wall.median.as_secs_f64() / r.median.as_secs_f64().max(1e-9)
-                )
-            },
+            |r| format!("{:.2}", ratio_to(wall.median, r.median)),
         );
         let _ = writeln!(
             out,
@@ -305,24 +226,13 @@ fn listing_report(
     max: &HostSysctl,
     foreign: (u64, u64),
 ) -> String {
-    let m = &ctx.machine;
     let mut out = String::new();
     let _ = writeln!(out, "## Listing the table: ctscope list vs conntrack -L\n");
+    let _ = writeln!(out, "{}\n", ctx.command_sentence());
     let _ = writeln!(
         out,
-        "Command: `{}` (run {}).\n",
-        ctx.args.command_line(),
-        m.date
-    );
-    let _ = writeln!(
-        out,
-        "Machine: {} cores ({}), {} RAM, kernel {}; {}; {}.\n",
-        m.nproc,
-        m.cpu_model,
-        m.memory,
-        m.kernel,
-        m.conntrack_version,
-        m.ctscope_version(&ctx.ctscope)
+        "{}\n",
+        ctx.machine_sentence(&ctx.machine.conntrack_version)
     );
     for result in results {
         let _ = writeln!(out, "{}", size_table(listers, result));

@@ -1,6 +1,7 @@
 //! Measuring one child: wall time, CPU and peak RSS from wait4(2), and the
 //! spread of a set of runs.
 use std::{
+    cmp::Ordering,
     fs::{self, File},
     io,
     path::Path,
@@ -54,24 +55,12 @@ pub(super) fn measure(cmd: &mut Command, stdout: Stdout, stderr_path: &Path) -> 
         .with_context(|| format!("cannot start {cmd:?}"))?;
     let counted = child.stdout.take().map(count_lines);
     let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
-    // SAFETY: plain C structs, all-zero is valid.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let mut status: libc::c_int = 0;
-    loop {
-        // SAFETY: pid is our unreaped child; status and usage are writable.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err).context("wait4");
-        }
-    }
+    let exit = wait_child(pid, 0)
+        .context("wait4")?
+        .context("wait4 returned before the child exited")?;
     let wall = start.elapsed();
     let lines = counted.transpose().context("reading the child's stdout")?;
-    let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    if !exited_ok {
+    if !exit.success() {
         let text = fs::read_to_string(stderr_path).unwrap_or_default();
         let tail: String = text
             .chars()
@@ -81,28 +70,84 @@ pub(super) fn measure(cmd: &mut Command, stdout: Stdout, stderr_path: &Path) -> 
             .into_iter()
             .rev()
             .collect();
-        let how = if libc::WIFSIGNALED(status) {
-            format!("killed by signal {}", libc::WTERMSIG(status))
-        } else {
-            format!("exit status {}", libc::WEXITSTATUS(status))
-        };
-        bail!("{cmd:?} failed ({how}): {}", tail.trim());
+        bail!("{cmd:?} failed ({}): {}", exit.describe(), tail.trim());
     }
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
-    };
     Ok(Outcome {
         sample: Sample {
             wall,
-            user: tv(usage.ru_utime),
-            sys: tv(usage.ru_stime),
-            max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+            user: exit.user,
+            sys: exit.sys,
+            max_rss_kib: exit.max_rss_kib,
         },
         lines,
     })
 }
 
+/// How a reaped child ended and what it used, from wait4(2).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Exited {
+    status: libc::c_int,
+    /// ru_utime.
+    user: Duration,
+    /// ru_stime.
+    sys: Duration,
+    /// ru_maxrss: peak resident set, KiB.
+    max_rss_kib: u64,
+}
+
+impl Exited {
+    /// Exited on its own with status 0.
+    fn success(self) -> bool {
+        libc::WIFEXITED(self.status) && libc::WEXITSTATUS(self.status) == 0
+    }
+
+    /// "exit status N" or "killed by signal N".
+    pub(super) fn describe(self) -> String {
+        if libc::WIFSIGNALED(self.status) {
+            format!("killed by signal {}", libc::WTERMSIG(self.status))
+        } else {
+            format!("exit status {}", libc::WEXITSTATUS(self.status))
+        }
+    }
+
+    /// User plus system CPU time.
+    pub(super) fn cpu(self) -> Duration {
+        self.user + self.sys
+    }
+}
+
+/// wait4(2) on our child `pid`: how it ended and what it used once it has
+/// exited; `None` while it runs (with `WNOHANG`).
+pub(super) fn wait_child(pid: libc::pid_t, flags: libc::c_int) -> io::Result<Option<Exited>> {
+    // SAFETY: plain C struct, all-zero is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: pid is our unreaped child; status and usage are writable.
+        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut usage) };
+        if r == pid {
+            let tv = |t: libc::timeval| {
+                Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+                    + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+            };
+            return Ok(Some(Exited {
+                status,
+                user: tv(usage.ru_utime),
+                sys: tv(usage.ru_stime),
+                max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+            }));
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// Newlines read from `pipe` to its end.
 pub(super) fn count_lines(mut pipe: impl io::Read) -> io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut lines = 0u64;
@@ -126,32 +171,33 @@ pub(super) struct Spread {
 }
 
 impl Spread {
+    /// `None` when there are no values.
     pub(super) fn of(values: impl IntoIterator<Item = Duration>) -> Option<Self> {
-        let mut v: Vec<Duration> = values.into_iter().collect();
-        v.sort_unstable();
-        let (first, last) = (*v.first()?, *v.last()?);
-        let mid = v.len() / 2;
-        let median = if !v.len().is_multiple_of(2) {
-            v[mid]
-        } else {
-            (v[mid - 1] + v[mid]) / 2
-        };
-        Some(Self {
-            median,
-            min: first,
-            max: last,
-        })
+        let (median, min, max) =
+            median_min_max(values.into_iter().collect(), Ord::cmp, |a, b| (a + b) / 2)?;
+        Some(Self { median, min, max })
     }
 }
 
 /// Median, min and max of numbers.
 pub(super) fn spread_f64(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64, f64)> {
-    let mut v: Vec<f64> = values.into_iter().collect();
-    v.sort_unstable_by(f64::total_cmp);
+    median_min_max(values.into_iter().collect(), f64::total_cmp, |a, b| {
+        (a + b) / 2.0
+    })
+}
+
+/// Median, min and max of `v` in the order `cmp`; an even count's median is
+/// `midpoint` of the middle two.
+fn median_min_max<T: Copy>(
+    mut v: Vec<T>,
+    cmp: impl FnMut(&T, &T) -> Ordering,
+    midpoint: impl Fn(T, T) -> T,
+) -> Option<(T, T, T)> {
+    v.sort_unstable_by(cmp);
     let (first, last) = (*v.first()?, *v.last()?);
     let mid = v.len() / 2;
     let median = if v.len().is_multiple_of(2) {
-        (v[mid - 1] + v[mid]) / 2.0
+        midpoint(v[mid - 1], v[mid])
     } else {
         v[mid]
     };

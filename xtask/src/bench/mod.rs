@@ -123,6 +123,32 @@ struct Ctx<'a> {
     machine: Machine,
 }
 
+impl Ctx<'_> {
+    /// "Command: `cargo xtask bench ...` (run DATE).": a section's first
+    /// line.
+    fn command_sentence(&self) -> String {
+        format!(
+            "Command: `{}` (run {}).",
+            self.args.command_line(),
+            self.machine.date
+        )
+    }
+
+    /// "Machine: N cores (CPU), RAM, kernel K; REFERENCE; CTSCOPE VERSION.",
+    /// where `reference` names the reference tool and its version.
+    fn machine_sentence(&self, reference: &str) -> String {
+        let m = &self.machine;
+        format!(
+            "Machine: {} cores ({}), {} RAM, kernel {}; {reference}; {}.",
+            m.nproc,
+            m.cpu_model,
+            m.memory,
+            m.kernel,
+            m.ctscope_version(&self.ctscope)
+        )
+    }
+}
+
 /// One benchmark's part of the report.
 struct Section {
     name: &'static str,
@@ -219,6 +245,18 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     }
     eprintln!("xtask: bench report written to {}", report.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// How far a count may be from the one expected: 1 % and 10 entries.
+fn tolerance(expected: u64) -> u64 {
+    expected / 100 + 10
+}
+
+/// `0..n` starting at `run % n`: interleaved runs, each round starting with
+/// the next command, so drift (caches, timers, other load) spreads over all
+/// of them.
+fn rotated(run: usize, n: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |k| (run + k) % n)
 }
 
 fn target_dir() -> PathBuf {

@@ -8,11 +8,15 @@ use std::{
         unix::process::CommandExt as _,
     },
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
     sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+
+use super::{Ctx, tolerance};
+use crate::run_checked_here;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -255,27 +259,44 @@ impl Drop for HostSysctl {
     }
 }
 
+/// Raises nf_conntrack_max for tables of up to `largest` entries, then makes
+/// the namespace, where unreplied UDP entries live an hour. Bind the two in
+/// this order (`let (max, netns) = ...`): the namespace is then deleted
+/// before nf_conntrack_max is put back.
+pub(super) fn table_netns(largest: u64) -> Result<(HostSysctl, Netns)> {
+    // nf_conntrack_max is one host-wide limit (read-only inside a namespace
+    // on 6.18) that each namespace's count is held to; raised for the bench
+    // and put back afterwards.
+    let max = HostSysctl::raise(
+        "net.netfilter.nf_conntrack_max",
+        largest + largest / 4 + 65_536,
+    )?;
+    let netns = Netns::create()?;
+    // Unreplied UDP entries live 30 s by default: long enough to expire
+    // between the fill and the last run of a 1M table, or before a flush.
+    netns.sysctl("net.netfilter.nf_conntrack_udp_timeout", "3600")?;
+    netns.sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", "3600")?;
+    Ok((max, netns))
+}
+
+/// A sysctl's value as /proc/sys shows it, or "?".
 pub(super) fn read_sysctl(key: &str) -> String {
     fs::read_to_string(Path::new("/proc/sys").join(key.replace('.', "/")))
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Runs a command with its output captured; an error quoting its stderr if
+/// it fails.
 pub(super) fn run_quiet(cmd: &mut Command) -> Result<()> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot start {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    exited_ok(cmd, &out)
 }
 
+/// [`run_quiet`] with `input` on the command's stdin.
 fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Result<()> {
     use std::io::Write as _;
     let mut child = cmd
@@ -289,6 +310,11 @@ fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Result<()> {
             .context("writing to the child's stdin")?;
     }
     let out = child.wait_with_output().context("waiting for the child")?;
+    exited_ok(cmd, &out)
+}
+
+/// An error naming `cmd` and quoting its stderr unless it exited 0.
+fn exited_ok(cmd: &Command, out: &Output) -> Result<()> {
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}",
@@ -297,4 +323,61 @@ fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+// ------------------------------------------------------------ filling the table
+
+/// How the table was filled up to a size.
+pub(super) struct Fill {
+    pub(super) count: u64,
+    pub(super) flows: u64,
+    pub(super) elapsed: Duration,
+}
+
+/// ctchurn making `flows` new UDP flows to 127.0.0.1 from addresses of their
+/// own (127.`net`.0.x), so their tuples are new.
+pub(super) fn ctchurn_udp(ctx: &Ctx, netns: &Netns, flows: u64, net: u64) -> Command {
+    let mut cmd = netns.command(&ctx.ctchurn);
+    cmd.args([
+        "--proto",
+        "udp",
+        "--count",
+        &flows.to_string(),
+        "--src-base",
+        &format!("127.{net}.0.1"),
+        "--dst",
+        "127.0.0.1",
+        "--dport-base",
+        "10000",
+    ]);
+    cmd
+}
+
+/// Adds UDP flows until the namespace holds `size` entries, and checks it
+/// does. Each step uses its own source addresses so its tuples are new.
+pub(super) fn fill_to(ctx: &Ctx, netns: &Netns, size: u64, step: usize) -> Result<Fill> {
+    let before = netns.count()?;
+    let mut flows = 0;
+    let mut elapsed = Duration::ZERO;
+    if before < size {
+        flows = size - before;
+        let mut churn = ctchurn_udp(ctx, netns, flows, 10 + step as u64 % 200);
+        let start = Instant::now();
+        // ctchurn's stderr is passed through: it says its rate there.
+        run_checked_here(churn.stdin(Stdio::null()).stdout(Stdio::null()))?;
+        elapsed = start.elapsed();
+    }
+    let count = netns.count()?;
+    if count < size || count > size + tolerance(size) {
+        bail!(
+            "after adding {flows} flows the namespace holds {count} conntrack entries, not about {size} \
+             (nf_conntrack_max {}; dropped or expired entries?)",
+            read_sysctl("net.netfilter.nf_conntrack_max")
+        );
+    }
+    Ok(Fill {
+        count,
+        flows,
+        elapsed,
+    })
 }

@@ -125,10 +125,17 @@ fn merge_section(text: &str, name: &str, body: &str) -> String {
     format!("{}\n\n{block}", text.trim_end())
 }
 
+/// Seconds with three decimals: `1.234 s`.
 pub(super) fn secs(d: Duration) -> String {
     format!("{:.3} s", d.as_secs_f64())
 }
 
+/// `time` over `reference` (below 1 is faster), never dividing by zero.
+pub(super) fn ratio_to(time: Duration, reference: Duration) -> f64 {
+    time.as_secs_f64() / reference.as_secs_f64().max(1e-9)
+}
+
+/// KiB as MiB with one decimal: `1.5 MiB`.
 pub(super) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }

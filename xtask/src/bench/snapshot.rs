@@ -12,11 +12,10 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Ctx, Section,
-    listing::fill_to,
     measure::{Spread, Stdout, measure},
-    netns::{HostSysctl, Netns, check_interrupted, run_quiet},
-    report::{output_line, plural, secs, thousands},
-    which,
+    netns::{Netns, check_interrupted, fill_to, run_quiet, table_netns},
+    report::{output_line, plural, ratio_to, secs, thousands},
+    rotated, tolerance, which,
 };
 use crate::shell_quote;
 
@@ -195,11 +194,21 @@ enum SnapshotWay {
     DevNull,
 }
 
+/// One command the snapshot benchmark times.
 struct Snapshotter {
     label: &'static str,
     program: String,
     args: &'static [&'static str],
     way: SnapshotWay,
+}
+
+impl Snapshotter {
+    /// The command line, program first.
+    fn words(&self) -> Vec<&str> {
+        let mut words = vec![self.program.as_str()];
+        words.extend(self.args);
+        words
+    }
 }
 
 /// What one table size measured.
@@ -246,13 +255,7 @@ pub(super) fn snapshot(ctx: &Ctx) -> Result<Section> {
         },
     ];
     let largest = sizes.last().copied().unwrap_or(0);
-    let max_guard = HostSysctl::raise(
-        "net.netfilter.nf_conntrack_max",
-        largest + largest / 4 + 65_536,
-    )?;
-    let netns = Netns::create()?;
-    netns.sysctl("net.netfilter.nf_conntrack_udp_timeout", "3600")?;
-    netns.sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", "3600")?;
+    let (max_guard, netns) = table_netns(largest)?;
     let mut tmux = Tmux::start(&ctx.scratch)?;
     let stderr_path = ctx.scratch.join("snapshot.stderr");
     eprintln!(
@@ -265,11 +268,9 @@ pub(super) fn snapshot(ctx: &Ctx) -> Result<Section> {
         // One untimed pass on a tty that counts the rows each printed.
         let mut rows = Vec::new();
         for tool in &tools {
-            let mut words = vec![tool.program.as_str()];
-            words.extend(tool.args);
             rows.push(match tool.way {
                 SnapshotWay::Tty => {
-                    let (_, pane) = tmux.run(&netns, &words, true)?;
+                    let (_, pane) = tmux.run(&netns, &tool.words(), true)?;
                     Some(flow_rows(&pane.unwrap_or_default()))
                 }
                 SnapshotWay::DevNull => None,
@@ -277,7 +278,7 @@ pub(super) fn snapshot(ctx: &Ctx) -> Result<Section> {
         }
         let ctscope_rows = rows[1].unwrap_or(0);
         let iptstate_rows = rows[0].unwrap_or(0);
-        let slack = size / 100 + 10;
+        let slack = tolerance(size);
         if ctscope_rows.abs_diff(fill.count) > slack {
             bail!(
                 "ctscope top --once printed {ctscope_rows} rows on a tty, the table holds {}",
@@ -292,16 +293,11 @@ pub(super) fn snapshot(ctx: &Ctx) -> Result<Section> {
         }
         let mut walls: Vec<Vec<Duration>> = tools.iter().map(|_| Vec::new()).collect();
         for run in 0..runs {
-            for k in 0..tools.len() {
+            for i in rotated(run, tools.len()) {
                 check_interrupted()?;
-                let i = (run + k) % tools.len();
                 let tool = &tools[i];
                 let wall = match tool.way {
-                    SnapshotWay::Tty => {
-                        let mut words = vec![tool.program.as_str()];
-                        words.extend(tool.args);
-                        tmux.run(&netns, &words, false)?.0
-                    }
+                    SnapshotWay::Tty => tmux.run(&netns, &tool.words(), false)?.0,
                     SnapshotWay::DevNull => {
                         measure(
                             netns.command(&tool.program).args(tool.args),
@@ -335,31 +331,17 @@ pub(super) fn snapshot(ctx: &Ctx) -> Result<Section> {
     drop(netns);
     drop(max_guard);
 
-    let m = &ctx.machine;
+    let iptstate_version = output_line(Command::new("dpkg-query").args([
+        "-W",
+        "-f",
+        "iptstate ${Version}",
+        "iptstate",
+    ]))
+    .unwrap_or_else(|| "iptstate (version unknown)".into());
     let mut out = String::new();
     let _ = writeln!(out, "## One snapshot: ctscope top --once vs iptstate -1\n");
-    let _ = writeln!(
-        out,
-        "Command: `{}` (run {}).\n",
-        ctx.args.command_line(),
-        m.date
-    );
-    let _ = writeln!(
-        out,
-        "Machine: {} cores ({}), {} RAM, kernel {}; {}; {}.\n",
-        m.nproc,
-        m.cpu_model,
-        m.memory,
-        m.kernel,
-        output_line(Command::new("dpkg-query").args([
-            "-W",
-            "-f",
-            "iptstate ${Version}",
-            "iptstate"
-        ]))
-        .unwrap_or_else(|| "iptstate (version unknown)".into()),
-        m.ctscope_version(&ctx.ctscope),
-    );
+    let _ = writeln!(out, "{}\n", ctx.command_sentence());
+    let _ = writeln!(out, "{}\n", ctx.machine_sentence(&iptstate_version));
     let _ = writeln!(
         out,
         "The table is filled with UDP flows by ctchurn in a namespace of the bench's own. \
@@ -396,12 +378,7 @@ fn snapshot_table(tools: &[Snapshotter], result: &SnapshotSize) -> String {
         let rows = result.rows[i].map_or_else(|| "-".into(), thousands);
         let ratio = reference.map_or_else(
             || "?".into(),
-            |r| {
-                format!(
-                    "{:.2}x",
-                    spread.median.as_secs_f64() / r.median.as_secs_f64().max(1e-9)
-                )
-            },
+            |r| format!("{:.2}x", ratio_to(spread.median, r.median)),
         );
         let _ = writeln!(
             out,

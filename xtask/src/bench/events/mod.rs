@@ -15,13 +15,14 @@ use anyhow::{Context as _, Result, bail};
 
 use self::{
     report::{EventsReport, log_burst},
-    running::{Exited, Running, wait_caught_up, wait_subscribed},
+    running::{Running, wait_caught_up, wait_subscribed},
 };
 use super::{
     Ctx, Section,
-    measure::{Stdout, count_lines, measure},
-    netns::{HostSysctl, Netns, check_interrupted, foreign_entries, read_sysctl},
+    measure::{Exited, Stdout, count_lines, measure},
+    netns::{Netns, check_interrupted, ctchurn_udp, foreign_entries, read_sysctl, table_netns},
     report::percent,
+    rotated, tolerance,
 };
 
 /// New UDP flows per burst: as many NEW events, then as many DESTROY events
@@ -158,25 +159,6 @@ struct BurstRun {
     heard: Vec<Heard>,
 }
 
-/// The ctchurn command of one burst: `flows` new UDP flows from addresses
-/// of their own (127.`net`.0.x).
-fn churn_command(ctx: &Ctx, netns: &Netns, flows: u64, net: u64) -> Command {
-    let mut cmd = netns.command(&ctx.ctchurn);
-    cmd.args([
-        "--proto",
-        "udp",
-        "--count",
-        &flows.to_string(),
-        "--src-base",
-        &format!("127.{}.0.1", 20 + net % 200),
-        "--dst",
-        "127.0.0.1",
-        "--dport-base",
-        "10000",
-    ]);
-    cmd
-}
-
 /// Parses ctchurn's last stderr line, `ctchurn: N flows in S s (R flows/s)`,
 /// into flows per second.
 pub(super) fn parse_churn_rate(stderr: &str) -> Option<f64> {
@@ -193,11 +175,13 @@ pub(super) fn parse_churn_rate(stderr: &str) -> Option<f64> {
     (secs > 0.0).then(|| flows / secs)
 }
 
-/// Runs ctchurn in the namespace; returns its rate (flows per second).
+/// Runs ctchurn in the namespace, `flows` new UDP flows from addresses of
+/// their own (127.(20 + `net` % 200).0.x); returns its rate (flows per
+/// second) and wall time.
 fn churn(ctx: &Ctx, netns: &Netns, flows: u64, net: u64) -> Result<(f64, Duration)> {
     let stderr_path = ctx.scratch.join("events-ctchurn.stderr");
     let outcome = measure(
-        &mut churn_command(ctx, netns, flows, net),
+        &mut ctchurn_udp(ctx, netns, flows, 20 + net % 200),
         Stdout::Null,
         &stderr_path,
     )?;
@@ -211,16 +195,22 @@ fn churn(ctx: &Ctx, netns: &Netns, flows: u64, net: u64) -> Result<(f64, Duratio
 /// says how many entries `conntrack -F` deleted and how long it took.
 fn flush_table(ctx: &Ctx, netns: &Netns) -> Result<(u64, Duration)> {
     let before = netns.count()?;
+    let took = conntrack_flush(ctx, netns)?;
+    let left = netns.count()?;
+    if left > 0 {
+        bail!("{left} conntrack entries are left after conntrack -F");
+    }
+    Ok((before, took))
+}
+
+/// Runs `conntrack -F` in the namespace; returns its wall time.
+fn conntrack_flush(ctx: &Ctx, netns: &Netns) -> Result<Duration> {
     let outcome = measure(
         netns.command("conntrack").arg("-F"),
         Stdout::Null,
         &ctx.scratch.join("events-flush.stderr"),
     )?;
-    let left = netns.count()?;
-    if left > 0 {
-        bail!("{left} conntrack entries are left after conntrack -F");
-    }
-    Ok((before, outcome.sample.wall))
+    Ok(outcome.sample.wall)
 }
 
 /// Starts the listeners (each round starting with the next one), waits
@@ -234,7 +224,7 @@ fn run_burst(
     run: usize,
     flows: u64,
 ) -> Result<BurstRun> {
-    let slack = flows / 100 + 10;
+    let slack = tolerance(flows);
     let before = netns.count()?;
     match burst {
         Burst::New if before != 0 => {
@@ -248,8 +238,7 @@ fn run_burst(
 
     let n = listeners.len();
     let mut slots: Vec<Option<Running>> = (0..n).map(|_| None).collect();
-    for k in 0..n {
-        let i = (run + k) % n;
+    for i in rotated(run, n) {
         slots[i] = Some(Running::spawn(
             &mut listeners[i].command(netns),
             ctx.scratch.join(format!("events-{i}.out")),
@@ -265,14 +254,7 @@ fn run_burst(
             let (rate, wall) = churn(ctx, netns, flows, run as u64)?;
             (wall, Some(rate))
         }
-        Burst::Destroy => {
-            let outcome = measure(
-                netns.command("conntrack").arg("-F"),
-                Stdout::Null,
-                &ctx.scratch.join("events-flush.stderr"),
-            )?;
-            (outcome.sample.wall, None)
-        }
+        Burst::Destroy => (conntrack_flush(ctx, netns)?, None),
     };
     let grew = wait_caught_up(&running)?;
 
@@ -297,7 +279,7 @@ fn run_burst(
         heard.push(Heard {
             shown,
             alive,
-            cpu: exit.cpu,
+            cpu: exit.cpu(),
             caught_up,
             drops,
             exit,
@@ -370,7 +352,7 @@ fn churn_rates(ctx: &Ctx, netns: &Netns, flows: u64) -> Result<ChurnRates> {
             let net = 100 + rates.quiet.len() as u64 + rates.listened.len() as u64;
             let check_count = || -> Result<()> {
                 let count = netns.count()?;
-                if count.abs_diff(flows) > flows / 100 + 10 {
+                if count.abs_diff(flows) > tolerance(flows) {
                     bail!("after a churn of {flows} flows the namespace holds {count} entries");
                 }
                 Ok(())
@@ -468,14 +450,10 @@ pub(super) fn events(ctx: &Ctx) -> Result<Section> {
     };
     let runs = ctx.args.runs.unwrap_or(if quick { 1 } else { 5 }).max(1);
 
-    let max_guard =
-        HostSysctl::raise("net.netfilter.nf_conntrack_max", flows + flows / 4 + 65_536)?;
-    let netns = Netns::create()?;
+    // Unreplied UDP entries live an hour in it: the flush must find all of
+    // them.
+    let (max_guard, netns) = table_netns(flows)?;
     wait_for_conntrack_teardown(&netns.name);
-    // Unreplied UDP entries live 30 s by default: the flush must find all
-    // of them.
-    netns.sysctl("net.netfilter.nf_conntrack_udp_timeout", "3600")?;
-    netns.sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", "3600")?;
     let load_before = load_average();
     eprintln!(
         "xtask: events bench in netns {} (nf_conntrack_max {}), {flows} flows, {runs} runs; load average {load_before}",

@@ -159,27 +159,16 @@ impl EventsReport<'_> {
 
     /// The events section of the report.
     pub(super) fn markdown(&self, ctx: &Ctx) -> String {
-        let m = &ctx.machine;
         let mut out = String::new();
         let _ = writeln!(
             out,
             "## Event capture at full churn: ctscope events vs conntrack -E\n"
         );
+        let _ = writeln!(out, "{}\n", ctx.command_sentence());
         let _ = writeln!(
             out,
-            "Command: `{}` (run {}).\n",
-            ctx.args.command_line(),
-            m.date
-        );
-        let _ = writeln!(
-            out,
-            "Machine: {} cores ({}), {} RAM, kernel {}; {}; {}. Load average (1 min) {} before the bench, {} after.\n",
-            m.nproc,
-            m.cpu_model,
-            m.memory,
-            m.kernel,
-            m.conntrack_version,
-            m.ctscope_version(&ctx.ctscope),
+            "{} Load average (1 min) {} before the bench, {} after.\n",
+            ctx.machine_sentence(&ctx.machine.conntrack_version),
             self.load.0,
             self.load.1,
         );

@@ -2,7 +2,6 @@
 //! netlink subscriptions and output, stopping and reaping them.
 use std::{
     fs::{self, File},
-    io,
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -11,54 +10,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{DRAIN_CAP, EXIT_GRACE, NETLINK_NETFILTER, QUIET, SUBSCRIBE_TIMEOUT};
-use crate::bench::netns::check_interrupted;
-
-/// How a reaped child ended and the CPU it used.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Exited {
-    status: libc::c_int,
-    /// ru_utime + ru_stime.
-    pub(super) cpu: Duration,
-}
-
-impl Exited {
-    pub(super) fn describe(self) -> String {
-        if libc::WIFSIGNALED(self.status) {
-            format!("killed by signal {}", libc::WTERMSIG(self.status))
-        } else {
-            format!("exit status {}", libc::WEXITSTATUS(self.status))
-        }
-    }
-}
-
-/// wait4(2) on our child `pid`: how it ended and its CPU time once it has
-/// exited; `None` while it runs (with `WNOHANG`).
-fn wait_child(pid: libc::pid_t, flags: libc::c_int) -> io::Result<Option<Exited>> {
-    // SAFETY: plain C struct, all-zero is valid.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let mut status: libc::c_int = 0;
-    loop {
-        // SAFETY: pid is our unreaped child; status and usage are writable.
-        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut usage) };
-        if r == pid {
-            let tv = |t: libc::timeval| {
-                Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-                    + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
-            };
-            return Ok(Some(Exited {
-                status,
-                cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-            }));
-        }
-        if r == 0 {
-            return Ok(None);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
-    }
-}
+use crate::bench::{
+    measure::{Exited, wait_child},
+    netns::check_interrupted,
+};
 
 /// A listener running in the background, stdout and stderr to files. Killed
 /// and reaped on drop if still running, so an error leaves nothing behind.

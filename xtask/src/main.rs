@@ -33,8 +33,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test: formatting, clippy, unit, host namespace tests,
-    /// bench --quick.
+    /// Run every test: formatting, clippy, unused dependencies, unit, host
+    /// namespace tests, bench --quick.
     Test,
     /// Benchmarks against conntrack and iptstate; rewrites BENCHMARKS.md.
     Bench(bench::BenchArgs),
@@ -170,6 +170,9 @@ fn test() -> Result<ExitCode> {
         "-D",
         "warnings",
     ]))?;
+    // Unused dependencies, found in the sources (a false positive goes in
+    // the crate's [package.metadata.cargo-machete] ignored list).
+    run_checked(cargo().arg("machete"))?;
     run_checked(cargo().args(["build", "--package", "conntrack-user", "--bins"]))?;
     let bin = workspace_root().join("target/debug/ctscope");
     run_checked(

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::run_checked;
+use crate::{cargo, run_checked};
 
 /// The nightly that builds the eBPF crate (keep in step with
 /// conntrack-user/build.rs).
@@ -67,6 +67,9 @@ pub fn ensure(needs: Needs) -> Result<()> {
     ensure_debian_packages(&packages)?;
     ensure_toolchain(EBPF_TOOLCHAIN, &["rust-src", "rustfmt"])?;
     ensure_bpf_linker()?;
+    if needs.test {
+        ensure_cargo_machete()?;
+    }
     Ok(())
 }
 
@@ -135,6 +138,18 @@ fn ensure_toolchain(toolchain: &str, components: &[&str]) -> Result<()> {
         cmd.args(["--component", c]);
     }
     run_checked(&mut cmd)
+}
+
+/// cargo-machete, the test command's unused-dependency check.
+fn ensure_cargo_machete() -> Result<()> {
+    if cargo_bin_dir().join("cargo-machete").exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing cargo-machete (cargo install, for the unused-dependency check; a few minutes)"
+    );
+    run_checked(cargo().args(["install", "--locked", "cargo-machete"]))
+        .context("cargo install cargo-machete failed")
 }
 
 fn ensure_bpf_linker() -> Result<()> {

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::{cargo, run_checked, setup, workspace_root};
+use crate::{cargo, run_checked, setup, shell_quote, workspace_root};
 
 /// The kernels `vm-test` boots when no `--kernel` is given.
 const DEFAULT_KERNELS: [&str; 2] = ["6.1", "6.12"];
@@ -928,11 +928,6 @@ fn is_shell_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with(|c: char| c.is_ascii_digit())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// `'word'`, for a POSIX shell.
-fn shell_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 /// Writes target/vm/initramfs-<release>.cpio: busybox, the modules, the

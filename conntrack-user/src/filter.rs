@@ -233,31 +233,13 @@ fn raw_dst(t: &Tuple) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ct::samples::flow;
 
     fn entry(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Conntrack {
-        let src: IpAddr = src.parse().expect("addr");
-        let dst: IpAddr = dst.parse().expect("addr");
         Conntrack {
-            family: if src.is_ipv4() { 2 } else { 10 },
-            orig: Tuple {
-                src: Some(src),
-                dst: Some(dst),
-                l4proto: Some(proto),
-                sport: Some(sport),
-                dport: Some(dport),
-                ..Tuple::default()
-            },
-            reply: Tuple {
-                src: Some(dst),
-                dst: Some(src),
-                l4proto: Some(proto),
-                sport: Some(dport),
-                dport: Some(sport),
-                ..Tuple::default()
-            },
             status: Some(ips::CONFIRMED | ips::SEEN_REPLY),
             mark: Some(0x12),
-            ..Conntrack::default()
+            ..flow(src, dst, proto, sport, dport)
         }
     }
 

@@ -281,35 +281,16 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::ct::{Conntrack, Counters, EventKind, Tuple};
+    use crate::ct::{Conntrack, Counters, EventKind, proto, samples};
 
     fn flow(src: &str, dport: u16, bytes: u64) -> Conntrack {
-        let s: IpAddr = src.parse().expect("addr");
-        let d: IpAddr = "10.9.0.1".parse().expect("addr");
         Conntrack {
-            family: 2,
-            orig: Tuple {
-                src: Some(s),
-                dst: Some(d),
-                l4proto: Some(17),
-                sport: Some(1000 + dport),
-                dport: Some(dport),
-                ..Tuple::default()
-            },
-            reply: Tuple {
-                src: Some(d),
-                dst: Some(s),
-                l4proto: Some(17),
-                sport: Some(dport),
-                dport: Some(1000 + dport),
-                ..Tuple::default()
-            },
             counters_orig: Some(Counters { packets: 1, bytes }),
             counters_reply: Some(Counters {
                 packets: 0,
                 bytes: 0,
             }),
-            ..Conntrack::default()
+            ..samples::flow(src, "10.9.0.1", proto::UDP, 1000 + dport, dport)
         }
     }
 

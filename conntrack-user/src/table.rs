@@ -440,31 +440,12 @@ pub fn summary(h: &Histogram<u64>) -> [u64; 6] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ct::{Counters, ips};
+    use crate::ct::{Counters, ips, proto, samples::flow};
 
     fn udp(sport: u16) -> Conntrack {
-        let a: IpAddr = "10.0.0.1".parse().expect("addr");
-        let b: IpAddr = "10.0.0.2".parse().expect("addr");
         Conntrack {
-            family: 2,
-            orig: Tuple {
-                src: Some(a),
-                dst: Some(b),
-                l4proto: Some(17),
-                sport: Some(sport),
-                dport: Some(53),
-                ..Tuple::default()
-            },
-            reply: Tuple {
-                src: Some(b),
-                dst: Some(a),
-                l4proto: Some(17),
-                sport: Some(53),
-                dport: Some(sport),
-                ..Tuple::default()
-            },
             status: Some(ips::CONFIRMED),
-            ..Conntrack::default()
+            ..flow("10.0.0.1", "10.0.0.2", proto::UDP, sport, 53)
         }
     }
 

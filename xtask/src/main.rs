@@ -137,6 +137,9 @@ fn run(args: &[String]) -> Result<ExitCode> {
     ))
 }
 
+/// The test-only fault injection of ctscope (conntrack-user/src/fault.rs).
+const FAULT_FEATURE: &str = "conntrack-user/fault-injection";
+
 fn test() -> Result<ExitCode> {
     setup::ensure(setup::Needs { test: true })?;
     if !nix::unistd::geteuid().is_root() {
@@ -157,7 +160,17 @@ fn test() -> Result<ExitCode> {
                 "--check",
             ]),
     )?;
-    run_checked(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // One feature set for every step: a change of conntrack-user's
+    // features reruns its build script, which rebuilds the eBPF programs.
+    run_checked(cargo().args([
+        "clippy",
+        "--all-targets",
+        "--features",
+        FAULT_FEATURE,
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The ABI crate's lib is no_std and builds for the host too.
     run_checked(cargo().args([
         "clippy",
@@ -173,11 +186,20 @@ fn test() -> Result<ExitCode> {
     // Unused dependencies, found in the sources (a false positive goes in
     // the crate's [package.metadata.cargo-machete] ignored list).
     run_checked(cargo().arg("machete"))?;
-    run_checked(cargo().args(["build", "--package", "conntrack-user", "--bins"]))?;
+    // The end-to-end tests inject faults (CTSCOPE_FAULT_*), which only a
+    // build with the test-only feature reads.
+    run_checked(cargo().args([
+        "build",
+        "--package",
+        "conntrack-user",
+        "--bins",
+        "--features",
+        FAULT_FEATURE,
+    ]))?;
     let bin = workspace_root().join("target/debug/ctscope");
     run_checked(
         cargo()
-            .args(["test", "--no-fail-fast"])
+            .args(["test", "--no-fail-fast", "--features", FAULT_FEATURE])
             .env("CTSCOPE_BIN", &bin),
     )?;
     bench::run(&bench::BenchArgs::quick())?;

@@ -116,6 +116,11 @@ mod tests {
         unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast::<CtEvent>(), ev) };
         let back = decode_record(&bytes).expect("decodes");
         assert_eq!(back, ev);
+        assert_eq!(event_kind(&back), Some(EventKind::Destroy));
+        // No program emits any other kind: such a record is malformed, not
+        // an UPDATE.
+        let odd = CtEvent { event: 7, ..back };
+        assert_eq!(event_kind(&odd), None);
         assert!(decode_record(&bytes[..CT_EVENT_SIZE - 1]).is_none());
         let mut ct = Conntrack::default();
         to_conntrack(&back, EventKind::Destroy, 250, &mut ct);

@@ -460,29 +460,12 @@ impl AttrWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ct::{proto, samples::flow};
 
     fn sample_entry() -> Conntrack {
-        Conntrack {
-            family: libc::AF_INET as u8,
-            orig: Tuple {
-                src: Some("10.0.0.1".parse().expect("addr")),
-                dst: Some("10.0.0.2".parse().expect("addr")),
-                l4proto: Some(6),
-                sport: Some(1234),
-                dport: Some(80),
-                ..Tuple::default()
-            },
-            reply: Tuple {
-                src: Some("10.0.0.2".parse().expect("addr")),
-                dst: Some("10.0.0.1".parse().expect("addr")),
-                l4proto: Some(6),
-                sport: Some(80),
-                dport: Some(1234),
-                zone: Some(4),
-                ..Tuple::default()
-            },
-            ..Conntrack::default()
-        }
+        let mut ct = flow("10.0.0.1", "10.0.0.2", proto::TCP, 1234, 80);
+        ct.reply.zone = Some(4);
+        ct
     }
 
     /// Encodes an entry the way the kernel does (the attributes we decode).

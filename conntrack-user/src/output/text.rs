@@ -11,7 +11,8 @@ use std::{
 
 use super::OutputOptions;
 use crate::ct::{
-    Conntrack, Counters, EventKind, Tuple, has_ports, ips, label_bits, proto_name, state_name,
+    Conntrack, Counters, EventKind, Tuple, has_ports, ips, is_icmp, label_bits, proto, proto_name,
+    state_name,
 };
 
 /// The event tag conntrack prints first: "%9s " in libnetfilter_conntrack,
@@ -72,14 +73,14 @@ fn put_tuple(out: &mut Vec<u8>, t: &Tuple, l4: u8) {
         out.extend_from_slice(b" dport=");
         out.extend_from_slice(b.format(t.dport.unwrap_or(0)).as_bytes());
         out.push(b' ');
-    } else if l4 == 47 {
+    } else if l4 == proto::GRE {
         let _ = write!(
             out,
             "srckey=0x{:x} dstkey=0x{:x} ",
             t.sport.unwrap_or(0),
             t.dport.unwrap_or(0)
         );
-    } else if l4 == 1 || l4 == 58 {
+    } else if is_icmp(l4) {
         out.extend_from_slice(b"type=");
         out.extend_from_slice(b.format(t.icmp_type.unwrap_or(0)).as_bytes());
         out.extend_from_slice(b" code=");

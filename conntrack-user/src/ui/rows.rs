@@ -4,7 +4,7 @@
 use std::{cmp::Ordering, fmt::Write as _, net::IpAddr};
 
 use crate::{
-    ct::{Conntrack, ProtoState, Tuple, is_dnat, is_snat, proto_name, state_name},
+    ct::{Conntrack, ProtoState, Tuple, is_dnat, is_icmp, is_snat, proto_name, state_name},
     filter::Filter,
     table::Tracked,
 };
@@ -259,7 +259,7 @@ fn endpoint(a: Option<IpAddr>, port: Option<u16>, l4: u8) -> String {
 pub fn state_text(ct: &Conntrack) -> String {
     match (ct.proto_state, ct.l4proto()) {
         (Some(s), _) => state_name(s).to_string(),
-        (None, 1 | 58) => format!(
+        (None, l4) if is_icmp(l4) => format!(
             "{}/{}",
             ct.orig.icmp_type.unwrap_or(0),
             ct.orig.icmp_code.unwrap_or(0)
@@ -372,7 +372,7 @@ fn row_text_into(buf: &mut Vec<u8>, t: &Tracked) {
     buf.push(b' ');
     match (ct.proto_state, l4) {
         (Some(s), _) => buf.extend_from_slice(state_name(s).as_bytes()),
-        (None, 1 | 58) => {
+        (None, l4) if is_icmp(l4) => {
             buf.extend_from_slice(n.format(ct.orig.icmp_type.unwrap_or(0)).as_bytes());
             buf.push(b'/');
             buf.extend_from_slice(n.format(ct.orig.icmp_code.unwrap_or(0)).as_bytes());
@@ -456,40 +456,21 @@ mod tests {
 
     use super::*;
     use crate::{
-        ct::{Counters, EventKind, ips},
+        ct::{Counters, EventKind, ips, proto, samples::flow},
         table::Table,
     };
 
     fn entry(src: &str, sport: u16, dst: &str, l4: u8, timeout: u32, bytes: u64) -> Conntrack {
-        let s: IpAddr = src.parse().expect("addr");
-        let d: IpAddr = dst.parse().expect("addr");
         Conntrack {
-            family: if s.is_ipv4() { 2 } else { 10 },
-            orig: Tuple {
-                src: Some(s),
-                dst: Some(d),
-                l4proto: Some(l4),
-                sport: Some(sport),
-                dport: Some(80),
-                ..Tuple::default()
-            },
-            reply: Tuple {
-                src: Some(d),
-                dst: Some(s),
-                l4proto: Some(l4),
-                sport: Some(80),
-                dport: Some(sport),
-                ..Tuple::default()
-            },
             timeout: Some(timeout),
             status: Some(ips::CONFIRMED | ips::SEEN_REPLY),
-            proto_state: (l4 == 6).then_some(ProtoState::Tcp(3)),
+            proto_state: (l4 == proto::TCP).then_some(ProtoState::Tcp(3)),
             counters_orig: Some(Counters { packets: 1, bytes }),
             counters_reply: Some(Counters {
                 packets: 1,
                 bytes: 0,
             }),
-            ..Conntrack::default()
+            ..flow(src, dst, l4, sport, 80)
         }
     }
 

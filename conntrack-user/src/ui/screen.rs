@@ -9,7 +9,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use ratatui::{
@@ -452,7 +452,6 @@ pub fn run(
     SCREEN_UP.store(true, Ordering::SeqCst);
     let _guard = TerminalGuard;
     hook_panics(&stop);
-    let mut last_frame = Instant::now() - Duration::from_secs(10);
     let mut frozen: Option<(Vec<Tracked>, usize)> = None;
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -477,7 +476,6 @@ pub fn run(
         let shown: Vec<&Tracked> = rows.iter().skip(app.offset).copied().collect();
         terminal.draw(|f| draw(f, &app, &shown, total, &guard, &status_now))?;
         crate::fault::panic_at("draw");
-        last_frame = last_frame.max(Instant::now());
         // Keys are handled against what is on screen; the lock is kept so
         // the rows stay valid, and released before waiting.
         let key = if event::poll(Duration::ZERO)? {
@@ -517,35 +515,16 @@ mod tests {
 
     use super::*;
     use crate::{
-        ct::{EventKind, Tuple, ips},
+        ct::{EventKind, ips, proto, samples::flow},
         filter::Filter,
         ui::rows::SortKey,
     };
 
     fn entry(src: &str, sport: u16) -> Conntrack {
-        let s: std::net::IpAddr = src.parse().expect("addr");
-        let d: std::net::IpAddr = "10.9.9.9".parse().expect("addr");
         Conntrack {
-            family: 2,
-            orig: Tuple {
-                src: Some(s),
-                dst: Some(d),
-                l4proto: Some(17),
-                sport: Some(sport),
-                dport: Some(53),
-                ..Tuple::default()
-            },
-            reply: Tuple {
-                src: Some(d),
-                dst: Some(s),
-                l4proto: Some(17),
-                sport: Some(53),
-                dport: Some(sport),
-                ..Tuple::default()
-            },
             status: Some(ips::CONFIRMED),
             timeout: Some(30),
-            ..Conntrack::default()
+            ..flow(src, "10.9.9.9", proto::UDP, sport, 53)
         }
     }
 

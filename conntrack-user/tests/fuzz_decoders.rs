@@ -287,7 +287,7 @@ fn the_corpus_is_real_kernel_output_that_decodes_cleanly() {
     // the original's).
     for blob in BTF.iter() {
         let mut btf = KernelBtf::default();
-        btf.parse(blob, "corpus", &[]).expect("the BTF cut parses");
+        btf.parse(blob, "corpus").expect("the BTF cut parses");
         let o = btf.conntrack_offsets().expect("every offset");
         assert!(o.tuplehash_size > o.hash_tuple, "{o:?}");
         assert!(o.tuple_dst_u3 > o.tuple_src_u3, "{o:?}");
@@ -301,7 +301,7 @@ fn the_corpus_is_real_kernel_output_that_decodes_cleanly() {
     ));
     if let Ok(blob) = std::fs::read(&own) {
         let mut cut = KernelBtf::default();
-        cut.parse(&blob, "corpus", &[]).expect("the cut parses");
+        cut.parse(&blob, "corpus").expect("the cut parses");
         let whole = KernelBtf::load_running().expect("this kernel's BTF");
         assert_eq!(
             cut.conntrack_offsets().expect("cut offsets"),
@@ -378,7 +378,7 @@ fn fuzz_btf() {
         prop_oneof![3 => mutated(&BTF), 1 => noise],
         |bytes| {
             let mut btf = KernelBtf::default();
-            let _ = btf.parse(&bytes, "fuzz", &[]);
+            let _ = btf.parse(&bytes, "fuzz");
             let _ = btf.conntrack_offsets();
             Ok(())
         },

@@ -8,7 +8,7 @@
 //! nf_conntrack is a module, its split BTF, so a reader of the BTF type
 //! section (a stable, documented format: Documentation/bpf/btf.rst) is small.
 //! It never panics: every read is bounds-checked.
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 use conntrack_ebpf::{ABSENT, Offsets};
 
@@ -43,10 +43,12 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
-/// One member of a struct or union.
+/// One member of a struct or union. Names are offsets into the string
+/// section: start-up parses ~150,000 vmlinux types and compares only the
+/// few names the programs need, so nothing is copied out per type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Member {
-    name: String,
+    name: u32,
     type_id: u32,
     /// Offset in bits.
     bit_offset: u32,
@@ -55,11 +57,12 @@ struct Member {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Type {
     Composite {
+        name: u32,
         size: u32,
         members: Vec<Member>,
     },
     Enum {
-        variants: Vec<(String, i64)>,
+        variants: Vec<(u32, i64)>,
     },
     /// typedef, const, volatile...: refers to another type.
     Alias(u32),
@@ -70,7 +73,8 @@ enum Type {
 #[derive(Debug, Default)]
 pub struct KernelBtf {
     types: Vec<Type>,
-    names: HashMap<String, Vec<u32>>,
+    /// The string sections, base first (split BTF's offsets continue it).
+    strings: Vec<u8>,
 }
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
@@ -81,13 +85,12 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
 }
 
-fn cstr(strings: &[u8], off: u32) -> String {
-    let start = off as usize;
-    let Some(tail) = strings.get(start..) else {
-        return String::new();
+fn cstr(strings: &[u8], off: u32) -> &[u8] {
+    let Some(tail) = strings.get(off as usize..) else {
+        return &[];
     };
-    let end = tail.iter().position(|&c| c == 0).unwrap_or(tail.len());
-    String::from_utf8_lossy(&tail[..end]).into_owned()
+    let end = memchr::memchr(0, tail).unwrap_or(tail.len());
+    &tail[..end]
 }
 
 impl KernelBtf {
@@ -98,23 +101,17 @@ impl KernelBtf {
         let data =
             std::fs::read(vmlinux).map_err(|_| BtfError::Missing(vmlinux.display().to_string()))?;
         let mut btf = Self::default();
-        let base_strings = btf.parse(&data, "vmlinux", &[])?;
+        btf.parse(&data, "vmlinux")?;
         let module = Path::new("/sys/kernel/btf/nf_conntrack");
         if let Ok(data) = std::fs::read(module) {
-            btf.parse(&data, "nf_conntrack", &base_strings)?;
+            btf.parse(&data, "nf_conntrack")?;
         }
         Ok(btf)
     }
 
-    /// Parses one BTF blob, appending its types (split BTF continues the
-    /// base's ids and string offsets). Returns the blob's string section
-    /// prefixed by `base_strings`.
-    pub fn parse(
-        &mut self,
-        data: &[u8],
-        what: &str,
-        base_strings: &[u8],
-    ) -> Result<Vec<u8>, BtfError> {
+    /// Parses one BTF blob, appending its types and strings (split BTF
+    /// continues the base's ids and string offsets).
+    pub fn parse(&mut self, data: &[u8], what: &str) -> Result<(), BtfError> {
         let bad = || BtfError::Malformed(what.to_string());
         // Type ids count from 1: id 0 is void, in every blob's numbering.
         if self.types.is_empty() {
@@ -136,8 +133,6 @@ impl KernelBtf {
             .get(hdr_len.checked_add(str_off).ok_or_else(bad)?..)
             .and_then(|s| s.get(..str_len))
             .ok_or_else(bad)?;
-        let mut strings = base_strings.to_vec();
-        strings.extend_from_slice(own_strings);
         let mut off = 0;
         while off < types.len() {
             let name_off = u32_at(types, off).ok_or_else(bad)?;
@@ -147,8 +142,6 @@ impl KernelBtf {
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
-            let id = self.types.len() as u32;
-            let name = cstr(&strings, name_off);
             let ty = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => {
                     off += 4;
@@ -166,7 +159,7 @@ impl KernelBtf {
                         let m_off = u32_at(types, off + 8).ok_or_else(bad)?;
                         off += 12;
                         members.push(Member {
-                            name: cstr(&strings, m_name),
+                            name: m_name,
                             type_id: m_type,
                             bit_offset: if kind_flag {
                                 m_off & 0x00ff_ffff
@@ -176,6 +169,7 @@ impl KernelBtf {
                         });
                     }
                     Type::Composite {
+                        name: name_off,
                         size: size_or_type,
                         members,
                     }
@@ -186,7 +180,7 @@ impl KernelBtf {
                         let v_name = u32_at(types, off).ok_or_else(bad)?;
                         let v = u32_at(types, off + 4).ok_or_else(bad)? as i32;
                         off += 8;
-                        variants.push((cstr(&strings, v_name), i64::from(v)));
+                        variants.push((v_name, i64::from(v)));
                     }
                     Type::Enum { variants }
                 }
@@ -197,10 +191,7 @@ impl KernelBtf {
                         let lo = u32_at(types, off + 4).ok_or_else(bad)?;
                         let hi = u32_at(types, off + 8).ok_or_else(bad)?;
                         off += 12;
-                        variants.push((
-                            cstr(&strings, v_name),
-                            ((u64::from(hi) << 32) | u64::from(lo)) as i64,
-                        ));
+                        variants.push((v_name, ((u64::from(hi) << 32) | u64::from(lo)) as i64));
                     }
                     Type::Enum { variants }
                 }
@@ -219,12 +210,14 @@ impl KernelBtf {
                 2 | 7 | 12 | 16 => Type::Other,
                 _ => return Err(bad()),
             };
-            if !name.is_empty() {
-                self.names.entry(name).or_default().push(id);
-            }
             self.types.push(ty);
         }
-        Ok(strings)
+        self.strings.extend_from_slice(own_strings);
+        Ok(())
+    }
+
+    fn name(&self, off: u32) -> &[u8] {
+        cstr(&self.strings, off)
     }
 
     fn resolve(&self, mut id: u32) -> Option<&Type> {
@@ -237,10 +230,16 @@ impl KernelBtf {
         None
     }
 
+    /// The first struct or union of this name that has members (not a
+    /// forward declaration).
     fn composite(&self, name: &str) -> Option<u32> {
-        self.names.get(name)?.iter().copied().find(|id| {
-            matches!(self.types.get(*id as usize), Some(Type::Composite { members, .. }) if !members.is_empty())
-        })
+        self.types
+            .iter()
+            .position(|t| {
+                matches!(t, Type::Composite { name: n, members, .. }
+                if !members.is_empty() && self.name(*n) == name.as_bytes())
+            })
+            .and_then(|id| u32::try_from(id).ok())
     }
 
     /// Byte offset of a member path inside a named struct, e.g.
@@ -263,11 +262,11 @@ impl KernelBtf {
             return None;
         };
         for m in members {
-            if m.name == field {
+            if self.name(m.name) == field.as_bytes() {
                 return Some((m.bit_offset, m.type_id));
             }
         }
-        for m in members.iter().filter(|m| m.name.is_empty()) {
+        for m in members.iter().filter(|m| self.name(m.name).is_empty()) {
             if let Some((bits, ty)) = self.find_member(m.type_id, field) {
                 return Some((m.bit_offset + bits, ty));
             }
@@ -289,7 +288,10 @@ impl KernelBtf {
     /// The value of an enumerator, searched in every enum.
     pub fn enum_value(&self, variant: &str) -> Option<i64> {
         self.types.iter().find_map(|t| match t {
-            Type::Enum { variants } => variants.iter().find(|(n, _)| n == variant).map(|(_, v)| *v),
+            Type::Enum { variants } => variants
+                .iter()
+                .find(|(n, _)| self.name(*n) == variant.as_bytes())
+                .map(|(_, v)| *v),
             _ => None,
         })
     }
@@ -369,7 +371,7 @@ mod tests {
 
     fn parsed(blob: &[u8]) -> Result<KernelBtf, BtfError> {
         let mut btf = KernelBtf::default();
-        btf.parse(blob, "sample", &[])?;
+        btf.parse(blob, "sample")?;
         Ok(btf)
     }
 

@@ -72,10 +72,9 @@ pub enum TracerError {
     },
 }
 
-/// The symbol to attach to: the function itself, or a compiler clone of it
-/// (`.constprop.0`, `.isra.0`) when only that is in /proc/kallsyms.
-fn attach_symbol(function: &str) -> Option<String> {
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").ok()?;
+/// The compiler clone of a function (`.constprop.0`, `.isra.0`) when only
+/// that is in /proc/kallsyms, or the function itself when it is there.
+fn attach_symbol(kallsyms: &str, function: &str) -> Option<String> {
     let mut clone = None;
     for line in kallsyms.lines() {
         let Some(name) = line.split_whitespace().nth(2) else {
@@ -160,11 +159,11 @@ impl Tracer {
             .map_max_entries(conntrack_ebpf::RING_MAP, config.ring_size)
             .load(EBPF_OBJECT)
             .map_err(|e| refused(&e, e.to_string()))?;
+        // Read only when a plain name does not attach: /proc/kallsyms is
+        // ~200,000 lines the kernel formats on every read, seconds in a
+        // slow guest.
+        let mut kallsyms: Option<String> = None;
         for (program, function) in PROBES {
-            let symbol = attach_symbol(function).ok_or_else(|| TracerError::Attach {
-                function: function.to_string(),
-                reason: "not in /proc/kallsyms (is nf_conntrack loaded?)".into(),
-            })?;
             let probe: &mut KProbe = ebpf
                 .program_mut(program)
                 .ok_or_else(|| TracerError::Missing(format!("program {program}")))?
@@ -173,6 +172,16 @@ impl Tracer {
             probe
                 .load()
                 .map_err(|e| refused(&e, format!("{program}: {e}")))?;
+            if probe.attach(function, 0).is_ok() {
+                continue;
+            }
+            let symbols = kallsyms.get_or_insert_with(|| {
+                std::fs::read_to_string("/proc/kallsyms").unwrap_or_default()
+            });
+            let symbol = attach_symbol(symbols, function).ok_or_else(|| TracerError::Attach {
+                function: function.to_string(),
+                reason: "not in /proc/kallsyms (is nf_conntrack loaded?)".into(),
+            })?;
             probe.attach(&symbol, 0).map_err(|e| TracerError::Attach {
                 function: symbol.clone(),
                 reason: e.to_string(),

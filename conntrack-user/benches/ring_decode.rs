@@ -9,6 +9,11 @@ use ctscope::{
     ct::{Conntrack, EventKind},
     ebpf::record::{decode_record, to_conntrack},
     filter::Filter,
+    output::{
+        OutputOptions,
+        json::{EventMeta, write_json},
+        text::write_text,
+    },
 };
 
 fn records(n: usize) -> Vec<u8> {
@@ -60,6 +65,43 @@ fn decode_and_dispatch(c: &mut Criterion) {
             black_box(matched)
         });
     });
+    // What `ctscope events` does per record after that: the line, in
+    // conntrack's text and in JSON.
+    for (name, opts) in [
+        ("decode+text", OutputOptions::default()),
+        (
+            "decode+json",
+            OutputOptions {
+                json: true,
+                ..OutputOptions::default()
+            },
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            let mut ct = Conntrack::default();
+            let mut out = Vec::with_capacity(N * 400);
+            b.iter(|| {
+                out.clear();
+                for rec in bytes.as_chunks::<CT_EVENT_SIZE>().0 {
+                    if let Some(ev) = decode_record(black_box(rec)) {
+                        to_conntrack(&ev, EventKind::New, 250, &mut ct);
+                        if opts.json {
+                            let meta = EventMeta {
+                                kind: Some(EventKind::New),
+                                time_ns: Some(1),
+                                source: Some("ebpf"),
+                                netns: None,
+                            };
+                            write_json(&mut out, &ct, &opts, meta);
+                        } else {
+                            write_text(&mut out, &ct, &opts, Some(EventKind::New), 0);
+                        }
+                    }
+                }
+                black_box(out.len())
+            });
+        });
+    }
     group.finish();
 }
 

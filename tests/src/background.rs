@@ -85,9 +85,7 @@ impl Background {
 
     /// Its stdout so far.
     pub fn stdout_now(&self) -> String {
-        std::fs::read(&self.stdout_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        read_lossy(&self.stdout_path)
     }
 
     /// Waits up to `timeout` for the program to exit by itself; its output
@@ -119,7 +117,7 @@ impl Background {
                 panic!(
                     "`{}` did not exit within 5 s of {sig}\n--- stderr ---\n{}",
                     self.command,
-                    std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+                    read_lossy(&self.stderr_path)
                 );
             }
         }
@@ -127,16 +125,11 @@ impl Background {
 
     /// What it printed, with its exit code (-1 while it runs).
     fn output(&self) -> Output {
-        let read = |p: &Path| {
-            std::fs::read(p)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        };
         Output {
             command: self.command.clone(),
             code: self.status.unwrap_or(-1),
-            stdout: read(&self.stdout_path),
-            stderr: read(&self.stderr_path),
+            stdout: read_lossy(&self.stdout_path),
+            stderr: read_lossy(&self.stderr_path),
         }
     }
 }
@@ -150,4 +143,11 @@ impl Drop for Background {
         let _ = std::fs::remove_file(&self.stdout_path);
         let _ = std::fs::remove_file(&self.stderr_path);
     }
+}
+
+/// A file's text so far (invalid UTF-8 replaced); empty if it cannot be read.
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }

@@ -38,49 +38,38 @@ impl Output {
 
     /// The non-empty stdout lines.
     pub fn lines(&self) -> Vec<String> {
-        self.stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect()
+        non_empty_lines(&self.stdout)
     }
 
     /// The non-empty stderr lines.
     pub fn stderr_lines(&self) -> Vec<String> {
-        self.stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect()
+        non_empty_lines(&self.stderr)
     }
 
     /// The N of "N flow entries have been VERB." on stderr.
     pub fn entries_reported(&self, verb: &str) -> Option<u64> {
-        let needle = format!(" flow entries have been {verb}.");
-        self.stderr.lines().find_map(|l| {
-            let head = &l[..l.find(&needle)?];
-            let digits: String = head
-                .chars()
-                .rev()
-                .take_while(char::is_ascii_digit)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            digits.parse().ok()
-        })
+        count_before(&self.stderr, &format!(" flow entries have been {verb}."))
     }
 
     /// The N of "N flow events have been shown." on stderr (`-E`).
     pub fn events_shown(&self) -> Option<u64> {
-        let needle = " flow events have been shown.";
-        self.stderr.lines().find_map(|l| {
-            let head = &l[..l.find(needle)?];
-            let start = head
-                .rfind(|c: char| !c.is_ascii_digit())
-                .map_or(0, |i| i + 1);
-            head[start..].parse().ok()
-        })
+        count_before(&self.stderr, " flow events have been shown.")
+    }
+
+    /// `Ok` when the run failed as a bad argument or a missing privilege
+    /// should: exit `code`, exactly one stderr line, nothing on stdout, no
+    /// panic; else what went wrong, with the output.
+    pub fn one_line_error(&self, code: i32) -> Result<(), String> {
+        if self.code != code
+            || self.stderr_lines().len() != 1
+            || !self.stdout.trim().is_empty()
+            || self.stderr.contains("panicked")
+        {
+            return Err(format!(
+                "want exit {code}, one stderr line, empty stdout, no panic\n{self}"
+            ));
+        }
+        Ok(())
     }
 
     /// Panics if the stderr shows a Rust panic.
@@ -92,6 +81,24 @@ impl Output {
         );
         self
     }
+}
+
+/// The lines of `text` that hold more than white space.
+fn non_empty_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The number that ends the text before `needle`, in the first line of
+/// `text` where there is one (the N of "N flow entries have been shown.").
+fn count_before(text: &str, needle: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let head = &l[..l.find(needle)?];
+        let digits = &head[head.trim_end_matches(|c: char| c.is_ascii_digit()).len()..];
+        digits.parse().ok()
+    })
 }
 
 /// Runs a command to completion and captures everything.
@@ -109,16 +116,9 @@ pub fn run(cmd: &mut Command) -> Output {
         Ok(out) => out,
         Err(e) => panic!("cannot run `{command}`: {e} (is the tool installed?)"),
     };
-    let code = match out.status.code() {
-        Some(c) => c,
-        None => {
-            use std::os::unix::process::ExitStatusExt;
-            128 + out.status.signal().unwrap_or(0)
-        }
-    };
     Output {
         command,
-        code,
+        code: exit_code(out.status),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
@@ -147,6 +147,11 @@ pub fn ctscope_bin() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// [`ctscope_bin`] as a string, for an argv or a shell line.
+pub fn ctscope_bin_str() -> String {
+    ctscope_bin().to_str().expect("utf-8 path").to_string()
 }
 
 /// Exit code; `128 + signal` when killed by a signal.
@@ -184,5 +189,31 @@ mod tests {
                 .into(),
         };
         assert_eq!(out.events_shown(), Some(14));
+    }
+
+    #[test]
+    fn counts_on_odd_lines() {
+        let out = |stderr: &str| Output {
+            command: String::new(),
+            code: 0,
+            stdout: String::new(),
+            stderr: stderr.into(),
+        };
+        // Digits right after a multi-byte character; no digits at all.
+        assert_eq!(
+            out("é7 flow events have been shown.").events_shown(),
+            Some(7)
+        );
+        assert_eq!(out("é flow events have been shown.").events_shown(), None);
+        assert_eq!(
+            out(" flow entries have been shown.").entries_reported("shown"),
+            None
+        );
+        // The first line that has a number counts.
+        assert_eq!(
+            out("x flow entries have been deleted.\n3 flow entries have been deleted.")
+                .entries_reported("deleted"),
+            Some(3)
+        );
     }
 }

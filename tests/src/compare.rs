@@ -114,17 +114,13 @@ pub fn multiset_diff(a_name: &str, a: &[String], b_name: &str, b: &[String]) -> 
 /// Runs `conntrack -L ARGS` and `ctscope list ARGS` in `ns` and explains
 /// every difference; returns conntrack's normalised lines when they agree.
 pub fn compare_list(ns: &Netns, args: &[&str]) -> Result<Vec<String>, String> {
-    let mut ct_args = vec!["-L"];
-    ct_args.extend_from_slice(args);
-    let ct = ns.conntrack(&ct_args);
+    let ct = ns.conntrack(&[&["-L"], args].concat());
     compare_list_to(ns, &ct, args)
 }
 
 /// Like [`compare_list`], with conntrack's `-L ARGS` output already at hand.
 pub fn compare_list_to(ns: &Netns, ct: &Output, args: &[&str]) -> Result<Vec<String>, String> {
-    let mut cs_args = vec!["list"];
-    cs_args.extend_from_slice(args);
-    let cs = ns.ctscope(&cs_args);
+    let cs = ns.ctscope(&[&["list"], args].concat());
     compare_outputs(ct, &cs, "shown")
 }
 
@@ -145,8 +141,8 @@ pub fn compare_outputs(ct: &Output, cs: &Output, verb: &str) -> Result<Vec<Strin
     }
     let a = normalised_lines(ct);
     let b = normalised_lines(cs);
-    if let Some(d) = multiset_diff("conntrack", &a, "ctscope", &b) {
-        return Err(format!("`{}` vs `{}`: {d}", ct.command, cs.command));
+    if let Some(d) = runs_diff(ct, &a, cs, &b) {
+        return Err(d);
     }
     let want = ct.entries_reported(verb);
     let got = cs.entries_reported(verb);
@@ -159,6 +155,19 @@ pub fn compare_outputs(ct: &Output, cs: &Output, verb: &str) -> Result<Vec<Strin
         ));
     }
     Ok(a)
+}
+
+/// How the normalised event lines ([`normalised_events`]) of a
+/// `conntrack -E` run and a `ctscope events` run differ; `None` when equal.
+pub fn events_diff(ct: &Output, cs: &Output) -> Option<String> {
+    runs_diff(ct, &normalised_events(ct), cs, &normalised_events(cs))
+}
+
+/// [`multiset_diff`] of conntrack's lines `a` and ctscope's `b`, headed by
+/// both command lines.
+fn runs_diff(ct: &Output, a: &[String], cs: &Output, b: &[String]) -> Option<String> {
+    let d = multiset_diff("conntrack", a, "ctscope", b)?;
+    Some(format!("`{}` vs `{}`: {d}", ct.command, cs.command))
 }
 
 /// Panics listing every failure, or does nothing when there are none.

@@ -16,14 +16,17 @@
 //!
 //! The parts: `netns` (the namespace and running programs in it),
 //! `command` (a finished run's [`Output`]), `background` (programs left
-//! running), `traffic` (the table's entries) and `compare` (ctscope's
-//! output against conntrack's); everything the tests use is re-exported
-//! here.
+//! running), `traffic` (the table's entries), `compare` (ctscope's output
+//! against conntrack's), `tmux` (driving a terminal screen) and
+//! `conntrack_max` (the host's limit); everything the tests use is
+//! re-exported here.
 
 mod background;
 mod command;
 mod compare;
+mod conntrack_max;
 mod netns;
+mod tmux;
 mod traffic;
 
 use std::{
@@ -32,12 +35,14 @@ use std::{
 };
 
 pub use background::Background;
-pub use command::{Output, ctscope_bin, host, run};
+pub use command::{Output, ctscope_bin, ctscope_bin_str, host, run};
 pub use compare::{
-    compare_list, compare_list_to, compare_outputs, key_values, multiset_diff, normalise,
-    normalise_event, normalised_events, normalised_lines, report,
+    compare_list, compare_list_to, compare_outputs, events_diff, key_values, multiset_diff,
+    normalise, normalise_event, normalised_events, normalised_lines, report,
 };
+pub use conntrack_max::ConntrackMax;
 pub use netns::{Netns, SKIP_SWITCH};
+pub use tmux::{Screen, Tmux};
 pub use traffic::{INSERTED, Kept, VARIED_RULESET, udp_flows};
 
 /// Calls `done` every 10 ms until it returns true (true) or `timeout`

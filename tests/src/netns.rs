@@ -13,7 +13,9 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 
 use crate::{
-    Background, Output, ctscope_bin, host, poll_until, run,
+    Background, Output,
+    command::ctscope_bin_str,
+    host, poll_until, run,
     traffic::{INSERTED, VARIED_RULESET, make_traffic},
 };
 
@@ -138,29 +140,27 @@ impl Netns {
     /// `conntrack ARGS` inside the namespace.
     #[track_caller]
     pub fn conntrack(&self, args: &[&str]) -> Output {
-        let mut argv = vec!["conntrack"];
-        argv.extend_from_slice(args);
-        self.exec(&argv)
+        self.exec(&[&["conntrack"], args].concat())
+    }
+
+    /// `conntrack -I ENTRY -t 3600`, which must succeed: an entry that
+    /// outlives the test.
+    #[track_caller]
+    pub fn insert(&self, entry: &[&str]) {
+        self.conntrack(&[&["-I"], entry, &["-t", "3600"]].concat())
+            .expect_code(0);
     }
 
     /// `ctscope ARGS` inside the namespace (via `ip netns exec`).
     #[track_caller]
     pub fn ctscope(&self, args: &[&str]) -> Output {
-        let bin = ctscope_bin();
-        let bin = bin.to_str().expect("utf-8 path");
-        let mut argv = vec![bin];
-        argv.extend_from_slice(args);
-        self.exec(&argv)
+        self.exec(&[&[ctscope_bin_str().as_str()], args].concat())
     }
 
     /// Loads an nftables script into the namespace.
     #[track_caller]
     pub fn nft(&self, script: &str) {
-        let path = std::env::temp_dir().join(format!(
-            "{}-{}.nft",
-            self.name,
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
+        let path = self.temp_base().with_extension("nft");
         std::fs::write(&path, script).expect("write nft script");
         let out = self.exec(&["nft", "-f", path.to_str().expect("utf-8 path")]);
         let _ = std::fs::remove_file(&path);
@@ -171,29 +171,37 @@ impl Netns {
     /// the child's pid is the program's), its output going to files.
     #[track_caller]
     pub fn spawn(&self, argv: &[&str]) -> Background {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let base = std::env::temp_dir().join(format!("{}-{n}", self.name));
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).args(argv);
-        Background::start(cmd, argv.join(" "), &base)
+        Background::start(cmd, argv.join(" "), &self.temp_base())
     }
 
     /// Starts `ctscope ARGS` inside the namespace.
     #[track_caller]
     pub fn spawn_ctscope(&self, args: &[&str]) -> Background {
-        let bin = ctscope_bin();
-        let bin = bin.to_str().expect("utf-8 path");
-        let mut argv = vec![bin];
-        argv.extend_from_slice(args);
-        self.spawn(&argv)
+        self.spawn(&[&[ctscope_bin_str().as_str()], args].concat())
     }
 
     /// Starts `conntrack ARGS` inside the namespace.
     #[track_caller]
     pub fn spawn_conntrack(&self, args: &[&str]) -> Background {
-        let mut argv = vec!["conntrack"];
-        argv.extend_from_slice(args);
-        self.spawn(&argv)
+        self.spawn(&[&["conntrack"], args].concat())
+    }
+
+    /// Starts `ctscope events ARGS`, then `conntrack -E ARGS`: the two
+    /// listeners of an events comparison.
+    #[track_caller]
+    pub fn spawn_events(&self, args: &[&str]) -> (Background, Background) {
+        let cs = self.spawn_ctscope(&[&["events"], args].concat());
+        let ct = self.spawn_conntrack(&[&["-E"], args].concat());
+        (cs, ct)
+    }
+
+    /// A path in the temporary directory named after the namespace and
+    /// unique in this process; files get their own extension.
+    fn temp_base(&self) -> PathBuf {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        std::env::temp_dir().join(format!("{}-{n}", self.name))
     }
 
     /// How many ctnetlink sockets in the namespace have joined a multicast
@@ -253,11 +261,8 @@ impl Netns {
         self.nft(VARIED_RULESET);
         let kept = self.in_netns(make_traffic);
         self.keep.push(Box::new(kept));
-        for args in INSERTED {
-            let mut argv = vec!["-I"];
-            argv.extend_from_slice(args);
-            argv.extend_from_slice(&["-t", "3600"]);
-            self.conntrack(&argv).expect_code(0);
+        for entry in INSERTED {
+            self.insert(entry);
         }
     }
 }

@@ -502,98 +502,16 @@ fn once_matches_iptstate() {
     let Some(ns) = Netns::new() else {
         return;
     };
-    let entries: &[&[&str]] = &[
-        &[
-            "-p",
-            "tcp",
-            "-s",
-            "10.5.0.1",
-            "-d",
-            "10.6.0.1",
-            "--sport",
-            "40001",
-            "--dport",
-            "22",
-            "--state",
-            "ESTABLISHED",
-            "-u",
-            "SEEN_REPLY,ASSURED",
-        ],
-        &[
-            "-p", "tcp", "-s", "10.5.0.2", "-d", "10.6.0.1", "--sport", "40002", "--dport", "443",
-            "--state", "SYN_SENT",
-        ],
-        &[
-            "-p",
-            "tcp",
-            "-s",
-            "10.5.0.3",
-            "-d",
-            "10.6.0.2",
-            "--sport",
-            "40003",
-            "--dport",
-            "80",
-            "--state",
-            "TIME_WAIT",
-        ],
-        &[
-            "-p", "udp", "-s", "10.5.0.4", "-d", "10.6.0.3", "--sport", "5353", "--dport", "53",
-        ],
-        &[
-            "-p",
-            "udp",
-            "-s",
-            "10.5.0.5",
-            "-d",
-            "10.6.0.3",
-            "--sport",
-            "123",
-            "--dport",
-            "123",
-            "-u",
-            "SEEN_REPLY",
-        ],
-        &[
-            "-p",
-            "icmp",
-            "-s",
-            "10.5.0.6",
-            "-d",
-            "10.6.0.4",
-            "--icmp-type",
-            "8",
-            "--icmp-code",
-            "0",
-            "--icmp-id",
-            "5",
-        ],
-        &[
-            "-p",
-            "tcp",
-            "-s",
-            "2001:db8::5",
-            "-d",
-            "2001:db8::6",
-            "--sport",
-            "40004",
-            "--dport",
-            "8080",
-            "--state",
-            "ESTABLISHED",
-        ],
-        &[
-            "-p",
-            "udp",
-            "-s",
-            "2001:db8::5",
-            "-d",
-            "2001:db8::7",
-            "--sport",
-            "546",
-            "--dport",
-            "547",
-        ],
+    let entries: &[&str] = &[
+        "-p tcp -s 10.5.0.1 -d 10.6.0.1 --sport 40001 --dport 22 \
+         --state ESTABLISHED -u SEEN_REPLY,ASSURED",
+        "-p tcp -s 10.5.0.2 -d 10.6.0.1 --sport 40002 --dport 443 --state SYN_SENT",
+        "-p tcp -s 10.5.0.3 -d 10.6.0.2 --sport 40003 --dport 80 --state TIME_WAIT",
+        "-p udp -s 10.5.0.4 -d 10.6.0.3 --sport 5353 --dport 53",
+        "-p udp -s 10.5.0.5 -d 10.6.0.3 --sport 123 --dport 123 -u SEEN_REPLY",
+        "-p icmp -s 10.5.0.6 -d 10.6.0.4 --icmp-type 8 --icmp-code 0 --icmp-id 5",
+        "-p tcp -s 2001:db8::5 -d 2001:db8::6 --sport 40004 --dport 8080 --state ESTABLISHED",
+        "-p udp -s 2001:db8::5 -d 2001:db8::7 --sport 546 --dport 547",
     ];
     for e in entries {
         ns.insert(e);
@@ -693,45 +611,12 @@ fn ctscope_pid(tmux: &Tmux, screen: &Screen) -> Pid {
 }
 
 /// Five entries whose source order differs from their destination order.
-const SMALL_TABLE: &[&[&str]] = &[
-    &[
-        "-p",
-        "tcp",
-        "-s",
-        "10.9.0.1",
-        "-d",
-        "10.8.0.5",
-        "--sport",
-        "1001",
-        "--dport",
-        "80",
-        "--state",
-        "ESTABLISHED",
-    ],
-    &[
-        "-p", "udp", "-s", "10.9.0.2", "-d", "10.8.0.3", "--sport", "1002", "--dport", "53",
-    ],
-    &[
-        "-p", "tcp", "-s", "10.9.0.3", "-d", "10.8.0.1", "--sport", "1003", "--dport", "443",
-        "--state", "SYN_SENT",
-    ],
-    &[
-        "-p",
-        "icmp",
-        "-s",
-        "10.9.0.4",
-        "-d",
-        "10.8.0.4",
-        "--icmp-type",
-        "8",
-        "--icmp-code",
-        "0",
-        "--icmp-id",
-        "7",
-    ],
-    &[
-        "-p", "udp", "-s", "10.9.0.5", "-d", "10.8.0.2", "--sport", "1005", "--dport", "123",
-    ],
+const SMALL_TABLE: &[&str] = &[
+    "-p tcp -s 10.9.0.1 -d 10.8.0.5 --sport 1001 --dport 80 --state ESTABLISHED",
+    "-p udp -s 10.9.0.2 -d 10.8.0.3 --sport 1002 --dport 53",
+    "-p tcp -s 10.9.0.3 -d 10.8.0.1 --sport 1003 --dport 443 --state SYN_SENT",
+    "-p icmp -s 10.9.0.4 -d 10.8.0.4 --icmp-type 8 --icmp-code 0 --icmp-id 7",
+    "-p udp -s 10.9.0.5 -d 10.8.0.2 --sport 1005 --dport 123",
 ];
 
 /// A fresh namespace holding [`SMALL_TABLE`]; `None` when the skip switch
@@ -906,20 +791,7 @@ fn interactive_keys() {
 
     // A new entry shows up from its event, well before the 10 s resync.
     let started = Instant::now();
-    ns.insert(&[
-        "-p",
-        "tcp",
-        "-s",
-        "10.9.0.7",
-        "-d",
-        "10.8.0.7",
-        "--sport",
-        "1007",
-        "--dport",
-        "22",
-        "--state",
-        "ESTABLISHED",
-    ]);
+    ns.insert("-p tcp -s 10.9.0.7 -d 10.8.0.7 --sport 1007 --dport 22 --state ESTABLISHED");
     let (ok, screen) = tmux.wait(SHORT, |s| {
         s.pairs()
             .iter()
@@ -1026,19 +898,10 @@ fn stopped_consumer_loses_events_then_resyncs() {
     // 64 KiB buffer.
     for i in 0..600u32 {
         let src = format!("10.6.{}.{}", i / 250, i % 250 + 1);
-        let sport = (1024 + i).to_string();
-        ns.insert(&[
-            "-p",
-            "udp",
-            "-s",
-            &src,
-            "-d",
-            "10.6.99.1",
-            "--sport",
-            &sport,
-            "--dport",
-            "53",
-        ]);
+        let sport = 1024 + i;
+        ns.insert(&format!(
+            "-p udp -s {src} -d 10.6.99.1 --sport {sport} --dport 53"
+        ));
     }
     kill(pid, Signal::SIGCONT).expect("SIGCONT");
     let count = ns.conntrack(&["-C"]).stdout.trim().to_string();

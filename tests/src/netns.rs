@@ -144,10 +144,12 @@ impl Netns {
     }
 
     /// `conntrack -I ENTRY -t 3600`, which must succeed: an entry that
-    /// outlives the test.
+    /// outlives the test. ENTRY is written as conntrack takes it and split
+    /// on spaces (`-p udp -s 10.0.0.1 ...`).
     #[track_caller]
-    pub fn insert(&self, entry: &[&str]) {
-        self.conntrack(&[&["-I"], entry, &["-t", "3600"]].concat())
+    pub fn insert(&self, entry: &str) {
+        let entry: Vec<&str> = entry.split_whitespace().collect();
+        self.conntrack(&[&["-I"], &entry[..], &["-t", "3600"]].concat())
             .expect_code(0);
     }
 

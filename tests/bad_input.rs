@@ -1,22 +1,7 @@
 //! Bad arguments and missing privileges: a one-line message, the right exit
 //! code, never a panic.
 
-use ctscope_e2e::{Netns, Output, ctscope_bin, host, report};
-
-/// Exit `code`, exactly one stderr line, nothing on stdout, no panic.
-fn one_line_error(out: &Output, code: i32) -> Result<(), String> {
-    let lines = out.stderr_lines();
-    if out.code != code
-        || lines.len() != 1
-        || !out.stdout.trim().is_empty()
-        || out.stderr.contains("panicked")
-    {
-        return Err(format!(
-            "want exit {code}, one stderr line, empty stdout, no panic\n{out}"
-        ));
-    }
-    Ok(())
-}
+use ctscope_e2e::{Netns, ctscope_bin_str, host, report};
 
 #[test]
 fn bad_flags_exit_2_with_one_line() {
@@ -41,9 +26,7 @@ fn bad_flags_exit_2_with_one_line() {
     ];
     let mut failures = Vec::new();
     for args in cases {
-        let mut argv = vec!["list"];
-        argv.extend_from_slice(args);
-        if let Err(e) = one_line_error(&ns.ctscope(&argv), 2) {
+        if let Err(e) = ns.ctscope(&[&["list"], *args].concat()).one_line_error(2) {
             failures.push(format!("list {args:?}: {e}"));
         }
     }
@@ -60,7 +43,7 @@ fn bad_flags_exit_2_with_one_line() {
         &["top", "--once", "--sort", "bogus"],
     ];
     for argv in others {
-        if let Err(e) = one_line_error(&ns.ctscope(argv), 2) {
+        if let Err(e) = ns.ctscope(argv).one_line_error(2) {
             failures.push(format!("{argv:?}: {e}"));
         }
     }
@@ -72,12 +55,11 @@ fn missing_netns_exits_1_naming_it() {
     let Some(_ns) = Netns::new() else {
         return;
     };
-    let bin = ctscope_bin();
-    let bin = bin.to_str().expect("utf-8 path");
+    let bin = ctscope_bin_str();
     let mut failures = Vec::new();
     for name in ["/nonexistent", "ctscope-no-such-netns"] {
-        let out = host(&[bin, "--netns", name, "list"]);
-        if let Err(e) = one_line_error(&out, 1) {
+        let out = host(&[&bin, "--netns", name, "list"]);
+        if let Err(e) = out.one_line_error(1) {
             failures.push(e);
         } else if !out.stderr.contains(name) {
             failures.push(format!("the message does not name {name}\n{out}"));
@@ -92,8 +74,7 @@ fn unprivileged_exits_1_like_conntrack() {
         return;
     };
     ns.fill_varied_table();
-    let bin = ctscope_bin();
-    let bin = bin.to_str().expect("utf-8 path");
+    let bin = ctscope_bin_str();
     let nobody = [
         "setpriv",
         "--reuid=65534",
@@ -117,7 +98,7 @@ fn unprivileged_exits_1_like_conntrack() {
         argv.extend(ct_args.split_whitespace());
         let ct = ns.exec(&argv);
         let mut argv = nobody.to_vec();
-        argv.push(bin);
+        argv.push(&bin);
         argv.extend(cs_args.split_whitespace());
         let cs = ns.exec(&argv);
         if ct.code != 1 {
@@ -125,7 +106,7 @@ fn unprivileged_exits_1_like_conntrack() {
                 "test expects conntrack to exit 1 unprivileged\n{ct}"
             ));
         }
-        if let Err(e) = one_line_error(&cs, ct.code) {
+        if let Err(e) = cs.one_line_error(ct.code) {
             failures.push(format!("{cs_args:?} as nobody: {e}\nconntrack:\n{ct}"));
         } else if !(cs.stderr.contains("CAP_NET_ADMIN") || cs.stderr.contains("root")) {
             failures.push(format!(

@@ -149,9 +149,7 @@ fn get() {
     let mut failures = Vec::new();
     for &(args, code) in cases {
         let args: Vec<&str> = args.split_whitespace().collect();
-        let mut ct_args = vec!["-G"];
-        ct_args.extend_from_slice(&args);
-        let ct = ns.conntrack(&ct_args);
+        let ct = ns.conntrack(&[&["-G"], &args[..]].concat());
         if ct.code != code {
             failures.push(format!("test expects conntrack to exit {code}\n{ct}"));
             continue;
@@ -160,9 +158,7 @@ fn get() {
             failures.push(format!("conntrack -G printed not one line\n{ct}"));
         }
         for verb in ["get", "-G"] {
-            let mut cs_args = vec![verb];
-            cs_args.extend_from_slice(&args);
-            let cs = ns.ctscope(&cs_args);
+            let cs = ns.ctscope(&[&[verb], &args[..]].concat());
             if let Err(e) = compare_outputs(&ct, &cs, "shown") {
                 failures.push(format!("{verb} {args:?}:\n{e}"));
             }
@@ -203,18 +199,14 @@ fn delete() {
     for &(verb, filter) in cases {
         let mut case = Vec::new();
         let list = |extra: &[&str]| {
-            let mut a = vec!["-L", "-o", "id"];
-            a.extend_from_slice(extra);
-            let out = ns.conntrack(&a);
+            let out = ns.conntrack(&[&["-L", "-o", "id"], extra].concat());
             out.expect_code(0);
             out
         };
         let before = ids(&list(&[]));
         let selected = list(filter);
         let doomed = ids(&selected);
-        let mut cs_args = vec![verb];
-        cs_args.extend_from_slice(filter);
-        let cs = ns.ctscope(&cs_args);
+        let cs = ns.ctscope(&[&[verb], filter].concat());
         cs.assert_no_panic();
         let want_code = if doomed.is_empty() { 1 } else { 0 };
         if cs.code != want_code {
@@ -284,11 +276,8 @@ fn flush() {
             ));
         }
         // Refill a little for the next round.
-        for args in INSERTED.iter().take(4) {
-            let mut argv = vec!["-I"];
-            argv.extend_from_slice(args);
-            argv.extend_from_slice(&["-t", "3600"]);
-            ns.conntrack(&argv).expect_code(0);
+        for entry in INSERTED.iter().take(4) {
+            ns.insert(entry);
         }
     }
     // Flushing an empty table is fine for conntrack (exit 0).

@@ -19,7 +19,7 @@ use std::{
 };
 
 use ctscope_e2e::{
-    Background, Netns, Output, multiset_diff, normalised_events, poll_until, report,
+    Background, ConntrackMax, Netns, Output, events_diff, multiset_diff, poll_until, report,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -189,20 +189,13 @@ fn parity_with_conntrack() {
     let formats: [&[&str]; 2] = [&["-o", "extended"], &[]];
     let mut runs = Vec::new();
     for format in formats {
-        let mut cs_args = vec!["events"];
-        cs_args.extend_from_slice(format);
-        let mut ct_args = vec!["-E"];
-        ct_args.extend_from_slice(format);
         let label = if format.is_empty() {
             "(plain)".to_string()
         } else {
             format.join(" ")
         };
-        runs.push((
-            label,
-            ns.spawn_ctscope(&cs_args),
-            ns.spawn_conntrack(&ct_args),
-        ));
+        let (cs, ct) = ns.spawn_events(format);
+        runs.push((label, cs, ct));
     }
     ns.wait_for_listeners(2 * runs.len())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -244,13 +237,8 @@ fn parity_with_conntrack() {
                 "conntrack -E {format}: summary and lines differ\n{ct}"
             ));
         }
-        match multiset_diff(
-            "conntrack",
-            &normalised_events(&ct),
-            "ctscope",
-            &normalised_events(&cs),
-        ) {
-            Some(d) => failures.push(format!("`{}` vs `{}`: {d}", ct.command, cs.command)),
+        match events_diff(&ct, &cs) {
+            Some(d) => failures.push(d),
             None => eprintln!(
                 "events {format}: {} lines, the same as conntrack -E's",
                 lines.len()
@@ -294,15 +282,8 @@ fn filters_and_event_mask() {
     ];
     let mut runs = Vec::new();
     for case in &cases {
-        let mut cs_args = vec!["events"];
-        cs_args.extend_from_slice(case.args);
-        let mut ct_args = vec!["-E"];
-        ct_args.extend_from_slice(case.args);
-        runs.push((
-            case,
-            ns.spawn_ctscope(&cs_args),
-            ns.spawn_conntrack(&ct_args),
-        ));
+        let (cs, ct) = ns.spawn_events(case.args);
+        runs.push((case, cs, ct));
     }
     ns.wait_for_listeners(2 * runs.len())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -310,12 +291,11 @@ fn filters_and_event_mask() {
     let udp: &[&str] = &["-p", "udp", "--sport", "1"];
     let tcp: &[&str] = &["-p", "tcp", "--sport", "3", "--state", "ESTABLISHED"];
     for proto in [udp, tcp] {
-        let mut args = vec!["-I"];
-        args.extend_from_slice(proto);
-        args.extend_from_slice(&[
+        let addrs = [
             "-s", "10.0.0.1", "-d", "10.0.0.2", "--dport", "2", "-t", "100",
-        ]);
-        ns.conntrack(&args).expect_code(0);
+        ];
+        ns.conntrack(&[&["-I"], proto, &addrs].concat())
+            .expect_code(0);
     }
     // Everything goes: DESTROY events of 127.x, ::1 and 10.x flows.
     ns.conntrack(&["-D"]).expect_code(0);
@@ -365,13 +345,8 @@ fn filters_and_event_mask() {
         if let Err(e) = check_summary(&cs) {
             failures.push(format!("ctscope events {args}: {e}"));
         }
-        if let Some(d) = multiset_diff(
-            "conntrack",
-            &normalised_events(&ct),
-            "ctscope",
-            &normalised_events(&cs),
-        ) {
-            failures.push(format!("`{}` vs `{}`: {d}", ct.command, cs.command));
+        if let Some(d) = events_diff(&ct, &cs) {
+            failures.push(d);
         }
     }
     report(cases.len(), &failures);
@@ -542,37 +517,6 @@ fn json_matches_text() {
 const BURST_FLOWS: u64 = 100_000;
 const BURST_SRC_BASE: &str = "127.77.0.1";
 const BURST_SRC_PREFIX: &str = "127.77.0.";
-
-/// Raises the (global) nf_conntrack_max for the burst; restores it on drop.
-struct ConntrackMax {
-    old: Option<String>,
-}
-
-const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
-
-impl ConntrackMax {
-    fn at_least(n: u64) -> Self {
-        let old = std::fs::read_to_string(CONNTRACK_MAX)
-            .unwrap_or_else(|e| panic!("read {CONNTRACK_MAX}: {e}"));
-        let cur: u64 = old.trim().parse().unwrap_or(0);
-        if cur >= n {
-            return Self { old: None };
-        }
-        std::fs::write(CONNTRACK_MAX, n.to_string())
-            .unwrap_or_else(|e| panic!("raise {CONNTRACK_MAX} to {n}: {e}"));
-        Self { old: Some(old) }
-    }
-}
-
-impl Drop for ConntrackMax {
-    fn drop(&mut self) {
-        if let Some(old) = &self.old
-            && let Err(e) = std::fs::write(CONNTRACK_MAX, old.trim())
-        {
-            eprintln!("warning: could not restore {CONNTRACK_MAX} to {old}: {e}");
-        }
-    }
-}
 
 /// The flow generator: `CTCHURN_BIN`, else the workspace's release (or
 /// debug) build of `xtask --bin ctchurn`.
@@ -825,13 +769,11 @@ fn bad_input() {
             failures.push(format!("still running after 5 s\n{out}"));
             continue;
         };
-        let lines = out.stderr_lines();
-        if out.code != *code
-            || lines.len() != 1
-            || !lines[0].contains(names)
-            || !out.stdout.trim().is_empty()
-            || out.stderr.contains("panicked")
-        {
+        let named = out
+            .stderr_lines()
+            .first()
+            .is_some_and(|l| l.contains(names));
+        if out.one_line_error(*code).is_err() || !named {
             failures.push(format!(
                 "want exit {code}, one stderr line naming {names:?}, empty stdout\n{out}"
             ));

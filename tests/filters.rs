@@ -26,9 +26,7 @@ fn check(cases: &[(&[&str], Expect)]) {
     assert!(total > 10, "the varied table is too small:\n{all}");
     let mut failures = Vec::new();
     for &(args, expect) in cases {
-        let mut ct_args = vec!["-L"];
-        ct_args.extend_from_slice(args);
-        let ct = ns.conntrack(&ct_args);
+        let ct = ns.conntrack(&[&["-L"], args].concat());
         // The reference first: the test's own expectation must hold for it.
         match expect {
             Rejected if ct.code != 2 => {

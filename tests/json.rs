@@ -264,15 +264,8 @@ fn compare(ct: &CtLine, j: &Value, snat: bool, dnat: bool, now_s: u64) -> Vec<St
 /// Runs `ctscope list -o json ARGS` and `conntrack -L -o id ARGS` and
 /// compares them entry by entry.
 fn check(ns: &Netns, args: &[&str]) -> Vec<String> {
-    let run_ct = |extra: &[&str]| {
-        let mut a = vec!["-L", "-o", "id"];
-        a.extend_from_slice(args);
-        a.extend_from_slice(extra);
-        let out = ns.conntrack(&a);
-        out.expect_code(0);
-        out
-    };
-    let ct = run_ct(&[]);
+    let ct = ns.conntrack(&[&["-L", "-o", "id"], args].concat());
+    ct.expect_code(0);
     // From the whole table: -n/-g do not combine with every filter (-j).
     let nat_ids = |flag: &str| {
         let out = ns.conntrack(&["-L", "-o", "id", flag]);
@@ -281,9 +274,7 @@ fn check(ns: &Netns, args: &[&str]) -> Vec<String> {
     };
     let snat = nat_ids("-n");
     let dnat = nat_ids("-g");
-    let mut cs_args = vec!["list", "-o", "json"];
-    cs_args.extend_from_slice(args);
-    let cs = ns.ctscope(&cs_args);
+    let cs = ns.ctscope(&[&["list", "-o", "json"], args].concat());
     let now_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")

@@ -121,11 +121,10 @@ fn aliases_and_netns_flag() {
             failures.push(d);
         }
     }
-    let bin = ctscope_e2e::ctscope_bin();
-    let bin = bin.to_str().expect("utf-8 path");
+    let bin = ctscope_e2e::ctscope_bin_str();
     for argv in [
-        vec![bin, "--netns", ns.name(), "list"],
-        vec![bin, "--netns", ns.name(), "-L"],
+        vec![bin.as_str(), "--netns", ns.name(), "list"],
+        vec![bin.as_str(), "--netns", ns.name(), "-L"],
     ] {
         cases += 1;
         let out = ctscope_e2e::host(&argv);

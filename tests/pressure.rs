@@ -7,27 +7,14 @@
 //! binaries one after the other, so no other test sees the low limit.
 use std::time::Duration;
 
-use ctscope_e2e::{Netns, ctscope_bin};
-
-const MAX_PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
-
-/// Restores nf_conntrack_max when dropped, even if the test panics.
-struct MaxGuard(String);
-
-impl Drop for MaxGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::write(MAX_PATH, &self.0);
-    }
-}
+use ctscope_e2e::{ConntrackMax, Netns, ctscope_bin};
 
 #[test]
 fn a_full_table_is_reported_not_fatal() {
     let Some(ns) = Netns::new() else {
         return;
     };
-    let old = std::fs::read_to_string(MAX_PATH).expect("nf_conntrack_max");
-    let _guard = MaxGuard(old.trim().to_string());
-    std::fs::write(MAX_PATH, "64").expect("lower nf_conntrack_max");
+    let _max = ConntrackMax::set(64);
     let child = std::process::Command::new(ctscope_bin())
         .args([
             "--netns",

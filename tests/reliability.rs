@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ctscope_e2e::{Netns, ctscope_bin};
+use ctscope_e2e::{Netns, ctscope_bin, ctscope_bin_str};
 
 /// Waits for a child with a deadline; kills it and fails past it.
 fn wait_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
@@ -229,8 +229,7 @@ fn closed_output_ends_quietly() {
     let Some(ns) = Netns::with_varied_table() else {
         return;
     };
-    let bin = ctscope_bin();
-    let bin = bin.to_str().expect("utf-8 path");
+    let bin = ctscope_bin_str();
     // list | head -1, and events | head -1 with an event to print.
     let script = format!(
         "set -o pipefail; {bin} list | head -1 >/dev/null; echo list=$?; \

@@ -9,12 +9,16 @@ use std::{
     fmt,
     net::IpAddr,
     path::Path,
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
-use ctscope_e2e::{Netns, Output, ctscope_bin, key_values, multiset_diff, poll_until, report, run};
+use ctscope_e2e::{
+    Netns, Output, Screen, Tmux, ctscope_bin, key_values, multiset_diff, poll_until, report,
+};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 
 /// One entry as both tools name it: protocol, original tuple, and ICMP
 /// type/code (ctscope's State column for ICMP).
@@ -254,9 +258,7 @@ fn ttl_secs(s: &str) -> Option<u32> {
 /// it cannot be).
 #[track_caller]
 fn once(ns: &Netns, args: &[&str]) -> Once {
-    let mut argv = vec!["top", "--once"];
-    argv.extend_from_slice(args);
-    let out = ns.ctscope(&argv);
+    let out = ns.ctscope(&[&["top", "--once"], args].concat());
     out.assert_no_panic();
     parse_once(&out).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -500,104 +502,19 @@ fn once_matches_iptstate() {
     let Some(ns) = Netns::new() else {
         return;
     };
-    let entries: &[&[&str]] = &[
-        &[
-            "-p",
-            "tcp",
-            "-s",
-            "10.5.0.1",
-            "-d",
-            "10.6.0.1",
-            "--sport",
-            "40001",
-            "--dport",
-            "22",
-            "--state",
-            "ESTABLISHED",
-            "-u",
-            "SEEN_REPLY,ASSURED",
-        ],
-        &[
-            "-p", "tcp", "-s", "10.5.0.2", "-d", "10.6.0.1", "--sport", "40002", "--dport", "443",
-            "--state", "SYN_SENT",
-        ],
-        &[
-            "-p",
-            "tcp",
-            "-s",
-            "10.5.0.3",
-            "-d",
-            "10.6.0.2",
-            "--sport",
-            "40003",
-            "--dport",
-            "80",
-            "--state",
-            "TIME_WAIT",
-        ],
-        &[
-            "-p", "udp", "-s", "10.5.0.4", "-d", "10.6.0.3", "--sport", "5353", "--dport", "53",
-        ],
-        &[
-            "-p",
-            "udp",
-            "-s",
-            "10.5.0.5",
-            "-d",
-            "10.6.0.3",
-            "--sport",
-            "123",
-            "--dport",
-            "123",
-            "-u",
-            "SEEN_REPLY",
-        ],
-        &[
-            "-p",
-            "icmp",
-            "-s",
-            "10.5.0.6",
-            "-d",
-            "10.6.0.4",
-            "--icmp-type",
-            "8",
-            "--icmp-code",
-            "0",
-            "--icmp-id",
-            "5",
-        ],
-        &[
-            "-p",
-            "tcp",
-            "-s",
-            "2001:db8::5",
-            "-d",
-            "2001:db8::6",
-            "--sport",
-            "40004",
-            "--dport",
-            "8080",
-            "--state",
-            "ESTABLISHED",
-        ],
-        &[
-            "-p",
-            "udp",
-            "-s",
-            "2001:db8::5",
-            "-d",
-            "2001:db8::7",
-            "--sport",
-            "546",
-            "--dport",
-            "547",
-        ],
+    let entries: &[&str] = &[
+        "-p tcp -s 10.5.0.1 -d 10.6.0.1 --sport 40001 --dport 22 \
+         --state ESTABLISHED -u SEEN_REPLY,ASSURED",
+        "-p tcp -s 10.5.0.2 -d 10.6.0.1 --sport 40002 --dport 443 --state SYN_SENT",
+        "-p tcp -s 10.5.0.3 -d 10.6.0.2 --sport 40003 --dport 80 --state TIME_WAIT",
+        "-p udp -s 10.5.0.4 -d 10.6.0.3 --sport 5353 --dport 53",
+        "-p udp -s 10.5.0.5 -d 10.6.0.3 --sport 123 --dport 123 -u SEEN_REPLY",
+        "-p icmp -s 10.5.0.6 -d 10.6.0.4 --icmp-type 8 --icmp-code 0 --icmp-id 5",
+        "-p tcp -s 2001:db8::5 -d 2001:db8::6 --sport 40004 --dport 8080 --state ESTABLISHED",
+        "-p udp -s 2001:db8::5 -d 2001:db8::7 --sport 546 --dport 547",
     ];
     for e in entries {
-        let mut argv = vec!["-I"];
-        argv.extend_from_slice(e);
-        argv.extend_from_slice(&["-t", "3600"]);
-        ns.conntrack(&argv).expect_code(0);
+        ns.insert(e);
     }
     // In a terminal: with stdout a file or a pipe, iptstate 2.2.7 pads its
     // lines to a width it does not get from a terminal, gigabytes of
@@ -610,7 +527,7 @@ fn once_matches_iptstate() {
         250,
     );
     let (done, screen) = tmux.wait_all(Duration::from_secs(10), |s| {
-        s.lines.iter().any(|l| l.starts_with("IPTSTATE_EXITED="))
+        s.has_line_starting("IPTSTATE_EXITED=")
     });
     assert!(done, "iptstate -1 did not finish\n{screen}");
     let end = screen
@@ -657,201 +574,28 @@ fn once_matches_iptstate() {
     }
 }
 
-static SESSIONS: AtomicU32 = AtomicU32::new(0);
-
-/// A tmux server of its own (`-L`, no config) holding one session; the
-/// server is killed on drop, so nothing outlives the test.
-struct Tmux {
-    socket: String,
-}
-
-/// One `tmux capture-pane`, trailing spaces stripped.
-struct Screen {
-    lines: Vec<String>,
-}
-
-impl Screen {
-    fn header(&self) -> &str {
-        self.lines.first().map_or("", String::as_str)
-    }
-
-    fn footer(&self) -> &str {
-        self.lines.last().map_or("", String::as_str)
-    }
-
-    /// The table's rows, as whitespace-split cells (Source and Destination
-    /// first, then Prt, State...).
-    fn rows(&self) -> Vec<Vec<String>> {
-        let Some(title) = self.lines.iter().position(|l| l.starts_with("Source")) else {
-            return Vec::new();
-        };
-        let body_end = self.lines.len().saturating_sub(1);
-        self.lines
-            .get(title + 1..body_end)
-            .unwrap_or_default()
-            .iter()
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split_whitespace().map(str::to_string).collect())
-            .collect()
-    }
-
-    /// "SRC -> DST" of each row.
-    fn pairs(&self) -> Vec<String> {
-        self.rows()
-            .iter()
-            .map(|r| format!("{} -> {}", r[0], r.get(1).map_or("", String::as_str)))
-            .collect()
-    }
-
-    /// Non-empty lines.
-    fn content(&self) -> Vec<&str> {
-        self.lines
-            .iter()
-            .map(String::as_str)
-            .filter(|l| !l.is_empty())
-            .collect()
-    }
-}
-
-impl fmt::Display for Screen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "--- screen ---")?;
-        for l in &self.lines {
-            writeln!(f, "|{l}")?;
-        }
-        write!(f, "--------------")
-    }
-}
-
-impl Tmux {
-    /// Starts `shell_cmd` in a detached session, `width` x 40.
-    #[track_caller]
-    fn start(shell_cmd: &str, width: u16) -> Self {
-        let socket = format!(
-            "ctscope-e2e-{}-{}",
-            std::process::id(),
-            SESSIONS.fetch_add(1, Ordering::SeqCst)
-        );
-        let t = Tmux { socket };
-        let out = t.tmux(&[
-            "-f",
-            "/dev/null",
-            "new-session",
-            "-d",
-            "-s",
-            "top",
-            "-x",
-            &width.to_string(),
-            "-y",
-            "40",
-            shell_cmd,
-        ]);
-        assert_eq!(
-            out.code, 0,
-            "cannot start tmux (needed to drive the screen)\n{out}"
-        );
-        t
-    }
-
-    fn tmux(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("tmux");
-        cmd.args(["-L", &self.socket]).args(args);
-        run(&mut cmd)
-    }
-
-    /// The visible pane.
-    fn capture(&self) -> Screen {
-        self.capture_with(&[])
-    }
-
-    fn capture_with(&self, extra: &[&str]) -> Screen {
-        let mut argv = vec!["capture-pane", "-p", "-t", "top"];
-        argv.extend_from_slice(extra);
-        let out = self.tmux(&argv);
-        Screen {
-            lines: out
-                .stdout
-                .lines()
-                .map(|l| l.trim_end().to_string())
-                .collect(),
-        }
-    }
-
-    /// tmux key names (`r`, `Enter`, `Down`...).
-    #[track_caller]
-    fn keys(&self, keys: &[&str]) {
-        let mut argv = vec!["send-keys", "-t", "top"];
-        argv.extend_from_slice(keys);
-        self.tmux(&argv).expect_code(0);
-    }
-
-    /// Text typed as is.
-    #[track_caller]
-    fn type_text(&self, text: &str) {
-        self.tmux(&["send-keys", "-t", "top", "-l", text])
-            .expect_code(0);
-    }
-
-    /// Captures until `done` holds, for up to `timeout`; the last capture
-    /// either way.
-    fn wait(&self, timeout: Duration, mut done: impl FnMut(&Screen) -> bool) -> (bool, Screen) {
-        let mut last = Screen { lines: Vec::new() };
-        let ok = poll_until(timeout, || {
-            last = self.capture();
-            done(&last)
-        });
-        (ok, last)
-    }
-
-    /// Like [`Tmux::wait`], over the history too, wrapped lines joined.
-    fn wait_all(&self, timeout: Duration, mut done: impl FnMut(&Screen) -> bool) -> (bool, Screen) {
-        let mut last = Screen { lines: Vec::new() };
-        let ok = poll_until(timeout, || {
-            last = self.capture_with(&["-J", "-S", "-"]);
-            done(&last)
-        });
-        (ok, last)
-    }
-
-    /// The pid of the pane's shell.
-    fn pane_pid(&self) -> i32 {
-        let out = self.tmux(&["display-message", "-p", "-t", "top", "#{pane_pid}"]);
-        out.stdout
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("no pane pid\n{out}"))
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        // tmux leaves its socket file behind after kill-server.
-        let socket = self.tmux(&["display-message", "-p", "#{socket_path}"]);
-        let _ = self.tmux(&["kill-server"]);
-        let path = socket.stdout.trim();
-        if socket.code == 0 && path.ends_with(&self.socket) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-/// The `sh -c` line for the pane: ctscope, then its exit code, then a pause
-/// so the pane (and what the terminal shows after the exit) stays.
-fn pane_command(ns: &Netns) -> String {
+/// The `sh -c` line for the pane: `ctscope top ARGS` on `ns`, then its exit
+/// code, then a pause so the pane (and what the terminal shows after the
+/// exit) stays.
+fn pane_command(ns: &Netns, args: &[&str]) -> String {
     format!(
-        "{} --netns {} top; echo EXITED=$?; sleep 60",
+        "{} --netns {} {}; echo EXITED=$?; sleep 60",
         ctscope_bin().display(),
-        ns.name()
+        ns.name(),
+        [&["top"], args].concat().join(" ")
     )
 }
 
 /// The ctscope process started by the pane's shell, found by its parent
-/// (the pane) and its argv[0], so nothing else on the host is signalled.
-fn ctscope_pid(tmux: &Tmux) -> Option<i32> {
+/// (the pane) and its argv[0], so nothing else on the host is signalled;
+/// panics (showing `screen`) if there is none.
+#[track_caller]
+fn ctscope_pid(tmux: &Tmux, screen: &Screen) -> Pid {
     let shell = tmux.pane_pid();
     let bin = ctscope_bin();
-    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).ok()?;
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"));
     children
+        .unwrap_or_default()
         .split_whitespace()
         .filter_map(|c| c.parse::<i32>().ok())
         .find(|pid| {
@@ -862,55 +606,39 @@ fn ctscope_pid(tmux: &Tmux) -> Option<i32> {
                     .is_some_and(|argv0| Path::new(&*String::from_utf8_lossy(argv0)) == bin)
             })
         })
+        .map(Pid::from_raw)
+        .unwrap_or_else(|| panic!("no ctscope under the pane\n{screen}"))
 }
 
 /// Five entries whose source order differs from their destination order.
-const SMALL_TABLE: &[&[&str]] = &[
-    &[
-        "-p",
-        "tcp",
-        "-s",
-        "10.9.0.1",
-        "-d",
-        "10.8.0.5",
-        "--sport",
-        "1001",
-        "--dport",
-        "80",
-        "--state",
-        "ESTABLISHED",
-    ],
-    &[
-        "-p", "udp", "-s", "10.9.0.2", "-d", "10.8.0.3", "--sport", "1002", "--dport", "53",
-    ],
-    &[
-        "-p", "tcp", "-s", "10.9.0.3", "-d", "10.8.0.1", "--sport", "1003", "--dport", "443",
-        "--state", "SYN_SENT",
-    ],
-    &[
-        "-p",
-        "icmp",
-        "-s",
-        "10.9.0.4",
-        "-d",
-        "10.8.0.4",
-        "--icmp-type",
-        "8",
-        "--icmp-code",
-        "0",
-        "--icmp-id",
-        "7",
-    ],
-    &[
-        "-p", "udp", "-s", "10.9.0.5", "-d", "10.8.0.2", "--sport", "1005", "--dport", "123",
-    ],
+const SMALL_TABLE: &[&str] = &[
+    "-p tcp -s 10.9.0.1 -d 10.8.0.5 --sport 1001 --dport 80 --state ESTABLISHED",
+    "-p udp -s 10.9.0.2 -d 10.8.0.3 --sport 1002 --dport 53",
+    "-p tcp -s 10.9.0.3 -d 10.8.0.1 --sport 1003 --dport 443 --state SYN_SENT",
+    "-p icmp -s 10.9.0.4 -d 10.8.0.4 --icmp-type 8 --icmp-code 0 --icmp-id 7",
+    "-p udp -s 10.9.0.5 -d 10.8.0.2 --sport 1005 --dport 123",
 ];
 
-fn insert(ns: &Netns, entry: &[&str]) {
-    let mut argv = vec!["-I"];
-    argv.extend_from_slice(entry);
-    argv.extend_from_slice(&["-t", "3600"]);
-    ns.conntrack(&argv).expect_code(0);
+/// A fresh namespace holding [`SMALL_TABLE`]; `None` when the skip switch
+/// is set.
+fn with_small_table() -> Option<Netns> {
+    let ns = Netns::new()?;
+    for e in SMALL_TABLE {
+        ns.insert(e);
+    }
+    Some(ns)
+}
+
+/// Starts `ctscope top` on [`SMALL_TABLE`] in a pane and waits (up to 5 s)
+/// for a header starting with `header` over five rows.
+#[track_caller]
+fn start_top(ns: &Netns, header: &str) -> (Tmux, Screen) {
+    let tmux = Tmux::start(&pane_command(ns, &[]), 160);
+    let (up, screen) = tmux.wait(Duration::from_secs(5), |s| {
+        s.header().starts_with(header) && s.rows().len() == 5
+    });
+    assert!(up, "the screen did not come up with 5 rows\n{screen}");
+    (tmux, screen)
 }
 
 /// A row key of the screen (the same cells as `--once`).
@@ -931,19 +659,10 @@ const SHORT: Duration = Duration::from_secs(3);
 
 #[test]
 fn interactive_keys() {
-    let Some(ns) = Netns::new() else {
+    let Some(ns) = with_small_table() else {
         return;
     };
-    for e in SMALL_TABLE {
-        insert(&ns, e);
-    }
-    let tmux = Tmux::start(&pane_command(&ns), 160);
-    let (up, screen) = tmux.wait(Duration::from_secs(5), |s| {
-        s.header()
-            .starts_with("ctscope top -- source netlink -- 5 entries")
-            && s.rows().len() == 5
-    });
-    assert!(up, "the screen did not come up with 5 rows\n{screen}");
+    let (tmux, screen) = start_top(&ns, "ctscope top -- source netlink -- 5 entries");
     let mut failures = Vec::new();
 
     // The rows are the table, sorted by source.
@@ -1072,23 +791,7 @@ fn interactive_keys() {
 
     // A new entry shows up from its event, well before the 10 s resync.
     let started = Instant::now();
-    insert(
-        &ns,
-        &[
-            "-p",
-            "tcp",
-            "-s",
-            "10.9.0.7",
-            "-d",
-            "10.8.0.7",
-            "--sport",
-            "1007",
-            "--dport",
-            "22",
-            "--state",
-            "ESTABLISHED",
-        ],
-    );
+    ns.insert("-p tcp -s 10.9.0.7 -d 10.8.0.7 --sport 1007 --dport 22 --state ESTABLISHED");
     let (ok, screen) = tmux.wait(SHORT, |s| {
         s.pairs()
             .iter()
@@ -1105,9 +808,7 @@ fn interactive_keys() {
 
     // q: exit 0, the terminal back as it was (only the shell's echo).
     tmux.keys(&["q"]);
-    let (ok, screen) = tmux.wait(Duration::from_secs(5), |s| {
-        s.content().iter().any(|l| l.starts_with("EXITED="))
-    });
+    let (ok, screen) = tmux.wait(Duration::from_secs(5), |s| s.has_line_starting("EXITED="));
     if !ok || screen.content() != ["EXITED=0"] {
         failures.push(format!(
             "q: want only EXITED=0 on the restored terminal\n{screen}"
@@ -1118,29 +819,16 @@ fn interactive_keys() {
 
 #[test]
 fn interactive_sigterm() {
-    let Some(ns) = Netns::new() else {
+    let Some(ns) = with_small_table() else {
         return;
     };
-    for e in SMALL_TABLE {
-        insert(&ns, e);
-    }
-    let tmux = Tmux::start(&pane_command(&ns), 160);
-    let (up, screen) = tmux.wait(Duration::from_secs(5), |s| {
-        s.header().starts_with("ctscope top -- ") && s.rows().len() == 5
-    });
-    assert!(up, "the screen did not come up with 5 rows\n{screen}");
+    let (tmux, screen) = start_top(&ns, "ctscope top -- ");
     // Signalled by pid: a `pkill -f` on the namespace's name would also
     // match the tmux server and the pane's shell, whose command lines carry
     // the same name.
-    let pid = ctscope_pid(&tmux).unwrap_or_else(|| panic!("no ctscope under the pane\n{screen}"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap_or_else(|e| panic!("kill -TERM {pid}: {e}"));
-    let (ok, screen) = tmux.wait(Duration::from_secs(5), |s| {
-        s.content().iter().any(|l| l.starts_with("EXITED="))
-    });
+    let pid = ctscope_pid(&tmux, &screen);
+    kill(pid, Signal::SIGTERM).unwrap_or_else(|e| panic!("kill -TERM {pid}: {e}"));
+    let (ok, screen) = tmux.wait(Duration::from_secs(5), |s| s.has_line_starting("EXITED="));
     assert!(
         ok && screen.content() == ["EXITED=0"],
         "SIGTERM: want exit 0 and the terminal restored (only EXITED=0 left)\n{screen}"
@@ -1153,12 +841,9 @@ fn interactive_sigterm() {
 /// what happened, and exits non-zero.
 #[test]
 fn a_panic_restores_the_terminal() {
-    let Some(ns) = Netns::new() else {
+    let Some(ns) = with_small_table() else {
         return;
     };
-    for e in SMALL_TABLE {
-        insert(&ns, e);
-    }
     let mut failures = Vec::new();
     for (place, code, says) in [
         ("draw", 101, "injected by CTSCOPE_FAULT_PANIC=draw"),
@@ -1175,9 +860,7 @@ fn a_panic_restores_the_terminal() {
             ns.name()
         );
         let tmux = Tmux::start(&cmd, 160);
-        let (ended, screen) = tmux.wait(Duration::from_secs(10), |s| {
-            s.content().iter().any(|l| l.starts_with("TTY="))
-        });
+        let (ended, screen) = tmux.wait(Duration::from_secs(10), |s| s.has_line_starting("TTY="));
         let content = screen.content();
         if !ended
             || !content.contains(&format!("EXITED={code}").as_str())
@@ -1201,41 +884,26 @@ fn stopped_consumer_loses_events_then_resyncs() {
     let Some(ns) = Netns::new() else {
         return;
     };
-    let cmd = format!(
-        "{} --netns {} top -b 65536 --resync 3600; echo EXITED=$?; sleep 60",
-        ctscope_bin().display(),
-        ns.name()
+    let tmux = Tmux::start(
+        &pane_command(&ns, &["-b", "65536", "--resync", "3600"]),
+        160,
     );
-    let tmux = Tmux::start(&cmd, 160);
     let (up, screen) = tmux.wait(Duration::from_secs(5), |s| {
         s.header().starts_with("ctscope top -- ")
     });
     assert!(up, "the screen did not come up\n{screen}");
-    let pid = ctscope_pid(&tmux).unwrap_or_else(|| panic!("no ctscope under the pane\n{screen}"));
-    let pid = nix::unistd::Pid::from_raw(pid);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let pid = ctscope_pid(&tmux, &screen);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
     // 600 NEW events need far more than the 128 KiB the kernel grants a
     // 64 KiB buffer.
     for i in 0..600u32 {
         let src = format!("10.6.{}.{}", i / 250, i % 250 + 1);
-        let sport = (1024 + i).to_string();
-        insert(
-            &ns,
-            &[
-                "-p",
-                "udp",
-                "-s",
-                &src,
-                "-d",
-                "10.6.99.1",
-                "--sport",
-                &sport,
-                "--dport",
-                "53",
-            ],
-        );
+        let sport = 1024 + i;
+        ns.insert(&format!(
+            "-p udp -s {src} -d 10.6.99.1 --sport {sport} --dport 53"
+        ));
     }
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
     let count = ns.conntrack(&["-C"]).stdout.trim().to_string();
     let want = format!("-- {count} entries/");
     let (ok, screen) = tmux.wait(Duration::from_secs(10), |s| {

@@ -1,7 +1,7 @@
 //! `-o json`: one JSON object per line, schema in the README.
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::OutputOptions;
 use crate::ct::{
@@ -9,10 +9,59 @@ use crate::ct::{
     state_name,
 };
 
+/// An address as JSON, IPv4 written without the formatting machinery (the
+/// common case of a busy event stream), IPv6 as its Display.
+struct JsonIp(IpAddr);
+
+impl Serialize for JsonIp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            IpAddr::V4(v4) => {
+                let mut buf = [0u8; 15];
+                let len = write_ipv4(&mut buf, v4);
+                serializer.serialize_str(std::str::from_utf8(&buf[..len]).unwrap_or_default())
+            }
+            IpAddr::V6(_) => self.0.serialize(serializer),
+        }
+    }
+}
+
+/// Dotted quad into `buf`; returns its length.
+fn write_ipv4(buf: &mut [u8; 15], a: Ipv4Addr) -> usize {
+    let mut len = 0;
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        for &d in digits.format(octet).as_bytes() {
+            buf[len] = d;
+            len += 1;
+        }
+    }
+    len
+}
+
+/// The names of the set status bits, as a JSON array, without collecting
+/// them first.
+struct StatusNames(u32);
+
+impl Serialize for StatusNames {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            ips::NAMES
+                .iter()
+                .filter(|(_, bit)| self.0 & bit != 0)
+                .map(|(name, _)| name),
+        )
+    }
+}
+
 #[derive(Serialize)]
 struct JsonTuple {
-    src: Option<IpAddr>,
-    dst: Option<IpAddr>,
+    src: Option<JsonIp>,
+    dst: Option<JsonIp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sport: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,8 +80,8 @@ struct JsonTuple {
 impl JsonTuple {
     fn new(t: &Tuple, c: Option<&Counters>) -> Self {
         Self {
-            src: t.src,
-            dst: t.dst,
+            src: t.src.map(JsonIp),
+            dst: t.dst.map(JsonIp),
             sport: t.sport,
             dport: t.dport,
             icmp_type: t.icmp_type,
@@ -74,7 +123,7 @@ struct JsonEntry<'a> {
     state: Option<&'static str>,
     orig: JsonTuple,
     reply: JsonTuple,
-    status: Vec<&'static str>,
+    status: StatusNames,
     mark: Option<u32>,
     secmark: Option<u32>,
     secctx: Option<&'a str>,
@@ -104,16 +153,6 @@ pub struct EventMeta<'a> {
 /// Writes one entry as a JSON object and a newline. Schema in README.md.
 pub fn write_json(out: &mut Vec<u8>, ct: &Conntrack, opts: &OutputOptions, meta: EventMeta<'_>) {
     let l4 = ct.l4proto();
-    let status = ct
-        .status
-        .map(|s| {
-            ips::NAMES
-                .iter()
-                .filter(|(_, bit)| s & bit != 0)
-                .map(|(n, _)| *n)
-                .collect()
-        })
-        .unwrap_or_default();
     let labels = ct.labels().map(|l| {
         label_bits(l)
             .map(|bit| {
@@ -140,7 +179,7 @@ pub fn write_json(out: &mut Vec<u8>, ct: &Conntrack, opts: &OutputOptions, meta:
         state: ct.proto_state.map(state_name),
         orig: JsonTuple::new(&ct.orig, ct.counters_orig.as_ref()),
         reply: JsonTuple::new(&ct.reply, ct.counters_reply.as_ref()),
-        status,
+        status: StatusNames(ct.status.unwrap_or(0)),
         mark: ct.mark,
         secmark: ct.secmark(),
         secctx: ct.secctx(),
@@ -167,6 +206,21 @@ pub fn write_json(out: &mut Vec<u8>, ct: &Conntrack, opts: &OutputOptions, meta:
 mod tests {
     use super::*;
     use crate::ct::samples::tcp_established as tcp_entry;
+
+    #[test]
+    fn addresses_are_spelled_as_display_does() {
+        for a in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.200.7",
+            "::1",
+            "2001:db8::1",
+        ] {
+            let ip: IpAddr = a.parse().expect("addr");
+            let json = serde_json::to_string(&JsonIp(ip)).expect("json");
+            assert_eq!(json, format!("\"{ip}\""));
+        }
+    }
 
     #[test]
     fn json_carries_every_value() {

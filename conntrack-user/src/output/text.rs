@@ -145,7 +145,10 @@ pub fn write_text(
         };
         let _ = write!(out, "{name:<8} {} ", ct.family);
     }
-    let _ = write!(out, "{:<8} ", proto_name(l4));
+    // "%-8s " without the formatting machinery: this runs per event.
+    let name = proto_name(l4).as_bytes();
+    out.extend_from_slice(name);
+    out.resize(out.len() + 8usize.saturating_sub(name.len()) + 1, b' ');
     out.extend_from_slice(b.format(l4).as_bytes());
     out.push(b' ');
     if let Some(t) = ct.timeout {

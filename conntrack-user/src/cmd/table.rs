@@ -179,9 +179,41 @@ pub fn delete_attrs(ct: &Conntrack) -> AttrWriter {
     w
 }
 
+/// The first kernel whose ctnetlink flushes one family on request.
+const FAMILY_FLUSH_SINCE: (u32, u32) = (4, 19);
+
+/// The running kernel's (major, minor).
+fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 pub fn flush(args: &FlushArgs) -> Result<()> {
     let mut sock = CtSocket::open()?;
-    sock.flush(args.family.unwrap_or(0))?;
+    match args.family {
+        Some(family) if kernel_version().is_some_and(|v| v < FAMILY_FLUSH_SINCE) => {
+            // An older kernel would flush every family: delete this
+            // family's entries one by one instead.
+            eprintln!(
+                "ctscope: this kernel flushes every family at once; deleting the {} entries one by one",
+                if i32::from(family) == libc::AF_INET6 {
+                    "IPv6"
+                } else {
+                    "IPv4"
+                }
+            );
+            let mut victims = Vec::new();
+            sock.dump(family, &[], |ct| {
+                victims.push(ct.clone());
+                true
+            })?;
+            for ct in &victims {
+                sock.delete(ct.family, delete_attrs(ct).as_bytes())?;
+            }
+        }
+        family => sock.flush(family.unwrap_or(0))?,
+    }
     summary("connection tracking table has been emptied");
     Ok(())
 }

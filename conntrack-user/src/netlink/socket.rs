@@ -17,6 +17,9 @@ const NLMSG_NOOP: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_OVERRUN: u16 = 4;
+/// nfgenmsg versions.
+const NFNETLINK_V0: u8 = 0;
+const NFNETLINK_V1: u8 = 1;
 
 /// The receive buffer: larger than the biggest skb a dump sends (32 KiB).
 const RECV_BUF: usize = 256 * 1024;
@@ -176,6 +179,9 @@ pub struct CtSocket {
     rcvbuf: usize,
     fault_enobufs_after: Option<u64>,
     received: u64,
+    /// The nfgenmsg version of the next requests (NFNETLINK_V0 but for a
+    /// family flush).
+    version: u8,
 }
 
 impl CtSocket {
@@ -204,6 +210,7 @@ impl CtSocket {
             rcvbuf,
             fault_enobufs_after: crate::fault::dump_enobufs_after(),
             received: 0,
+            version: NFNETLINK_V0,
         })
     }
 
@@ -216,7 +223,7 @@ impl CtSocket {
         req.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
         req.extend_from_slice(&self.seq.to_ne_bytes());
         req.extend_from_slice(&0u32.to_ne_bytes());
-        req.extend_from_slice(&[family, 0, 0, 0]);
+        req.extend_from_slice(&[family, self.version, 0, 0]);
         req.extend_from_slice(attrs);
         loop {
             match self.socket.send(&req, 0) {
@@ -477,14 +484,24 @@ impl CtSocket {
 
     /// Flushes the table (`family` 0: all families).
     pub fn flush(&mut self, family: u8) -> Result<(), NetlinkError> {
-        self.transact(
+        // ctnetlink_del_conntrack (since 4.19) flushes only `family` when
+        // the request says NFNETLINK_V1, as conntrack -F -f does; with V0
+        // it flushes every family, for old programs that left it unset.
+        self.version = if family == 0 {
+            NFNETLINK_V0
+        } else {
+            NFNETLINK_V1
+        };
+        let flushed = self.transact(
             "flush",
             IPCTNL_MSG_CT_DELETE,
             NLM_F_ACK,
             family,
             &[],
             |_, _| Ok(()),
-        )
+        );
+        self.version = NFNETLINK_V0;
+        flushed
     }
 
     /// Per-CPU statistics, one element per CPU.

@@ -41,6 +41,20 @@ fn bad_flags_exit_2_with_one_line() {
         &["-F", "-L"],
         &["profile", "--duration", "0"],
         &["top", "--once", "--sort", "bogus"],
+        // Values that overflow a duration, a buffer or a ring size: one
+        // line, never a panic (1e99 used to panic converting to Duration).
+        &["-E", "--duration", "1e99"],
+        &["-E", "--duration", "18446744073709551615"],
+        &["-E", "--duration", "inf"],
+        &["-E", "--duration", "NaN"],
+        &["profile", "--duration", "1e99"],
+        &["-E", "--count", "18446744073709551616"],
+        &["-E", "-b", "99999999999999999999"],
+        &["-E", "--ring-size", "4294967296"],
+        &["top", "--resync", "18446744073709551616"],
+        &["top", "--once", "--limit", "-1"],
+        &["-L", "-w", "65536"],
+        &["-L", "-m", "4294967296"],
     ];
     for argv in others {
         if let Err(e) = ns.ctscope(argv).one_line_error(2) {

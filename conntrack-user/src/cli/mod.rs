@@ -219,6 +219,13 @@ mod tests {
         assert!(parse(&["list", "-f", "ipx"]).is_err());
         assert!(parse(&["list", "-p", "nosuchproto"]).is_err());
         assert_eq!(run(["ctscope", "list", "--bogus"]), 2);
+        // Durations past what a Duration holds are refused, not a panic;
+        // a long one that fits runs until stopped.
+        for d in ["1e99", "18446744073709551616", "inf", "nan", "-1", "0"] {
+            assert!(parse(&["events", "--duration", d]).is_err(), "{d}");
+            assert!(parse(&["profile", "--duration", d]).is_err(), "{d}");
+        }
+        assert!(parse(&["events", "--duration", "1e19"]).is_ok());
     }
 
     #[test]

@@ -125,6 +125,7 @@ fn bench(c: &mut Criterion) {
                 reverse: false,
                 filter: Filter::default(),
                 text: text.to_string(),
+                now_ms: 0,
             },
             true,
         );

@@ -17,7 +17,7 @@ use std::{
     collections::HashMap,
     hash::BuildHasher,
     net::IpAddr,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -64,6 +64,9 @@ pub struct Tracked {
     pub ct: Conntrack,
     /// When this table first saw it, in ms since the table was made.
     pub first_seen_ms: u32,
+    /// When `ct.timeout` was last reported (event or dump), in ms since
+    /// the table was made: the TTL counts down from there.
+    pub timeout_at_ms: u32,
     /// Bytes per second, original and reply directions, between the last
     /// two dumps (needs nf_conntrack_acct=1).
     pub rate_bytes: (f32, f32),
@@ -182,6 +185,11 @@ impl Table {
         &self.entries
     }
 
+    /// The table's clock now, in ms since it was made.
+    pub fn now_ms(&self) -> u32 {
+        self.ms_since_epoch(Instant::now())
+    }
+
     fn ms_since_epoch(&self, now: Instant) -> u32 {
         u32::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u32::MAX)
     }
@@ -273,6 +281,9 @@ impl Table {
                         let was_established =
                             matches!(t.ct.proto_state, Some(ProtoState::Tcp(ESTABLISHED)));
                         merge(&mut t.ct, ct);
+                        if ct.timeout.is_some() {
+                            t.timeout_at_ms = now_ms;
+                        }
                         if !was_established
                             && matches!(t.ct.proto_state, Some(ProtoState::Tcp(ESTABLISHED)))
                         {
@@ -293,7 +304,17 @@ impl Table {
                 self.recently_destroyed.insert(key, now);
                 match self.remove(&key) {
                     Some(t) => {
-                        let ms = match (ct.timestamp_start, ct.timestamp_stop) {
+                        // The kernel's start time (nf_conntrack_timestamp=1)
+                        // when the DESTROY or an earlier dump carried it; the
+                        // time this table first saw the entry otherwise.
+                        let start = ct.timestamp_start.or(t.ct.timestamp_start);
+                        let stop = ct.timestamp_stop.or_else(|| {
+                            SystemTime::now()
+                                .duration_since(UNIX_EPOCH)
+                                .ok()
+                                .and_then(|d| u64::try_from(d.as_nanos()).ok())
+                        });
+                        let ms = match (start, stop) {
                             (Some(start), Some(stop)) if stop >= start => {
                                 (stop - start) / 1_000_000
                             }
@@ -358,6 +379,7 @@ impl Table {
                     });
                     update_rates(&mut t, &ct, secs);
                     t.ct = ct;
+                    t.timeout_at_ms = now_ms;
                     t
                 }
                 None => {
@@ -378,10 +400,28 @@ impl Table {
     }
 }
 
+impl Tracked {
+    /// Seconds left at `now_ms` (see [`Table::now_ms`]): the timeout last
+    /// reported, counted down since, as iptstate shows it every second.
+    pub fn ttl_at(&self, now_ms: u32) -> Option<u32> {
+        let elapsed = now_ms.saturating_sub(self.timeout_at_ms) / 1000;
+        self.ct.timeout.map(|t| t.saturating_sub(elapsed))
+    }
+
+    /// When the entry runs out, in seconds on the table's clock (what a
+    /// TTL sort compares, whatever the time now).
+    pub fn expires_at(&self) -> Option<u64> {
+        self.ct
+            .timeout
+            .map(|t| u64::from(t) + u64::from(self.timeout_at_ms / 1000))
+    }
+}
+
 fn tracked(ct: Conntrack, now_ms: u32) -> Tracked {
     Tracked {
         ct,
         first_seen_ms: now_ms,
+        timeout_at_ms: now_ms,
         rate_bytes: (0.0, 0.0),
         rate_packets: (0.0, 0.0),
     }
@@ -470,6 +510,59 @@ mod tests {
         let h = &t.stats.lifetime_ms["udp"];
         assert_eq!(h.len(), 1);
         assert!((1400..=1600).contains(&h.max()), "{}", h.max());
+    }
+
+    #[test]
+    fn the_ttl_counts_down_from_the_last_report() {
+        let mut t = Table::new();
+        let start = Instant::now();
+        let mut a = udp(1);
+        a.timeout = Some(30);
+        t.apply(EventKind::New, &a, start, None);
+        let mut b = udp(2);
+        b.timeout = Some(28);
+        t.apply(EventKind::New, &b, start + Duration::from_secs(4), None);
+        let at = |t: &Table, sport: u16, secs: u64| {
+            let now = t.ms_since_epoch(start + Duration::from_secs(secs));
+            let e = t.entries().iter().find(|e| e.ct.orig.sport == Some(sport));
+            e.and_then(|e| e.ttl_at(now))
+        };
+        assert_eq!(at(&t, 1, 0), Some(30));
+        assert_eq!(at(&t, 1, 10), Some(20));
+        assert_eq!(at(&t, 1, 99), Some(0));
+        // Entry 2 runs out at 4 + 28 = 32 s, after entry 1 (30 s).
+        let expiry = |sport| {
+            t.entries()
+                .iter()
+                .find(|e| e.ct.orig.sport == Some(sport))
+                .and_then(Tracked::expires_at)
+        };
+        assert!(expiry(2) > expiry(1));
+        // A newer report (an event, or a dump) restarts the count.
+        a.timeout = Some(120);
+        t.apply(EventKind::Update, &a, start + Duration::from_secs(10), None);
+        assert_eq!(at(&t, 1, 15), Some(115));
+        t.resync(vec![a.clone()], start + Duration::from_secs(20));
+        assert_eq!(at(&t, 1, 21), Some(119));
+    }
+
+    #[test]
+    fn lifetime_from_the_kernel_start_time_a_dump_carried() {
+        let mut t = Table::new();
+        let now = Instant::now();
+        let wall_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        // Started 50 s ago, by the kernel's clock; this table saw it now.
+        let mut started = udp(3);
+        started.timestamp_start = Some(wall_ns - 50_000_000_000);
+        t.resync(vec![started], now);
+        // Its DESTROY carries no timestamps (nf_conntrack_timestamp was
+        // turned on after it started, or the event lost them).
+        t.apply(EventKind::Destroy, &udp(3), now, None);
+        let h = &t.stats.lifetime_ms["udp"];
+        assert!(h.max() >= 49_000, "lifetime {} ms", h.max());
     }
 
     #[test]

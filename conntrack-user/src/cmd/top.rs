@@ -36,16 +36,18 @@ pub fn run(args: &TopArgs) -> Result<()> {
         "counters and rates are empty: nf_conntrack_acct is 0 here (--enable-acct turns it on)"
             .to_string()
     });
-    let view = View {
+    let mut view = View {
         sort: args.sort,
         reverse: args.reverse,
         filter,
         text: String::new(),
+        now_ms: 0,
     };
     let now = Instant::now();
     if args.once {
         let mut table = Table::new();
         table.resync(dump_all()?, now);
+        view.now_ms = table.now_ms();
         let (rows, total) = rows::select(table.entries(), &view, args.limit.unwrap_or(usize::MAX));
         let mut out = String::new();
         rows::write_once(&mut out, &rows, &view, args.counters, total);

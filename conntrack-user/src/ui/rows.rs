@@ -102,7 +102,7 @@ pub fn compare(key: SortKey, a: &Tracked, b: &Tracked) -> Ordering {
         SortKey::Dst => by_dst(a, b),
         SortKey::Proto => proto_name(a.ct.l4proto()).cmp(proto_name(b.ct.l4proto())),
         SortKey::State => state_text(&a.ct).cmp(&state_text(&b.ct)),
-        SortKey::Ttl => a.ct.timeout.cmp(&b.ct.timeout),
+        SortKey::Ttl => a.expires_at().cmp(&b.expires_at()),
         SortKey::Bytes => bytes(a).cmp(&bytes(b)),
         SortKey::Packets => packets(a).cmp(&packets(b)),
         SortKey::Rate => rate(a).total_cmp(&rate(b)),
@@ -123,6 +123,8 @@ pub struct View {
     pub filter: Filter,
     /// `/` filter: rows whose text contains this.
     pub text: String,
+    /// The table's clock for the TTL column ([`crate::table::Table::now_ms`]).
+    pub now_ms: u32,
 }
 
 /// Up to this many rows, `select` keeps a sorted top-k in one pass.
@@ -202,7 +204,7 @@ fn select_in<'a>(
         let finder = memchr::memmem::Finder::new(view.text.as_bytes());
         move |t| {
             view.text.is_empty() || {
-                row_text_into(&mut buf, t);
+                row_text_into(&mut buf, t, view.now_ms);
                 finder.find(&buf).is_some()
             }
         }
@@ -303,7 +305,7 @@ pub fn human(n: f64) -> String {
 }
 
 /// The cells of one row, in column order.
-pub fn cells(t: &Tracked, counters: bool) -> Vec<String> {
+pub fn cells(t: &Tracked, counters: bool, now_ms: u32) -> Vec<String> {
     let ct = &t.ct;
     let l4 = ct.l4proto();
     let mut v = vec![
@@ -311,7 +313,7 @@ pub fn cells(t: &Tracked, counters: bool) -> Vec<String> {
         endpoint(ct.orig.dst, ct.orig.dport, l4),
         proto_name(l4).to_string(),
         state_text(ct),
-        ttl_text(ct.timeout),
+        ttl_text(t.ttl_at(now_ms)),
     ];
     if counters {
         v.push(bytes(t).to_string());
@@ -342,7 +344,7 @@ pub fn titles(counters: bool) -> Vec<&'static str> {
 /// Writes the searchable text of a row (its cells without counters) into
 /// `buf`, reusing it: the `/` filter runs this for every entry of a frame,
 /// so it avoids `Display` and allocations.
-fn row_text_into(buf: &mut Vec<u8>, t: &Tracked) {
+fn row_text_into(buf: &mut Vec<u8>, t: &Tracked, now_ms: u32) {
     buf.clear();
     let ct = &t.ct;
     let l4 = ct.l4proto();
@@ -379,7 +381,7 @@ fn row_text_into(buf: &mut Vec<u8>, t: &Tracked) {
         }
         _ => {}
     }
-    let s = ct.timeout.unwrap_or(0);
+    let s = t.ttl_at(now_ms).unwrap_or(0);
     buf.push(b' ');
     buf.extend_from_slice(n.format(s / 3600).as_bytes());
     for part in [s / 60 % 60, s % 60] {
@@ -408,7 +410,10 @@ fn row_text_into(buf: &mut Vec<u8>, t: &Tracked) {
 /// at line ends.
 pub fn write_once(out: &mut String, rows: &[&Tracked], view: &View, counters: bool, total: usize) {
     let titles = titles(counters);
-    let table: Vec<Vec<String>> = rows.iter().map(|t| cells(t, counters)).collect();
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|t| cells(t, counters, view.now_ms))
+        .collect();
     // Columns that are empty in every row (NAT, Mark, Zone) are left out.
     let keep: Vec<bool> = (0..titles.len())
         .map(|i| i < 5 || table.iter().any(|r| !r[i].is_empty()))
@@ -493,6 +498,7 @@ mod tests {
             reverse,
             filter: Filter::default(),
             text: String::new(),
+            now_ms: 0,
         }
     }
 
@@ -547,7 +553,7 @@ mod tests {
                 // Equal keys may come in either order; compare the keys.
                 let keys = |r: &[&Tracked]| {
                     r.iter()
-                        .map(|e| cells(e, true).join(" "))
+                        .map(|e| cells(e, true, 0).join(" "))
                         .collect::<Vec<_>>()
                 };
                 assert_eq!(keys(&top), keys(&all[..37]), "{key:?} reverse={reverse}");
@@ -598,9 +604,9 @@ mod tests {
         let t = table();
         let mut bytes = Vec::new();
         for e in t.entries().iter() {
-            row_text_into(&mut bytes, e);
+            row_text_into(&mut bytes, e, 0);
             let buf = String::from_utf8(bytes.clone()).expect("utf-8");
-            let cells: Vec<String> = cells(e, false)
+            let cells: Vec<String> = cells(e, false, 0)
                 .into_iter()
                 .filter(|c| !c.is_empty())
                 .collect();

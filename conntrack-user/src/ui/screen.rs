@@ -321,7 +321,12 @@ pub fn draw(
             } else {
                 Style::default()
             };
-            Row::new(top::cells(t, app.counters).into_iter().map(Cell::from)).style(style)
+            Row::new(
+                top::cells(t, app.counters, app.view.now_ms)
+                    .into_iter()
+                    .map(Cell::from),
+            )
+            .style(style)
         })
         .collect();
     let widths: Vec<Constraint> = titles
@@ -463,6 +468,7 @@ pub fn run(
         let guard = table
             .lock()
             .map_err(|_| io::Error::other("table lock poisoned"))?;
+        app.view.now_ms = guard.now_ms();
         let (rows, total) = if app.paused {
             let (rows, total) = frozen.get_or_insert_with(|| {
                 let (r, t) = top::select(guard.entries(), &app.view, app.offset + page);
@@ -571,6 +577,7 @@ mod tests {
             reverse: false,
             filter: Filter::default(),
             text: String::new(),
+            now_ms: 0,
         };
         let mut app = App::new(view, false);
         let s = screen(&app, &t);
@@ -594,6 +601,7 @@ mod tests {
             reverse: false,
             filter: Filter::default(),
             text: String::new(),
+            now_ms: 0,
         };
         let mut app = App::new(view, false);
         app.on_key(key(KeyCode::Char('/')), &[], 3, 7);
@@ -629,6 +637,7 @@ mod tests {
             reverse: false,
             filter: Filter::default(),
             text: String::new(),
+            now_ms: 0,
         };
         let mut app = App::new(view, false);
         let (rows, total) = top::select(t.entries(), &app.view, 7);

@@ -145,6 +145,15 @@ fn get() {
             "-p tcp -s 10.1.0.1 -d 10.1.0.2 --sport 1234 --dport 80 -w 5",
             2,
         ),
+        // And the per-direction zones (once accepted and ignored).
+        (
+            "-p udp -s 10.1.0.1 -d 10.1.0.2 --sport 53 --dport 53 --orig-zone 3",
+            2,
+        ),
+        (
+            "-p udp -s 10.1.0.1 -d 10.1.0.2 --sport 54 --dport 53 --reply-zone 4",
+            2,
+        ),
     ];
     let mut failures = Vec::new();
     for &(args, code) in cases {

@@ -58,8 +58,16 @@ fn tuple_request(f: &FilterArgs) -> Result<(u8, AttrWriter)> {
             .filter(|n| n.prefix_len() == n.max_prefix_len())
             .map(IpNet::addr)
     };
-    if f.zone.is_some() {
-        return Err(usage("Illegal option `--zone' with this command"));
+    // conntrack -G refuses the zone options (exit 2), which it would
+    // otherwise ignore: the entry would not be found.
+    for (set, flag) in [
+        (f.zone.is_some(), "--zone"),
+        (f.orig_zone.is_some(), "--orig-zone"),
+        (f.reply_zone.is_some(), "--reply-zone"),
+    ] {
+        if set {
+            return Err(usage(format!("Illegal option `{flag}' with this command")));
+        }
     }
     let proto = f.proto.ok_or_else(|| usage("get needs -p/--proto"))?;
     let (kind, src, dst, sport, dport) = if f.src.is_some() || f.dst.is_some() {

@@ -55,6 +55,10 @@ fn bad_flags_exit_2_with_one_line() {
         &["top", "--once", "--limit", "-1"],
         &["-L", "-w", "65536"],
         &["-L", "-m", "4294967296"],
+        // conntrack warns and fails (exit 1) on these; ctscope says which
+        // flag to use, exit 2 (README, differences from conntrack).
+        &["-L", "-u", "SRC_NAT"],
+        &["-L", "-u", "DST_NAT"],
     ];
     for argv in others {
         if let Err(e) = ns.ctscope(argv).one_line_error(2) {

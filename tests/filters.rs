@@ -72,6 +72,11 @@ fn addresses() {
         (&["-s", "2001:db8::/32"], Subset),
         (&["-d", "192.0.2.1"], Any),
         (&["-f", "ipv4", "-s", "::1"], Rejected),
+        // inet_aton's short forms, which conntrack reads: 127.1 is
+        // 127.0.0.1, 10.1.2 is 10.1.0.2.
+        (&["-s", "127.1"], Subset),
+        (&["-d", "10.1.2"], Subset),
+        (&["-s", "127.1/8"], Subset),
     ]);
 }
 
@@ -98,6 +103,8 @@ fn protocols_and_ports() {
         ),
         (&["-p", "udp", "--dport", "1"], Any),
         (&["--sport", "1"], Rejected),
+        // No ports for ICMP: conntrack says "unknown option".
+        (&["-p", "icmp", "--sport", "5"], Rejected),
     ]);
 }
 
@@ -141,6 +148,9 @@ fn marks_and_status() {
         (&["-u", "SEEN_REPLY"], Subset),
         (&["-u", "UNREPLIED"], Subset),
         (&["-u", "ASSURED,SEEN_REPLY"], Subset),
+        // Status names in any case, as conntrack reads them.
+        (&["-u", "assured"], Subset),
+        (&["-u", "Seen_Reply"], Subset),
         (&["-p", "udp", "-s", "127.0.0.1", "-m", "42"], Subset),
     ]);
 }

@@ -317,13 +317,55 @@ pub struct StatsArgs {
     pub total: bool,
 }
 
+/// An address or network. IPv4 also in the shorter forms inet_aton reads
+/// and conntrack accepts (`1.2.3` is 1.2.0.3, `10.1` is 10.0.0.1).
 fn parse_net(s: &str) -> std::result::Result<IpNet, String> {
     if let Ok(net) = s.parse::<IpNet>() {
         return Ok(net);
     }
-    s.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("invalid address `{s}'"))
+    if let Ok(addr) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    let bad = || format!("invalid address `{s}'");
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+        None => (s, None),
+    };
+    let v4 = inet_aton(addr).ok_or_else(bad)?;
+    let net = ipnet::Ipv4Net::new(v4, prefix.unwrap_or(32)).map_err(|_| bad())?;
+    Ok(IpNet::V4(net))
+}
+
+/// glibc's inet_aton: one to four parts, decimal, octal (leading 0) or hex
+/// (0x), the last part filling the remaining bytes.
+fn inet_aton(s: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<u32> = s
+        .split('.')
+        .map(|p| {
+            if let Some(hex) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+                u32::from_str_radix(hex, 16).ok()
+            } else if p.len() > 1 && p.starts_with('0') {
+                u32::from_str_radix(&p[1..], 8).ok()
+            } else if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+                p.parse().ok()
+            } else {
+                None
+            }
+        })
+        .collect::<Option<_>>()?;
+    let (head, last) = parts.split_last().map(|(l, h)| (h, *l))?;
+    if head.len() > 3 || head.iter().any(|p| *p > 255) {
+        return None;
+    }
+    let last_bits = 8 * (4 - head.len() as u32);
+    if last_bits < 32 && last >> last_bits != 0 {
+        return None;
+    }
+    let mut value = u64::from(last);
+    for (i, p) in head.iter().enumerate() {
+        value |= u64::from(*p) << (24 - 8 * i);
+    }
+    u32::try_from(value).ok().map(std::net::Ipv4Addr::from)
 }
 
 fn parse_proto(s: &str) -> std::result::Result<u8, String> {
@@ -358,9 +400,18 @@ fn parse_mark(s: &str) -> std::result::Result<(u32, u32), String> {
 fn parse_status(s: &str) -> std::result::Result<(u32, u32), String> {
     let (mut value, mut mask) = (0, 0);
     for word in s.split(',') {
-        match word {
+        // conntrack reads the names in any case.
+        let word = word.to_ascii_uppercase();
+        match word.as_str() {
             "UNSET" => {}
             "UNREPLIED" => mask |= crate::ct::ips::SEEN_REPLY,
+            // conntrack refuses these too (its kernel request fails).
+            "SRC_NAT" | "DST_NAT" => {
+                return Err(format!(
+                    "`{word}' is not a status filter: use --{}-nat instead",
+                    if word == "SRC_NAT" { "src" } else { "dst" }
+                ));
+            }
             _ => {
                 let bit = crate::ct::ips::NAMES
                     .iter()

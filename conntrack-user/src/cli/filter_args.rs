@@ -4,7 +4,7 @@ use ipnet::IpNet;
 
 use super::{Result, args::FilterArgs, usage};
 use crate::{
-    ct::{DCCP_STATES, ProtoState, SCTP_STATES, TCP_STATES, is_icmp, proto},
+    ct::{DCCP_STATES, ProtoState, SCTP_STATES, TCP_STATES, has_ports, is_icmp, proto},
     filter::{Filter, NatFilter, StateFilter},
     output::LabelMap,
 };
@@ -76,8 +76,19 @@ impl FilterArgs {
             self.reply_port_src,
             self.reply_port_dst,
         ];
-        if ports.iter().any(Option::is_some) && self.proto.is_none() {
-            return Err(usage("port filters need -p/--proto"));
+        if ports.iter().any(Option::is_some) {
+            match self.proto {
+                None => return Err(usage("port filters need -p/--proto")),
+                // conntrack knows no --sport for ICMP, GRE (--srckey) or a
+                // protocol without ports: "unknown option", exit 2.
+                Some(p) if !has_ports(p) => {
+                    return Err(usage(format!(
+                        "port filters need a protocol with ports, not -p {}",
+                        crate::ct::proto_name(p)
+                    )));
+                }
+                Some(_) => {}
+            }
         }
         let icmp = self.icmp_type.is_some() || self.icmp_code.is_some() || self.icmp_id.is_some();
         if icmp && !self.proto.is_some_and(is_icmp) {

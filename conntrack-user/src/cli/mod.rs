@@ -229,6 +229,34 @@ mod tests {
     }
 
     #[test]
+    fn addresses_in_inet_aton_forms() {
+        let net = |s: &str| {
+            let Some(Command::List(a)) = parse(&["list", "-s", s]).ok().and_then(|c| c.command)
+            else {
+                return None;
+            };
+            a.filter.src.map(|n| n.to_string())
+        };
+        assert_eq!(net("1.2.3").as_deref(), Some("1.2.0.3/32"));
+        assert_eq!(net("10.1").as_deref(), Some("10.0.0.1/32"));
+        assert_eq!(net("0x7f.1").as_deref(), Some("127.0.0.1/32"));
+        assert_eq!(net("010.0.0.1").as_deref(), Some("8.0.0.1/32"));
+        assert_eq!(net("167772161").as_deref(), Some("10.0.0.1/32"));
+        assert_eq!(net("127.1/8").as_deref(), Some("127.0.0.1/8"));
+        for bad in [
+            "1.2.3.256",
+            "1.2.65536",
+            "1..2",
+            "09.1.1.1",
+            "1.2.3.4.5",
+            "x",
+            "",
+        ] {
+            assert_eq!(net(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn filter_combinations() {
         let cli = parse(&["list", "-s", "10.0.0.0/8", "-m", "0x10/0xf0", "-n"]).expect("parses");
         let Some(Command::List(a)) = cli.command else {

@@ -71,7 +71,7 @@ impl EventMask {
                 m.destroy = true;
             } else {
                 return Err(format!(
-                    "unknown event `{}' (NEW, UPDATES, DESTROY, ALL)",
+                    "unknown event `{}' (NEW, UPDATE, DESTROY, ALL)",
                     word.trim()
                 ));
             }

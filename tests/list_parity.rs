@@ -1,7 +1,7 @@
 //! `ctscope list ARGS` against `conntrack -L ARGS`, line for line, in a
 //! namespace holding a varied table.
 
-use ctscope_e2e::{Netns, compare_list, multiset_diff, normalised_lines, report};
+use ctscope_e2e::{Netns, compare_list, ctscope_bin_str, multiset_diff, normalised_lines, report};
 
 /// Fails unless the unfiltered listing shows the variety the table was
 /// built to have, so the comparison cannot pass on a thin table.
@@ -186,4 +186,97 @@ fn dump_restarted_after_enobufs_is_complete() {
     if let Some(diff) = multiset_diff("conntrack -L", &a, "ctscope list (restarted)", &b) {
         panic!("{diff}");
     }
+}
+
+/// /etc/xtables for the test: created when missing (the bind mount needs
+/// a directory to cover) and removed again if it was.
+struct XtablesDir {
+    created: bool,
+    conf: std::path::PathBuf,
+}
+
+impl XtablesDir {
+    fn new(connlabel: &[u8]) -> Self {
+        let created = !std::path::Path::new("/etc/xtables").exists();
+        std::fs::create_dir_all("/etc/xtables").expect("mkdir /etc/xtables");
+        let conf = std::env::temp_dir().join(format!("ctscope-xtables-{}", std::process::id()));
+        std::fs::create_dir_all(&conf).expect("mkdir the test's xtables dir");
+        std::fs::write(conf.join("connlabel.conf"), connlabel).expect("write connlabel.conf");
+        Self { created, conf }
+    }
+}
+
+impl Drop for XtablesDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.conf);
+        if self.created {
+            let _ = std::fs::remove_dir("/etc/xtables");
+        }
+    }
+}
+
+/// Labels named in connlabel.conf: `-o labels` prints them and `-l NAME`
+/// selects (and prints) them as conntrack does, from a file with a
+/// comment, a bit named twice (the first name counts) and a line that is
+/// not UTF-8.
+#[test]
+fn labels_from_connlabel_conf() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    // libnetfilter_conntrack refuses a whole file with a comment after a
+    // name, so comments stand on their own lines here.
+    let xtables = XtablesDir::new(b"# names\n0 web\n1 db\n1 dup\n2 \xff\xfebad\n3 ops\n");
+    let run = |argv: &[&str]| ns.exec_with_xtables(&xtables.conf, argv);
+    // The kernel keeps labels only once a rule uses them (nf_connlabels_get).
+    ns.nft(
+        "table inet labels {\n  chain input {\n    type filter hook input priority 0;\n    ct label set 2\n  }\n}\n",
+    );
+    for entry in [
+        "-p udp -s 10.7.0.1 -d 10.7.0.2 --sport 1 --dport 53 --label-add web",
+        "-p udp -s 10.7.0.1 -d 10.7.0.2 --sport 2 --dport 53 --label-add db,ops",
+        "-p udp -s 10.7.0.1 -d 10.7.0.2 --sport 3 --dport 53",
+    ] {
+        let args: Vec<&str> = entry.split_whitespace().collect();
+        run(&[&["conntrack", "-I"], &args[..], &["-t", "3600"]].concat()).expect_code(0);
+    }
+    let mut failures = Vec::new();
+    let cases: &[&[&str]] = &[
+        &["-o", "labels"],
+        &["-l", "web"],
+        &["-l", "ops"],
+        &["-l", "db", "-o", "labels"],
+    ];
+    for args in cases {
+        let ct = run(&[&["conntrack", "-L"], *args].concat());
+        let cs = run(&[&[ctscope_bin_str().as_str(), "-L"], *args].concat());
+        let (want, got) = (normalised_lines(&ct), normalised_lines(&cs));
+        if ct.code != 0 || want.is_empty() || !want.iter().any(|l| l.contains("labels=")) {
+            failures.push(format!("conntrack -L {args:?} shows no labels:\n{ct}"));
+        } else if let Some(diff) = multiset_diff("conntrack", &want, "ctscope", &got) {
+            failures.push(format!("-L {args:?}:\n{diff}\n{ct}\n{cs}"));
+        }
+    }
+    // Without a connlabel.conf: one warning, as conntrack gives, and no
+    // labels on the lines (not a bare `labels`), as conntrack prints them.
+    std::fs::remove_file(xtables.conf.join("connlabel.conf")).expect("remove connlabel.conf");
+    let ct = run(&["conntrack", "-L", "-o", "labels"]);
+    let cs = run(&[ctscope_bin_str().as_str(), "-L", "-o", "labels"]);
+    let warnings: Vec<&str> = cs
+        .stderr
+        .lines()
+        .filter(|l| l.contains("connlabel.conf"))
+        .collect();
+    if warnings.len() != 1 || cs.code != 0 {
+        failures.push(format!("no connlabel.conf: want one warning, exit 0\n{cs}"));
+    }
+    if let Some(diff) = multiset_diff(
+        "conntrack",
+        &normalised_lines(&ct),
+        "ctscope",
+        &normalised_lines(&cs),
+    ) {
+        failures.push(format!("-o labels without connlabel.conf:\n{diff}"));
+    }
+    report(cases.len() + 2, &failures);
 }

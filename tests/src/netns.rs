@@ -137,6 +137,25 @@ impl Netns {
             .args(argv))
     }
 
+    /// Runs `argv` inside the namespace with `conf_dir` mounted over
+    /// /etc/xtables (where conntrack and ctscope read connlabel.conf), in a
+    /// private mount namespace, so the host's files stay as they are.
+    #[track_caller]
+    pub fn exec_with_xtables(&self, conf_dir: &Path, argv: &[&str]) -> Output {
+        let dir = conf_dir.to_string_lossy();
+        run(Command::new("unshare")
+            .args([
+                "--mount",
+                "sh",
+                "-c",
+                r#"d=$1 n=$2; shift 2; mount --bind "$d" /etc/xtables && exec ip netns exec "$n" "$@""#,
+                "sh",
+                &dir,
+                &self.name,
+            ])
+            .args(argv))
+    }
+
     /// `conntrack ARGS` inside the namespace.
     #[track_caller]
     pub fn conntrack(&self, args: &[&str]) -> Output {

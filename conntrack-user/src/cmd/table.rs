@@ -13,17 +13,23 @@ use crate::{
     },
     ct::{Conntrack, Tuple, has_ports},
     netlink::{CtSocket, codec::AttrWriter, cta},
-    output::{OutputOptions, Printer, summary},
+    output::{LabelMap, OutputOptions, Printer, summary},
 };
 
-/// The `-o` options of a listing.
-fn output_options(output: &[String]) -> Result<OutputOptions> {
-    OutputOptions::parse(output.iter().map(String::as_str)).map_err(|e| usage(e.to_string()))
+/// The `-o` options of a listing; selecting by label (`-l`) prints the
+/// labels too, as conntrack does.
+fn output_options(output: &[String], filter: &FilterArgs) -> Result<OutputOptions> {
+    let mut opts = OutputOptions::parse(output.iter().map(String::as_str))
+        .map_err(|e| usage(e.to_string()))?;
+    if !filter.label.is_empty() && opts.labels.is_none() {
+        opts.labels = Some(LabelMap::load_default());
+    }
+    Ok(opts)
 }
 
 pub fn list(args: &ListArgs) -> Result<()> {
     let filter = args.filter.to_filter()?;
-    let opts = output_options(&args.output)?;
+    let opts = output_options(&args.output, &args.filter)?;
     let mut sock = CtSocket::open()?;
     let signal = interrupt_on_signals()?;
     let mut printer = Printer::new(opts);
@@ -123,7 +129,7 @@ fn tuple_request(f: &FilterArgs) -> Result<(u8, AttrWriter)> {
 }
 
 pub fn get(args: &ListArgs) -> Result<()> {
-    let opts = output_options(&args.output)?;
+    let opts = output_options(&args.output, &args.filter)?;
     let (family, attrs) = tuple_request(&args.filter)?;
     let mut sock = CtSocket::open()?;
     match sock.get(family, attrs.as_bytes())? {
@@ -140,7 +146,7 @@ pub fn get(args: &ListArgs) -> Result<()> {
 
 pub fn delete(args: &ListArgs) -> Result<()> {
     let filter = args.filter.to_filter()?;
-    let opts = output_options(&args.output)?;
+    let opts = output_options(&args.output, &args.filter)?;
     let mut sock = CtSocket::open()?;
     let signal = interrupt_on_signals()?;
     // Collect first: deleting while dumping would disturb the dump.

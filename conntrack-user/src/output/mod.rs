@@ -57,37 +57,61 @@ impl OutputOptions {
     }
 }
 
+/// Where conntrack (libnetfilter_conntrack) looks for label names.
+pub const CONNLABEL_PATHS: [&str; 2] = ["/etc/xtables/connlabel.conf", "/etc/connlabel.conf"];
+
 /// Label bit to name, from connlabel.conf (as `conntrack -o labels`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LabelMap {
     names: BTreeMap<u16, String>,
+    /// Whether a connlabel.conf was read: without one, conntrack prints no
+    /// labels at all.
+    pub loaded: bool,
 }
 
 impl LabelMap {
-    /// Reads /etc/xtables/connlabel.conf (or /etc/connlabel.conf); empty
-    /// when neither exists.
+    /// Reads connlabel.conf from the first of [`CONNLABEL_PATHS`] that
+    /// exists. When none can be read, says so once on stderr, as conntrack
+    /// does, and labels are known by bit number only.
     pub fn load_default() -> Self {
-        ["/etc/xtables/connlabel.conf", "/etc/connlabel.conf"]
-            .iter()
-            .find_map(|p| std::fs::read_to_string(p).ok())
-            .map(|text| Self::parse(&text))
-            .unwrap_or_default()
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        let mut first_error = None;
+        for path in CONNLABEL_PATHS {
+            match std::fs::read(path) {
+                Ok(bytes) => return Self::parse(&bytes),
+                Err(e) => {
+                    first_error.get_or_insert((path, e));
+                }
+            }
+        }
+        if let Some((path, e)) = first_error {
+            WARNED.call_once(|| {
+                eprintln!("ctscope: cannot read {path} ({e}): labels are known by bit number only");
+            });
+        }
+        Self::default()
     }
 
-    /// Parses connlabel.conf text: `BIT NAME` per line, `#` comments.
-    pub fn parse(text: &str) -> Self {
+    /// Parses connlabel.conf: `BIT NAME` per line, `#` comments. A line
+    /// that is not UTF-8 is read as far as it goes (the rest still
+    /// counts); a bit named twice keeps its first name, as conntrack does.
+    pub fn parse(bytes: &[u8]) -> Self {
         let mut names = BTreeMap::new();
-        for line in text.lines() {
+        for line in bytes.split(|b| *b == b'\n') {
+            let line = String::from_utf8_lossy(line);
             let line = line.split('#').next().unwrap_or("").trim();
             let mut parts = line.split_whitespace();
             if let (Some(bit), Some(name)) = (parts.next(), parts.next())
                 && let Ok(bit) = bit.parse::<u16>()
                 && bit < 128
             {
-                names.insert(bit, name.to_string());
+                names.entry(bit).or_insert_with(|| name.to_string());
             }
         }
-        Self { names }
+        Self {
+            names,
+            loaded: true,
+        }
     }
 
     /// The name of a label bit.

@@ -243,7 +243,7 @@ pub fn write_text(
         out.extend_from_slice(b.format(id).as_bytes());
         out.push(b' ');
     }
-    if let (Some(map), Some(labels)) = (&opts.labels, ct.labels()) {
+    if let (Some(map), Some(labels)) = (opts.labels.as_ref().filter(|m| m.loaded), ct.labels()) {
         let names: Vec<&str> = label_bits(labels).filter_map(|bit| map.name(bit)).collect();
         if names.is_empty() {
             // The library writes "labels=", then removes one character for
@@ -342,16 +342,26 @@ mod tests {
 
     #[test]
     fn labels_map_and_quirk() {
-        let map = LabelMap::parse("0 eth0-in\n1 eth1-in # comment\n");
+        let map = LabelMap::parse(b"0 eth0-in\n1 eth1-in # comment\n1 again\n\xff\xfe 2\n");
         assert_eq!(map.bit("eth1-in"), Some(1));
         let mut ct = tcp_entry();
         ct.extra_mut().labels = Some([0b11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         let opts = OutputOptions {
-            labels: Some(map),
+            labels: Some(map.clone()),
             ..OutputOptions::default()
         };
         assert!(text(&ct, &opts, None).ends_with("use=1 labels=eth0-in,eth1-in\n"));
         ct.extra_mut().labels = Some([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80]);
         assert!(text(&ct, &opts, None).ends_with("use=1 labels\n"));
+        // A bit named twice keeps its first name; a bad byte spoils only
+        // its own line.
+        assert_eq!(map.name(1), Some("eth1-in"));
+        assert_eq!(map.bit("eth0-in"), Some(0));
+        // Without a connlabel.conf, no labels at all, as conntrack.
+        let none = OutputOptions {
+            labels: Some(LabelMap::default()),
+            ..OutputOptions::default()
+        };
+        assert!(text(&ct, &none, None).ends_with("use=1\n"));
     }
 }

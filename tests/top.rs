@@ -919,6 +919,92 @@ fn stopped_consumer_loses_events_then_resyncs() {
     );
 }
 
+/// Whether a terminal is in raw mode (`stty -a` shows `-icanon`).
+fn is_raw(tty: &str) -> Result<bool, String> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "stty -a < \"$0\"", tty])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "stty -a < {tty}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(text.split_whitespace().any(|w| w == "-icanon"))
+}
+
+/// Stopped and continued as a shell job is (`kill -STOP`; the shell puts
+/// the terminal back in cooked mode and on the main screen; `fg` sends
+/// SIGCONT), top takes the terminal back (raw mode, its screen redrawn)
+/// and resyncs at once: entries flushed meanwhile, which were made before
+/// any listener and so send no DESTROY, are gone long before the next
+/// periodic resync.
+#[test]
+fn continued_after_a_stop_retakes_the_terminal_and_resyncs() {
+    let Some(ns) = with_small_table() else {
+        return;
+    };
+    let tmux = Tmux::start(&pane_command(&ns, &["--resync", "3600"]), 160);
+    let (up, screen) = tmux.wait(Duration::from_secs(5), |s| {
+        s.header().starts_with("ctscope top -- ") && s.rows().len() == 5
+    });
+    assert!(up, "the screen did not come up with 5 rows\n{screen}");
+    let pid = ctscope_pid(&tmux, &screen);
+    let tty = tmux.pane_tty();
+    assert_eq!(is_raw(&tty), Ok(true), "top runs in raw mode");
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    // What an interactive shell does to a stopped job's terminal.
+    let reset = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "stty sane < \"$0\" && printf '\\033[?1049l' > \"$0\"",
+            &tty,
+        ])
+        .status()
+        .expect("stty sane");
+    assert!(reset.success());
+    assert_eq!(
+        is_raw(&tty),
+        Ok(false),
+        "the reset put the terminal in cooked mode"
+    );
+    ns.conntrack(&["-F"]).expect_code(0);
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    let (ok, screen) = tmux.wait(Duration::from_secs(5), |s| {
+        s.header().contains("-- 0 entries/") && s.rows().is_empty()
+    });
+    assert!(
+        ok,
+        "after SIGCONT: want the table emptied by an immediate resync\n{screen}"
+    );
+    let raw = poll_until(Duration::from_secs(3), || is_raw(&tty) == Ok(true));
+    assert!(raw, "after SIGCONT the terminal is not back in raw mode");
+    // The screen is top's again: it answers keys (b: the next sort column).
+    tmux.keys(&["b"]);
+    let (sorted, screen) = tmux.wait(Duration::from_secs(3), |s| {
+        s.header().contains("sort DstIP")
+    });
+    assert!(sorted, "top does not answer keys after SIGCONT\n{screen}");
+    // Ctrl-Z (a key in raw mode) gives the terminal back and stops top as
+    // a shell job. Here no shell has job control (the pane runs `sh -c`),
+    // so the kernel discards the stop: top must take the terminal back at
+    // once and go on answering.
+    tmux.keys(&["C-z"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let raw = poll_until(Duration::from_secs(3), || is_raw(&tty) == Ok(true));
+    assert!(
+        raw,
+        "after Ctrl-Z without job control the terminal is not raw"
+    );
+    tmux.keys(&["b"]);
+    let (sorted, screen) = tmux.wait(Duration::from_secs(3), |s| {
+        s.header().contains("sort Proto")
+    });
+    assert!(sorted, "top does not answer keys after Ctrl-Z\n{screen}");
+}
+
 #[test]
 fn needs_a_terminal() {
     let Some(ns) = Netns::new() else {

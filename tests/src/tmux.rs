@@ -178,6 +178,14 @@ impl Tmux {
         (ok, last)
     }
 
+    /// The pane's terminal device (/dev/pts/N).
+    pub fn pane_tty(&self) -> String {
+        let out = self.tmux(&["display-message", "-p", "-t", "top", "#{pane_tty}"]);
+        let tty = out.stdout.trim().to_string();
+        assert!(tty.starts_with("/dev/"), "no pane tty\n{out}");
+        tty
+    }
+
     /// The pid of the pane's shell.
     pub fn pane_pid(&self) -> i32 {
         let out = self.tmux(&["display-message", "-p", "-t", "top", "#{pane_pid}"]);

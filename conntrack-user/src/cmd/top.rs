@@ -68,6 +68,10 @@ pub fn run(args: &TopArgs) -> Result<()> {
         ));
     }
     let stop = stop_on_signals(false)?;
+    // SIGCONT (after kill -STOP or Ctrl-Z, then fg): the screen takes the
+    // terminal back and the feeder resyncs at once, since entries made or
+    // removed meanwhile may have sent no event.
+    let (resumed_screen, resumed_feeder) = (on_sigcont()?, on_sigcont()?);
     // Subscribe before the first dump, so nothing falls between them.
     let source = Source::open(&args.source.config(EventMask::default(), false))?;
     let table = Arc::new(Mutex::new(Table::new()));
@@ -86,7 +90,7 @@ pub fn run(args: &TopArgs) -> Result<()> {
     let feeder = {
         let (table, status, stop) = (Arc::clone(&table), Arc::clone(&status), Arc::clone(&stop));
         let resync = Duration::from_secs(args.resync);
-        std::thread::spawn(move || feed(source, table, status, stop, resync))
+        std::thread::spawn(move || feed(source, table, status, stop, resumed_feeder, resync))
     };
     let mut sock = CtSocket::open()?;
     let deleted_from = Arc::clone(&table);
@@ -110,6 +114,7 @@ pub fn run(args: &TopArgs) -> Result<()> {
         table,
         status,
         Arc::clone(&stop),
+        resumed_screen,
         deleter,
     );
     stop.store(true, Ordering::Relaxed);
@@ -126,18 +131,27 @@ pub fn run(args: &TopArgs) -> Result<()> {
     fed.map_err(CliError::Failed)
 }
 
+/// A flag SIGCONT raises.
+fn on_sigcont() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGCONT, Arc::clone(&flag))
+        .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
+    Ok(flag)
+}
+
 /// The feeder thread: runs [`feed_loop`] on a runtime of its own.
 fn feed(
     source: Source,
     table: Arc<Mutex<Table>>,
     status: Arc<Mutex<screen::Status>>,
     stop: Arc<AtomicBool>,
+    resumed: Arc<AtomicBool>,
     resync_every: Duration,
 ) -> std::result::Result<(), String> {
     let runtime = runtime().map_err(|e| format!("cannot start the runtime: {e}"))?;
     let result = runtime.block_on(async {
         let reader = source.reader().map_err(|e| e.to_string())?;
-        feed_loop(reader, &table, &status, &stop, resync_every).await
+        feed_loop(reader, &table, &status, &stop, &resumed, resync_every).await
     });
     if result.is_err() {
         stop.store(true, Ordering::Relaxed);
@@ -160,6 +174,7 @@ async fn feed_loop(
     table: &Mutex<Table>,
     status: &Mutex<screen::Status>,
     stop: &AtomicBool,
+    resumed: &AtomicBool,
     resync_every: Duration,
 ) -> std::result::Result<(), String> {
     let started = Instant::now();
@@ -208,7 +223,8 @@ async fn feed_loop(
             window = Rates::default();
             window_start = now;
         }
-        if read.lost.any() || now.duration_since(last_resync) >= resync_every {
+        let was_stopped = resumed.swap(false, Ordering::Relaxed);
+        if was_stopped || read.lost.any() || now.duration_since(last_resync) >= resync_every {
             let dump = dump_all().map_err(|e| e.to_string())?;
             if let Ok(mut t) = table.lock() {
                 t.resync(dump, Instant::now());

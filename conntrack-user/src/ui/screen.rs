@@ -53,6 +53,8 @@ pub enum Action {
     Refresh,
     /// Leave.
     Quit,
+    /// Ctrl-Z: give the terminal back and stop, as a shell job.
+    Suspend,
 }
 
 /// The screen's state.
@@ -139,6 +141,10 @@ impl App {
         }
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
             return Action::Quit;
+        }
+        // In raw mode the terminal sends Ctrl-Z as a key, not SIGTSTP.
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('z') {
+            return Action::Suspend;
         }
         if let Some(ct) = self.confirm_delete.take() {
             return match key.code {
@@ -444,13 +450,33 @@ fn hook_panics(stop: &Arc<AtomicBool>) {
 /// Something that deletes an entry (the kernel, in real use).
 pub type Deleter = Box<dyn FnMut(&Conntrack) -> Result<(), String>>;
 
+/// Takes the terminal back after the process was stopped and continued
+/// (`kill -STOP`, Ctrl-Z, then `fg`): the shell put it back in cooked mode
+/// and on the main screen meanwhile. The next draw repaints everything.
+fn retake_terminal(terminal: &mut ratatui::DefaultTerminal) -> io::Result<()> {
+    use ratatui::crossterm::terminal::{
+        Clear, ClearType, EnterAlternateScreen, disable_raw_mode, enable_raw_mode,
+    };
+    // crossterm thinks raw mode is still on and would do nothing: switch it
+    // off (back to the saved cooked mode, where the terminal is) and on.
+    disable_raw_mode()?;
+    enable_raw_mode()?;
+    ratatui::crossterm::execute!(io::stdout(), EnterAlternateScreen, Clear(ClearType::All))?;
+    // A new terminal has empty buffers, so the next draw paints every cell
+    // (Terminal::clear would ask the terminal for the cursor position).
+    *terminal = ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(io::stdout()))?;
+    Ok(())
+}
+
 /// Runs the screen until `q`, Ctrl-C, SIGINT or SIGTERM (`stop`). The table
-/// and status are filled by the caller's feeder thread.
+/// and status are filled by the caller's feeder thread. `resumed` is
+/// raised by SIGCONT.
 pub fn run(
     mut app: App,
     table: Arc<Mutex<table::Table>>,
     status: Arc<Mutex<Status>>,
     stop: Arc<AtomicBool>,
+    resumed: Arc<AtomicBool>,
     mut delete: Deleter,
 ) -> io::Result<()> {
     let mut terminal = ratatui::init();
@@ -461,6 +487,9 @@ pub fn run(
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
+        }
+        if resumed.swap(false, Ordering::Relaxed) {
+            retake_terminal(&mut terminal)?;
         }
         let size = terminal.size()?;
         let page = usize::from(size.height.saturating_sub(7)).max(1);
@@ -505,6 +534,17 @@ pub fn run(
                 });
             }
             Action::Refresh => frozen = None,
+            Action::Suspend => {
+                ratatui::restore();
+                // SAFETY: raise only sends this process a signal. SIGTSTP's
+                // default action stops it until SIGCONT; in an orphaned
+                // process group (no shell with job control) the kernel
+                // discards it and raise returns at once. Either way the
+                // terminal is taken back when it returns.
+                unsafe { libc::raise(libc::SIGTSTP) };
+                retake_terminal(&mut terminal)?;
+                continue;
+            }
             Action::None => {}
         }
         if key.is_none() {

@@ -304,6 +304,15 @@ pub fn human(n: f64) -> String {
     }
 }
 
+/// The Prt column: conntrack's name, or the number where it has none (as
+/// iptstate shows it).
+pub fn proto_label(l4: u8) -> std::borrow::Cow<'static, str> {
+    match proto_name(l4) {
+        "unknown" => l4.to_string().into(),
+        name => name.into(),
+    }
+}
+
 /// The cells of one row, in column order.
 pub fn cells(t: &Tracked, counters: bool, now_ms: u32) -> Vec<String> {
     let ct = &t.ct;
@@ -311,7 +320,7 @@ pub fn cells(t: &Tracked, counters: bool, now_ms: u32) -> Vec<String> {
     let mut v = vec![
         endpoint(ct.orig.src, ct.orig.sport, l4),
         endpoint(ct.orig.dst, ct.orig.dport, l4),
-        proto_name(l4).to_string(),
+        proto_label(l4).into_owned(),
         state_text(ct),
         ttl_text(t.ttl_at(now_ms)),
     ];
@@ -370,7 +379,7 @@ fn row_text_into(buf: &mut Vec<u8>, t: &Tracked, now_ms: u32) {
         }
         buf.push(b' ');
     }
-    buf.extend_from_slice(proto_name(l4).as_bytes());
+    buf.extend_from_slice(proto_label(l4).as_bytes());
     buf.push(b' ');
     match (ct.proto_state, l4) {
         (Some(s), _) => buf.extend_from_slice(state_name(s).as_bytes()),

@@ -236,8 +236,38 @@ pub struct Status {
     pub note: Option<String>,
 }
 
-const HELP: &str = "q quit  b/B sort  r reverse  C counters  / filter  s/d src/dst  S/D ports  \
-                    x delete  p pause  space refresh  h help  arrows PgUp PgDn Home End";
+/// The keys, as the help screen lists them.
+const HELP: &[&str] = &[
+    "q quit",
+    "h help",
+    "b/B sort",
+    "r reverse",
+    "C counters",
+    "/ filter",
+    "s/d src/dst",
+    "S/D ports",
+    "x delete",
+    "p pause",
+    "space refresh",
+    "Ctrl-Z suspend",
+    "arrows PgUp PgDn Home End",
+];
+
+/// The help entries packed into lines of at most `width` columns, never
+/// splitting an entry.
+fn help_lines(width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for entry in HELP {
+        match lines.last_mut() {
+            Some(line) if line.len() + 2 + entry.len() <= width => {
+                line.push_str("  ");
+                line.push_str(entry);
+            }
+            _ => lines.push((*entry).to_string()),
+        }
+    }
+    lines
+}
 
 /// "n=… p50=… p90=… p99=… p99.9=… max=…" with a unit.
 fn quantiles(h: &hdrhistogram::Histogram<u64>, unit: &str) -> String {
@@ -256,6 +286,21 @@ pub fn draw(
     table: &table::Table,
     status: &Status,
 ) {
+    if app.show_help {
+        // The keys over the whole screen, wrapped to its width, so a
+        // narrow or short terminal shows them all.
+        let area = frame.area();
+        let mut lines = help_lines(usize::from(area.width));
+        // The title only where every key still fits under it.
+        if lines.len() + 2 <= usize::from(area.height) {
+            lines.insert(0, "ctscope top keys (h closes)".into());
+            lines.insert(1, String::new());
+        }
+        let help = Paragraph::new(lines.into_iter().map(Line::from).collect::<Vec<_>>())
+            .wrap(ratatui::widgets::Wrap { trim: false });
+        frame.render_widget(help, area);
+        return;
+    }
     let [head, body, foot] = Layout::vertical([
         Constraint::Length(5),
         Constraint::Min(3),
@@ -319,33 +364,44 @@ pub fn draw(
     frame.render_widget(Paragraph::new(header), head);
 
     let titles = top::titles(app.counters);
+    let cells: Vec<Vec<String>> = shown
+        .iter()
+        .map(|t| top::cells(t, app.counters, app.view.now_ms))
+        .collect();
+    // Each column as wide as its widest cell on screen, as `--once` lays
+    // them out; NAT, Mark and Zone only when a row on screen has one.
+    let keep: Vec<usize> = (0..titles.len())
+        .filter(|&i| i < titles.len() - 3 || cells.iter().any(|r| !r[i].is_empty()))
+        .collect();
+    let widths: Vec<Constraint> = keep
+        .iter()
+        .map(|&i| {
+            let widest = cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0);
+            Constraint::Length(u16::try_from(widest.max(titles[i].len())).unwrap_or(u16::MAX))
+        })
+        .collect();
     let rows: Vec<Row> = shown
         .iter()
-        .map(|t| {
+        .zip(&cells)
+        .map(|(t, r)| {
             let style = if top::is_closing(&t.ct) {
                 Style::default().add_modifier(Modifier::DIM)
             } else {
                 Style::default()
             };
-            Row::new(
-                top::cells(t, app.counters, app.view.now_ms)
-                    .into_iter()
-                    .map(Cell::from),
-            )
-            .style(style)
-        })
-        .collect();
-    let widths: Vec<Constraint> = titles
-        .iter()
-        .map(|t| match *t {
-            "Source" | "Destination" => Constraint::Min(22),
-            "NAT" => Constraint::Min(16),
-            "State" => Constraint::Length(12),
-            _ => Constraint::Length(9),
+            Row::new(keep.iter().map(|&i| Cell::from(r[i].as_str()))).style(style)
         })
         .collect();
     let widget = Table::new(rows, widths)
-        .header(Row::new(titles).style(Style::default().add_modifier(Modifier::BOLD)))
+        .column_spacing(2)
+        .header(
+            Row::new(keep.iter().map(|&i| titles[i]))
+                .style(Style::default().add_modifier(Modifier::BOLD)),
+        )
         .block(Block::default().borders(Borders::TOP))
         .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED));
     let mut state =
@@ -368,8 +424,6 @@ pub fn draw(
         }
     } else if let Some(m) = &app.message {
         m.clone()
-    } else if app.show_help {
-        HELP.to_string()
     } else {
         "h help  q quit".to_string()
     };
@@ -575,7 +629,11 @@ mod tests {
     }
 
     fn screen(app: &App, t: &table::Table) -> String {
-        let mut term = Terminal::new(TestBackend::new(120, 14)).expect("terminal");
+        screen_sized(app, t, 120, 14)
+    }
+
+    fn screen_sized(app: &App, t: &table::Table, width: u16, height: u16) -> String {
+        let mut term = Terminal::new(TestBackend::new(width, height)).expect("terminal");
         let (rows, total) = top::select(t.entries(), &app.view, app.offset + 7);
         let shown: Vec<&Tracked> = rows.iter().skip(app.offset).copied().collect();
         let status = Status {
@@ -631,6 +689,81 @@ mod tests {
         app.on_key(key(KeyCode::Char('r')), &[], 3, 7);
         let s = screen(&app, &t);
         assert!(s.find("10.0.0.3:3") < s.find("10.0.0.1:1"), "{s}");
+    }
+
+    #[test]
+    fn columns_fit_their_cells_and_empty_ones_go() {
+        let mut t = table::Table::new();
+        let mut tcp = Conntrack {
+            status: Some(ips::CONFIRMED | ips::SEEN_REPLY),
+            timeout: Some(3215),
+            proto_state: Some(crate::ct::ProtoState::Tcp(3)),
+            ..flow(
+                "2001:db8:aaaa:bbbb::1",
+                "2001:db8:cccc:dddd::2",
+                proto::TCP,
+                40000,
+                443,
+            )
+        };
+        tcp.counters_orig = Some(crate::ct::Counters {
+            packets: 12,
+            bytes: 123_456_789,
+        });
+        t.apply(EventKind::New, &tcp, Instant::now(), None);
+        // A protocol conntrack has no name for shows its number.
+        let other = Conntrack {
+            timeout: Some(30),
+            ..flow("10.0.0.1", "10.0.0.2", 99, 0, 0)
+        };
+        t.apply(EventKind::New, &other, Instant::now(), None);
+        let view = View {
+            sort: SortKey::Src,
+            reverse: false,
+            filter: Filter::default(),
+            text: String::new(),
+            now_ms: 0,
+        };
+        let app = App::new(view, true);
+        let s = screen(&app, &t);
+        assert!(s.contains(" ESTABLISHED "), "state cut:\n{s}");
+        assert!(s.contains(" 0:53:35"), "TTL cut:\n{s}");
+        assert!(
+            s.contains("[2001:db8:aaaa:bbbb::1]:40000"),
+            "address cut:\n{s}"
+        );
+        assert!(s.contains(" 99 "), "protocol 99 not shown by number:\n{s}");
+        assert!(!s.contains("unknown"), "{s}");
+        // No NAT, mark or zone on screen: no blank columns for them.
+        assert!(
+            !s.contains("NAT") && !s.contains("Mark") && !s.contains("Zone"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn help_fits_any_terminal() {
+        let t = sample();
+        let view = View {
+            sort: SortKey::Src,
+            reverse: false,
+            filter: Filter::default(),
+            text: String::new(),
+            now_ms: 0,
+        };
+        let mut app = App::new(view, false);
+        app.on_key(key(KeyCode::Char('h')), &[], 3, 7);
+        for (w, h) in [(120, 14), (40, 12), (20, 5)] {
+            let s = screen_sized(&app, &t, w, h);
+            assert!(s.contains("q quit"), "{w}x{h}:\n{s}");
+        }
+        // Every key is on a screen wide enough, none cut.
+        let s = screen_sized(&app, &t, 40, 12);
+        for k in ["End", "Ctrl-Z suspend", "x delete"] {
+            assert!(s.contains(k), "{k} missing at 40x12:\n{s}");
+        }
+        app.on_key(key(KeyCode::Char('h')), &[], 3, 7);
+        assert!(screen(&app, &t).contains("10.0.0.1:1"));
     }
 
     #[test]

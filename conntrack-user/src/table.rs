@@ -363,7 +363,17 @@ impl Table {
         self.epoch = old.epoch;
         self.stats = std::mem::take(&mut old.stats);
         self.recently_destroyed = std::mem::take(&mut old.recently_destroyed);
-        self.entries.reserve(old.entries.len());
+        // Room for the whole dump at once: growing a 300,000-entry index
+        // step by step rehashes it again and again.
+        let dump = dump.into_iter();
+        let expected = dump.size_hint().0.max(old.entries.len());
+        self.entries.reserve(expected);
+        {
+            let (entries, hasher) = (&self.entries, &self.hasher);
+            self.index.reserve(expected, |&i| {
+                Key::of(&entries[i as usize].ct).map_or(0, |k| hasher.hash_one(k))
+            });
+        }
         let mut drift = Drift::default();
         let mut kept = 0u64;
         for ct in dump {

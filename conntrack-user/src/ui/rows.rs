@@ -89,27 +89,53 @@ fn rate(t: &Tracked) -> f64 {
     f64::from(t.rate_bytes.0) + f64::from(t.rate_bytes.1)
 }
 
+/// The first 16 bytes of a name, big-endian: ordered as the names are
+/// (names in this table differ within their first 16 bytes).
+fn text_key(text: &[u8]) -> u128 {
+    let mut bytes = [0u8; 16];
+    let n = text.len().min(16);
+    bytes[..n].copy_from_slice(&text[..n]);
+    u128::from_be_bytes(bytes)
+}
+
+/// An f64 as a u64 in the same order as `f64::total_cmp`.
+fn ordered_bits(v: f64) -> u64 {
+    let bits = v.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    }
+}
+
+/// What rows are ordered by: the column's value (two words, to hold an
+/// address and a port), then the source, then the destination. Sorting
+/// these compact keys, rather than comparing entries scattered in memory,
+/// is what keeps `top --once` on 300,000 entries cheap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RowKey(u128, u64, u128, u16, u128, u16);
+
+/// The key of an entry under a sort column.
+pub fn row_key(key: SortKey, t: &Tracked) -> RowKey {
+    let ct = &t.ct;
+    let (src, dst) = (addr_key(ct.orig.src), addr_key(ct.orig.dst));
+    let (sport, dport) = (ct.orig.sport.unwrap_or(0), ct.orig.dport.unwrap_or(0));
+    let (hi, lo) = match key {
+        SortKey::Src => (src, u64::from(sport)),
+        SortKey::Dst => (dst, u64::from(dport)),
+        SortKey::Proto => (text_key(proto_name(ct.l4proto()).as_bytes()), 0),
+        SortKey::State => (text_key(state_text(ct).as_bytes()), 0),
+        SortKey::Ttl => (0, t.expires_at().map_or(0, |e| e.saturating_add(1))),
+        SortKey::Bytes => (0, bytes(t)),
+        SortKey::Packets => (0, packets(t)),
+        SortKey::Rate => (0, ordered_bits(rate(t))),
+    };
+    RowKey(hi, lo, src, sport, dst, dport)
+}
+
 /// Orders two entries by a column (ties broken by source, then destination).
 pub fn compare(key: SortKey, a: &Tracked, b: &Tracked) -> Ordering {
-    let by_src = |a: &Tracked, b: &Tracked| {
-        (addr_key(a.ct.orig.src), a.ct.orig.sport).cmp(&(addr_key(b.ct.orig.src), b.ct.orig.sport))
-    };
-    let by_dst = |a: &Tracked, b: &Tracked| {
-        (addr_key(a.ct.orig.dst), a.ct.orig.dport).cmp(&(addr_key(b.ct.orig.dst), b.ct.orig.dport))
-    };
-    let primary = match key {
-        SortKey::Src => by_src(a, b),
-        SortKey::Dst => by_dst(a, b),
-        SortKey::Proto => proto_name(a.ct.l4proto()).cmp(proto_name(b.ct.l4proto())),
-        SortKey::State => state_text(&a.ct).cmp(&state_text(&b.ct)),
-        SortKey::Ttl => a.expires_at().cmp(&b.expires_at()),
-        SortKey::Bytes => bytes(a).cmp(&bytes(b)),
-        SortKey::Packets => packets(a).cmp(&packets(b)),
-        SortKey::Rate => rate(a).total_cmp(&rate(b)),
-    };
-    primary
-        .then_with(|| by_src(a, b))
-        .then_with(|| by_dst(a, b))
+    row_key(key, a).cmp(&row_key(key, b))
 }
 
 /// How the rows are chosen and ordered.
@@ -236,55 +262,74 @@ fn select_in<'a>(
         }
         return (best, total);
     }
-    let mut rows: Vec<&Tracked> = passing.collect();
-    let total = rows.len();
-    if limit < rows.len() && limit > 0 {
-        rows.select_nth_unstable_by(limit - 1, cmp);
-        rows.truncate(limit);
+    // Many rows (`--once`): sort the keys, computed once each.
+    let mut keyed: Vec<(RowKey, &Tracked)> = passing.map(|t| (row_key(view.sort, t), t)).collect();
+    let total = keyed.len();
+    let order = |a: &(RowKey, &Tracked), b: &(RowKey, &Tracked)| {
+        let o = a.0.cmp(&b.0);
+        if view.reverse { o.reverse() } else { o }
+    };
+    if limit < keyed.len() && limit > 0 {
+        keyed.select_nth_unstable_by(limit - 1, order);
+        keyed.truncate(limit);
     } else if limit == 0 {
-        rows.clear();
+        keyed.clear();
     }
-    rows.sort_unstable_by(cmp);
-    (rows, total)
-}
-
-fn endpoint(a: Option<IpAddr>, port: Option<u16>, l4: u8) -> String {
-    let addr = a.map(|a| a.to_string()).unwrap_or_default();
-    match (port, crate::ct::has_ports(l4)) {
-        (Some(p), true) if a.is_some_and(|a| a.is_ipv6()) => format!("[{addr}]:{p}"),
-        (Some(p), true) => format!("{addr}:{p}"),
-        _ => addr,
-    }
+    keyed.sort_unstable_by(order);
+    (keyed.into_iter().map(|(_, t)| t).collect(), total)
 }
 
 /// The State column: TCP/SCTP/DCCP state, or ICMP type/code.
 pub fn state_text(ct: &Conntrack) -> String {
+    let mut buf = Vec::new();
+    state_into(&mut buf, ct);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn state_into(buf: &mut Vec<u8>, ct: &Conntrack) {
+    let mut n = itoa::Buffer::new();
     match (ct.proto_state, ct.l4proto()) {
-        (Some(s), _) => state_name(s).to_string(),
-        (None, l4) if is_icmp(l4) => format!(
-            "{}/{}",
-            ct.orig.icmp_type.unwrap_or(0),
-            ct.orig.icmp_code.unwrap_or(0)
-        ),
-        _ => String::new(),
+        (Some(s), _) => buf.extend_from_slice(state_name(s).as_bytes()),
+        (None, l4) if is_icmp(l4) => {
+            buf.extend_from_slice(n.format(ct.orig.icmp_type.unwrap_or(0)).as_bytes());
+            buf.push(b'/');
+            buf.extend_from_slice(n.format(ct.orig.icmp_code.unwrap_or(0)).as_bytes());
+        }
+        _ => {}
     }
 }
 
 /// `H:MM:SS`, as iptstate prints the TTL.
 pub fn ttl_text(secs: Option<u32>) -> String {
-    let s = secs.unwrap_or(0);
-    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    let mut buf = Vec::new();
+    ttl_into(&mut buf, secs.unwrap_or(0));
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn ttl_into(buf: &mut Vec<u8>, secs: u32) {
+    buf.extend_from_slice(itoa::Buffer::new().format(secs / 3600).as_bytes());
+    for part in [secs / 60 % 60, secs % 60] {
+        buf.push(b':');
+        buf.push(b'0' + (part / 10) as u8);
+        buf.push(b'0' + (part % 10) as u8);
+    }
 }
 
 /// The NAT column: where the entry is translated to.
 pub fn nat_text(ct: &Conntrack) -> String {
+    let mut buf = Vec::new();
+    nat_into(&mut buf, ct);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn nat_into(buf: &mut Vec<u8>, ct: &Conntrack) {
     let reply: &Tuple = &ct.reply;
     if is_dnat(ct) {
-        format!("DNAT {}", endpoint(reply.src, reply.sport, ct.l4proto()))
+        buf.extend_from_slice(b"DNAT ");
+        endpoint_into(buf, reply.src, reply.sport, ct.l4proto());
     } else if is_snat(ct) {
-        format!("SNAT {}", endpoint(reply.dst, reply.dport, ct.l4proto()))
-    } else {
-        String::new()
+        buf.extend_from_slice(b"SNAT ");
+        endpoint_into(buf, reply.dst, reply.dport, ct.l4proto());
     }
 }
 
@@ -315,29 +360,82 @@ pub fn proto_label(l4: u8) -> std::borrow::Cow<'static, str> {
 
 /// The cells of one row, in column order.
 pub fn cells(t: &Tracked, counters: bool, now_ms: u32) -> Vec<String> {
+    let (mut arena, mut ends) = (Vec::with_capacity(128), Vec::with_capacity(11));
+    cells_into(t, counters, now_ms, &mut arena, &mut |a: &mut Vec<u8>| {
+        ends.push(a.len())
+    });
+    let mut start = 0;
+    ends.iter()
+        .map(|&end| {
+            let cell = String::from_utf8_lossy(&arena[start..end]).into_owned();
+            start = end;
+            cell
+        })
+        .collect()
+}
+
+/// Writes an address, `[IPv6]:port` or `IPv4:port` for port protocols.
+fn endpoint_into(buf: &mut Vec<u8>, a: Option<IpAddr>, port: Option<u16>, l4: u8) {
+    let Some(a) = a else {
+        return;
+    };
+    let port = port.filter(|_| crate::ct::has_ports(l4));
+    if a.is_ipv6() && port.is_some() {
+        buf.push(b'[');
+    }
+    crate::output::text::put_ip(buf, &a);
+    if let Some(p) = port {
+        if a.is_ipv6() {
+            buf.push(b']');
+        }
+        buf.push(b':');
+        buf.extend_from_slice(itoa::Buffer::new().format(p).as_bytes());
+    }
+}
+
+/// [`cells`] without a String each: the cells one after another in
+/// `arena`, `end` called after each (to note where it ends, or to put a
+/// separator): `top --once` writes 300,000 rows, the `/` filter searches
+/// every entry each frame.
+pub fn cells_into(
+    t: &Tracked,
+    counters: bool,
+    now_ms: u32,
+    arena: &mut Vec<u8>,
+    end: &mut impl FnMut(&mut Vec<u8>),
+) {
+    use std::io::Write as _;
     let ct = &t.ct;
     let l4 = ct.l4proto();
-    let mut v = vec![
-        endpoint(ct.orig.src, ct.orig.sport, l4),
-        endpoint(ct.orig.dst, ct.orig.dport, l4),
-        proto_label(l4).into_owned(),
-        state_text(ct),
-        ttl_text(t.ttl_at(now_ms)),
-    ];
+    let mut n = itoa::Buffer::new();
+    endpoint_into(arena, ct.orig.src, ct.orig.sport, l4);
+    end(arena);
+    endpoint_into(arena, ct.orig.dst, ct.orig.dport, l4);
+    end(arena);
+    arena.extend_from_slice(proto_label(l4).as_bytes());
+    end(arena);
+    state_into(arena, ct);
+    end(arena);
+    ttl_into(arena, t.ttl_at(now_ms).unwrap_or(0));
+    end(arena);
     if counters {
-        v.push(bytes(t).to_string());
-        v.push(packets(t).to_string());
-        v.push(format!("{}/s", human(rate(t))));
+        arena.extend_from_slice(n.format(bytes(t)).as_bytes());
+        end(arena);
+        arena.extend_from_slice(n.format(packets(t)).as_bytes());
+        end(arena);
+        let _ = write!(arena, "{}/s", human(rate(t)));
+        end(arena);
     }
-    v.push(nat_text(ct));
-    v.push(
-        ct.mark
-            .filter(|m| *m != 0)
-            .map(|m| m.to_string())
-            .unwrap_or_default(),
-    );
-    v.push(ct.zone.map(|z| z.to_string()).unwrap_or_default());
-    v
+    nat_into(arena, ct);
+    end(arena);
+    if let Some(m) = ct.mark.filter(|m| *m != 0) {
+        arena.extend_from_slice(n.format(m).as_bytes());
+    }
+    end(arena);
+    if let Some(z) = ct.zone {
+        arena.extend_from_slice(n.format(z).as_bytes());
+    }
+    end(arena);
 }
 
 /// Column titles matching [`cells`].
@@ -350,89 +448,43 @@ pub fn titles(counters: bool) -> Vec<&'static str> {
     v
 }
 
-/// Writes the searchable text of a row (its cells without counters) into
-/// `buf`, reusing it: the `/` filter runs this for every entry of a frame,
-/// so it avoids `Display` and allocations.
+/// Writes the searchable text of a row (its cells without counters, a
+/// space after each) into `buf`, reusing it: the `/` filter runs this for
+/// every entry of a frame, so it avoids `Display` and allocations.
 fn row_text_into(buf: &mut Vec<u8>, t: &Tracked, now_ms: u32) {
     buf.clear();
-    let ct = &t.ct;
-    let l4 = ct.l4proto();
-    let ports = crate::ct::has_ports(l4);
-    let mut n = itoa::Buffer::new();
-    for (a, port) in [(ct.orig.src, ct.orig.sport), (ct.orig.dst, ct.orig.dport)] {
-        let Some(a) = a else {
-            continue;
-        };
-        match (port, ports) {
-            (Some(p), true) => {
-                if a.is_ipv6() {
-                    buf.push(b'[');
-                    crate::output::text::put_ip(buf, &a);
-                    buf.push(b']');
-                } else {
-                    crate::output::text::put_ip(buf, &a);
-                }
-                buf.push(b':');
-                buf.extend_from_slice(n.format(p).as_bytes());
-            }
-            _ => crate::output::text::put_ip(buf, &a),
-        }
-        buf.push(b' ');
-    }
-    buf.extend_from_slice(proto_label(l4).as_bytes());
-    buf.push(b' ');
-    match (ct.proto_state, l4) {
-        (Some(s), _) => buf.extend_from_slice(state_name(s).as_bytes()),
-        (None, l4) if is_icmp(l4) => {
-            buf.extend_from_slice(n.format(ct.orig.icmp_type.unwrap_or(0)).as_bytes());
-            buf.push(b'/');
-            buf.extend_from_slice(n.format(ct.orig.icmp_code.unwrap_or(0)).as_bytes());
-        }
-        _ => {}
-    }
-    let s = t.ttl_at(now_ms).unwrap_or(0);
-    buf.push(b' ');
-    buf.extend_from_slice(n.format(s / 3600).as_bytes());
-    for part in [s / 60 % 60, s % 60] {
-        buf.push(b':');
-        buf.push(b'0' + (part / 10) as u8);
-        buf.push(b'0' + (part % 10) as u8);
-    }
-    if ct.has_status(crate::ct::ips::SRC_NAT_DONE | crate::ct::ips::DST_NAT_DONE) {
-        let nat = nat_text(ct);
-        if !nat.is_empty() {
-            buf.push(b' ');
-            buf.extend_from_slice(nat.as_bytes());
-        }
-    }
-    if let Some(m) = ct.mark.filter(|m| *m != 0) {
-        buf.push(b' ');
-        buf.extend_from_slice(n.format(m).as_bytes());
-    }
-    if let Some(z) = ct.zone {
-        buf.push(b' ');
-        buf.extend_from_slice(n.format(z).as_bytes());
-    }
+    cells_into(t, false, now_ms, buf, &mut |b: &mut Vec<u8>| b.push(b' '));
 }
 
 /// The `--once` snapshot: a header line, then aligned columns, no padding
 /// at line ends.
 pub fn write_once(out: &mut String, rows: &[&Tracked], view: &View, counters: bool, total: usize) {
     let titles = titles(counters);
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|t| cells(t, counters, view.now_ms))
-        .collect();
-    // Columns that are empty in every row (NAT, Mark, Zone) are left out.
-    let keep: Vec<bool> = (0..titles.len())
-        .map(|i| i < 5 || table.iter().any(|r| !r[i].is_empty()))
-        .collect();
+    let columns = titles.len();
+    let mut arena = Vec::with_capacity(rows.len() * 96);
+    let mut ends = Vec::with_capacity(rows.len() * columns);
+    for t in rows {
+        cells_into(t, counters, view.now_ms, &mut arena, &mut |a: &mut Vec<
+            u8,
+        >| {
+            ends.push(a.len())
+        });
+    }
+    let cell = |row: usize, col: usize| {
+        let i = row * columns + col;
+        let start = if i == 0 { 0 } else { ends[i - 1] };
+        &arena[start..ends[i]]
+    };
     let mut widths: Vec<usize> = titles.iter().map(|t| t.len()).collect();
-    for r in &table {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.len());
+    for row in 0..rows.len() {
+        for (col, w) in widths.iter_mut().enumerate() {
+            *w = (*w).max(cell(row, col).len());
         }
     }
+    // Columns that are empty in every row (NAT, Mark, Zone) are left out.
+    let keep: Vec<usize> = (0..columns)
+        .filter(|&col| col < 5 || (0..rows.len()).any(|row| !cell(row, col).is_empty()))
+        .collect();
     let _ = writeln!(
         out,
         "ctscope top -- Sort by: {}{} -- {} of {} entries",
@@ -441,21 +493,40 @@ pub fn write_once(out: &mut String, rows: &[&Tracked], view: &View, counters: bo
         rows.len(),
         total
     );
-    let mut line = |cols: Vec<&str>| {
-        let mut l = String::new();
-        for (i, c) in cols.iter().enumerate() {
-            if !keep[i] {
-                continue;
-            }
-            let _ = write!(l, "{c:<w$}  ", w = widths[i]);
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(titles.clone());
-    for r in &table {
-        line(r.iter().map(String::as_str).collect());
+    let mut line = Vec::with_capacity(256);
+    out.reserve(arena.len() + rows.len() * columns * 4);
+    emit_line(
+        out,
+        &mut line,
+        keep.iter().map(|&c| (titles[c].as_bytes(), widths[c])),
+    );
+    for row in 0..rows.len() {
+        emit_line(
+            out,
+            &mut line,
+            keep.iter().map(|&c| (cell(row, c), widths[c])),
+        );
     }
+}
+
+/// One line of aligned cells (each padded to its width and two spaces),
+/// without trailing spaces.
+fn emit_line<'a>(
+    out: &mut String,
+    line: &mut Vec<u8>,
+    cells: impl Iterator<Item = (&'a [u8], usize)>,
+) {
+    line.clear();
+    for (c, width) in cells {
+        line.extend_from_slice(c);
+        line.resize(line.len() + width.saturating_sub(c.len()) + 2, b' ');
+    }
+    while line.last() == Some(&b' ') {
+        line.pop();
+    }
+    // Every cell is ASCII (addresses, numbers, names).
+    out.push_str(&String::from_utf8_lossy(line));
+    out.push('\n');
 }
 
 /// Whether a TCP entry is in one of the closing states (used by the TUI to

@@ -1,5 +1,5 @@
 //! The snapshot benchmark: ctscope top --once against iptstate -1, both on
-//! a tmux tty.
+//! a tmux tty, and against conntrack -L (all three up to 300,000 entries).
 use std::{
     fmt::Write as _,
     fs::{self, File},
@@ -20,7 +20,7 @@ use super::{
 use crate::shell_quote;
 
 /// Table sizes of the snapshot bench (quick mode: [`SNAPSHOT_QUICK_SIZE`]).
-const SNAPSHOT_SIZES: [u64; 2] = [10_000, 100_000];
+const SNAPSHOT_SIZES: [u64; 3] = [10_000, 100_000, 300_000];
 const SNAPSHOT_QUICK_SIZE: u64 = 2_000;
 /// iptstate 2.2.7 prints at most this many rows.
 const IPTSTATE_MAX_ROWS: u64 = 16_384;
@@ -234,6 +234,7 @@ pub(super) fn snapshot(ctx: &Ctx) -> Result<Section> {
     };
     let ctscope = ctx.ctscope.to_string_lossy().into_owned();
     let iptstate = which("iptstate").context("iptstate is not installed")?;
+    let conntrack = which("conntrack").context("conntrack is not installed")?;
     let tools = [
         Snapshotter {
             label: "iptstate -1 (tty)",
@@ -251,6 +252,14 @@ pub(super) fn snapshot(ctx: &Ctx) -> Result<Section> {
             label: "ctscope top --once > /dev/null",
             program: ctscope,
             args: &["top", "--once"],
+            way: SnapshotWay::DevNull,
+        },
+        // The other reference: a listing of the same table, which pays the
+        // same kernel dump (top --once also sorts and aligns).
+        Snapshotter {
+            label: "conntrack -L > /dev/null",
+            program: conntrack.to_string_lossy().into_owned(),
+            args: &["-L"],
             way: SnapshotWay::DevNull,
         },
     ];
@@ -367,22 +376,32 @@ pub(super) fn snapshot(ctx: &Ctx) -> Result<Section> {
 
 fn snapshot_table(tools: &[Snapshotter], result: &SnapshotSize) -> String {
     let mut out = format!(
-        "### {} entries\n\n| command | rows printed | median | min | max | vs iptstate |\n|---|---:|---:|---:|---:|---:|\n",
+        "### {} entries\n\n| command | rows printed | median | min | max | vs iptstate | vs conntrack -L |\n|---|---:|---:|---:|---:|---:|---:|\n",
         thousands(result.count)
     );
-    let reference = Spread::of(result.walls[0].iter().copied());
+    // The references: iptstate first, conntrack -L last.
+    let median_of = |i: usize| {
+        result
+            .walls
+            .get(i)
+            .and_then(|w| Spread::of(w.iter().copied()))
+            .map(|s| s.median)
+    };
+    let references = [median_of(0), median_of(tools.len().saturating_sub(1))];
     for (i, tool) in tools.iter().enumerate() {
         let Some(spread) = Spread::of(result.walls[i].iter().copied()) else {
             continue;
         };
         let rows = result.rows[i].map_or_else(|| "-".into(), thousands);
-        let ratio = reference.map_or_else(
-            || "?".into(),
-            |r| format!("{:.2}x", ratio_to(spread.median, r.median)),
-        );
+        let [vs_iptstate, vs_conntrack] = references.map(|r| {
+            r.map_or_else(
+                || "?".into(),
+                |r| format!("{:.2}x", ratio_to(spread.median, r)),
+            )
+        });
         let _ = writeln!(
             out,
-            "| {} | {rows} | {} | {} | {} | {ratio} |",
+            "| {} | {rows} | {} | {} | {} | {vs_iptstate} | {vs_conntrack} |",
             tool.label,
             secs(spread.median),
             secs(spread.min),

@@ -1,7 +1,9 @@
 //! `ctscope list ARGS` against `conntrack -L ARGS`, line for line, in a
 //! namespace holding a varied table.
 
-use ctscope_e2e::{Netns, compare_list, ctscope_bin_str, multiset_diff, normalised_lines, report};
+use ctscope_e2e::{
+    Netns, compare_list, ctscope_bin_str, multiset_diff, normalise_xml, normalised_lines, report,
+};
 
 /// Fails unless the unfiltered listing shows the variety the table was
 /// built to have, so the comparison cannot pass on a thin table.
@@ -257,6 +259,24 @@ fn labels_from_connlabel_conf() {
             failures.push(format!("-L {args:?}:\n{diff}\n{ct}\n{cs}"));
         }
     }
+    // XML names them too, as <labels><label>NAME</label>...</labels>.
+    let xml_cases: &[&[&str]] = &[&["-o", "xml,labels"], &["-l", "db", "-o", "xml"]];
+    let xml_lines = |out: &ctscope_e2e::Output| {
+        let mut v: Vec<String> = out.lines().iter().map(|l| normalise_xml(l)).collect();
+        v.sort();
+        v
+    };
+    for args in xml_cases {
+        let ct = run(&[&["conntrack", "-L"], *args].concat());
+        let cs = run(&[&[ctscope_bin_str().as_str(), "-L"], *args].concat());
+        if ct.code != 0 || !ct.stdout.contains("<labels><label>") {
+            failures.push(format!("conntrack -L {args:?} shows no labels:\n{ct}"));
+        } else if let Some(diff) =
+            multiset_diff("conntrack", &xml_lines(&ct), "ctscope", &xml_lines(&cs))
+        {
+            failures.push(format!("-L {args:?}:\n{diff}\n{ct}\n{cs}"));
+        }
+    }
     // Without a connlabel.conf: one warning, as conntrack gives, and no
     // labels on the lines (not a bare `labels`), as conntrack prints them.
     std::fs::remove_file(xtables.conf.join("connlabel.conf")).expect("remove connlabel.conf");
@@ -278,5 +298,5 @@ fn labels_from_connlabel_conf() {
     ) {
         failures.push(format!("-o labels without connlabel.conf:\n{diff}"));
     }
-    report(cases.len() + 2, &failures);
+    report(cases.len() + xml_cases.len() + 2, &failures);
 }

@@ -115,6 +115,13 @@ pub struct CtExtra {
     pub secctx: Option<Box<str>>,
     /// Connection labels bitmap (bit i = label i).
     pub labels: Option<[u8; 16]>,
+    /// SCTP verification tag of the original direction, as the kernel
+    /// sends it (`CTA_PROTOINFO_SCTP_VTAG_ORIGINAL`, read big-endian).
+    pub sctp_vtag_orig: Option<u32>,
+    /// SCTP verification tag of the reply direction.
+    pub sctp_vtag_reply: Option<u32>,
+    /// DCCP role of the original direction's sender (0 client, 1 server).
+    pub dccp_role: Option<u8>,
 }
 
 impl Tuple {
@@ -188,6 +195,21 @@ impl Conntrack {
     /// Connection labels bitmap.
     pub fn labels(&self) -> Option<&[u8; 16]> {
         self.extra.as_ref().and_then(|e| e.labels.as_ref())
+    }
+
+    /// SCTP verification tag, original direction.
+    pub fn sctp_vtag_orig(&self) -> Option<u32> {
+        self.extra.as_ref().and_then(|e| e.sctp_vtag_orig)
+    }
+
+    /// SCTP verification tag, reply direction.
+    pub fn sctp_vtag_reply(&self) -> Option<u32> {
+        self.extra.as_ref().and_then(|e| e.sctp_vtag_reply)
+    }
+
+    /// DCCP role.
+    pub fn dccp_role(&self) -> Option<u8> {
+        self.extra.as_ref().and_then(|e| e.dccp_role)
     }
 }
 

@@ -173,7 +173,7 @@ impl SourceArgs {
 pub struct EventArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Output: extended, id, timestamp, json (comma-separated).
+    /// Output: xml, save, json, extended, id, timestamp, labels (comma-separated).
     #[arg(short = 'o', long = "output", value_name = "FORMAT")]
     pub output: Vec<String>,
     /// Events to show: NEW, UPDATE, DESTROY, ALL (comma-separated).
@@ -296,7 +296,7 @@ pub struct FilterArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Output: extended, id, ktimestamp, labels, json (comma-separated).
+    /// Output: xml, save, json, extended, id, ktimestamp, labels (comma-separated).
     #[arg(short = 'o', long = "output", value_name = "FORMAT")]
     pub output: Vec<String>,
 }

@@ -19,6 +19,7 @@ use crate::{
     cmd,
     netlink::NetlinkError,
     netns,
+    output::OutputOptionError,
     source::{SourceChoice, SourceError},
 };
 
@@ -51,6 +52,18 @@ impl From<NetlinkError> for CliError {
         match e {
             NetlinkError::PermissionDenied { .. } => Self::Privilege(e.to_string()),
             e => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<OutputOptionError> for CliError {
+    fn from(e: OutputOptionError) -> Self {
+        // conntrack exits 1 on "cannot combine save output ...", 2 on a
+        // bad word.
+        if e.is_usage() {
+            Self::Usage(e.to_string())
+        } else {
+            Self::Failed(e.to_string())
         }
     }
 }

@@ -13,14 +13,13 @@ use crate::{
     },
     ct::{Conntrack, Tuple, has_ports},
     netlink::{CtSocket, codec::AttrWriter, cta},
-    output::{LabelMap, OutputOptions, Printer, summary},
+    output::{LabelMap, Listing, OutputOptions, Printer, summary},
 };
 
 /// The `-o` options of a listing; selecting by label (`-l`) prints the
 /// labels too, as conntrack does.
 fn output_options(output: &[String], filter: &FilterArgs) -> Result<OutputOptions> {
-    let mut opts = OutputOptions::parse(output.iter().map(String::as_str))
-        .map_err(|e| usage(e.to_string()))?;
+    let mut opts = OutputOptions::parse(output.iter().map(String::as_str))?;
     if !filter.label.is_empty() && opts.labels.is_none() {
         opts.labels = Some(LabelMap::load_default());
     }
@@ -134,7 +133,7 @@ pub fn get(args: &ListArgs) -> Result<()> {
     let mut sock = CtSocket::open()?;
     match sock.get(family, attrs.as_bytes())? {
         Some(ct) => {
-            let mut printer = Printer::new(opts);
+            let mut printer = Printer::for_listing(opts, Listing::Get);
             printer.entry(&ct);
             printer.finish()?;
             summary("1 flow entries have been shown");
@@ -158,7 +157,7 @@ pub fn delete(args: &ListArgs) -> Result<()> {
         }
         signal.load(Ordering::Relaxed) == 0
     })?;
-    let mut printer = Printer::new(opts);
+    let mut printer = Printer::for_listing(opts, Listing::Delete);
     let mut deleted = 0u64;
     for ct in &victims {
         if signal.load(Ordering::Relaxed) != 0 {

@@ -133,6 +133,9 @@ pub mod cta {
     pub const PROTOINFO_SCTP: u16 = 3;
     /// The state is the first attribute of each protoinfo nest.
     pub const PROTOINFO_STATE: u16 = 1;
+    pub const PROTOINFO_DCCP_ROLE: u16 = 2;
+    pub const PROTOINFO_SCTP_VTAG_ORIGINAL: u16 = 2;
+    pub const PROTOINFO_SCTP_VTAG_REPLY: u16 = 3;
 
     pub const COUNTERS_PACKETS: u16 = 1;
     pub const COUNTERS_BYTES: u16 = 2;

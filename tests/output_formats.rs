@@ -13,7 +13,7 @@ use std::{net::UdpSocket, path::PathBuf, time::Duration};
 
 use ctscope_e2e::{
     Background, INSERTED, Netns, Output, ctscope_bin_str, mask_element, multiset_diff,
-    normalise_save, normalise_xml, poll_until, report,
+    normalise_save, normalise_xml, poll_until, report, same_exit,
 };
 use nix::sys::signal::Signal;
 
@@ -80,15 +80,7 @@ fn compare(
     mask: fn(&str) -> String,
     count: Count,
 ) -> Result<usize, String> {
-    if cs.stderr.contains("panicked") {
-        return Err(format!("ctscope panicked\n{cs}"));
-    }
-    if ct.code != cs.code {
-        return Err(format!(
-            "exit codes differ: conntrack {} vs ctscope {}\n{ct}\n{cs}",
-            ct.code, cs.code
-        ));
-    }
+    same_exit(ct, cs)?;
     let (want, got) = (skeleton(ct), skeleton(cs));
     if want != got {
         return Err(format!(

@@ -39,7 +39,7 @@ pub use command::{Output, ctscope_bin, ctscope_bin_str, host, run};
 pub use compare::{
     compare_list, compare_list_to, compare_outputs, events_diff, key_values, mask_element,
     multiset_diff, normalise, normalise_event, normalise_save, normalise_xml, normalised_events,
-    normalised_lines, report,
+    normalised_lines, report, same_exit,
 };
 pub use conntrack_max::ConntrackMax;
 pub use netns::{Netns, SKIP_SWITCH};

@@ -97,6 +97,12 @@ pub fn usage(msg: impl Into<String>) -> CliError {
     CliError::Usage(msg.into())
 }
 
+/// conntrack's refusal of an option the command does not take (exit 2),
+/// e.g. `Illegal option `--zero' with this command`.
+pub fn illegal(long_flag: &str) -> CliError {
+    usage(format!("Illegal option `--{long_flag}' with this command"))
+}
+
 fn dispatch(cli: &Cli) -> Result<()> {
     if let Some(ns) = &cli.netns {
         netns::enter(ns).map_err(|e| CliError::Failed(e.to_string()))?;
@@ -108,6 +114,8 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Some(Command::List(a)) => cmd::table::list(a),
         Some(Command::Get(a)) => cmd::table::get(a),
         Some(Command::Delete(a)) => cmd::table::delete(a),
+        Some(Command::Create(a)) => cmd::write::create(a),
+        Some(Command::Update(a)) => cmd::write::update(a),
         Some(Command::Flush(a)) => cmd::table::flush(a),
         Some(Command::Count) => cmd::stats::count(),
         Some(Command::Stats(a)) => cmd::stats::stats(a),

@@ -220,6 +220,41 @@ mod tests {
     }
 
     #[test]
+    fn create_update_and_zero_flags() {
+        let Some(Command::Create(c)) = parse(&["-I", "-p", "udp", "-t", "30", "--label-add", "a"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not create");
+        };
+        assert_eq!((c.entry.proto, c.timeout), (Some(17), Some(30)));
+        let Some(Command::Update(u)) = parse(&["--update", "-m", "1", "--label-del"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not update");
+        };
+        assert_eq!(u.label_del, Some(Vec::new()), "--label-del without a value");
+        let Some(Command::List(l)) = parse(&["-L", "-z", "-f", "ipv4"]).expect("parses").command
+        else {
+            panic!("not list");
+        };
+        assert!(l.zero);
+        // Refused before any socket is opened: exit 2, as conntrack.
+        for argv in [
+            &["-L", "-z", "-p", "udp"][..],
+            &["-G", "-z", "-p", "udp"],
+            &["-D", "-c", "1"],
+            &["-I", "-p", "udp", "-s", "1.1.1.1", "-d", "2.2.2.2"],
+            &["-U", "-w", "1"],
+            &["-I", "-t", "-5"],
+        ] {
+            let code = run(std::iter::once("ctscope").chain(argv.iter().copied()));
+            assert_eq!(code, 2, "{argv:?}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_usage_errors() {
         assert!(parse(&["list", "-s", "300.1.1.1"]).is_err());
         assert!(parse(&["list", "-m", "x"]).is_err());

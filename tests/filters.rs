@@ -152,6 +152,13 @@ fn marks_and_status() {
         (&["-u", "assured"], Subset),
         (&["-u", "Seen_Reply"], Subset),
         (&["-p", "udp", "-s", "127.0.0.1", "-m", "42"], Subset),
+        // The kernel reports no secmark (CTA_SECMARK is gone from its
+        // dumps), so -c selects every entry, for conntrack too.
+        (&["-c", "0"], Any),
+        (&["-c", "5"], Any),
+        (&["--secmark", "0x10", "-m", "42"], Subset),
+        // conntrack 1.4.7 takes no timeout filter.
+        (&["-t", "100"], Rejected),
     ]);
 }
 

@@ -2,7 +2,8 @@
 //! namespace holding a varied table.
 
 use ctscope_e2e::{
-    Netns, compare_list, ctscope_bin_str, multiset_diff, normalise_xml, normalised_lines, report,
+    Netns, XtablesDir, compare_list, ctscope_bin_str, multiset_diff, normalise_xml,
+    normalised_lines, report,
 };
 
 /// Fails unless the unfiltered listing shows the variety the table was
@@ -187,33 +188,6 @@ fn dump_restarted_after_enobufs_is_complete() {
     assert!(a.len() > 600, "only {} entries", a.len());
     if let Some(diff) = multiset_diff("conntrack -L", &a, "ctscope list (restarted)", &b) {
         panic!("{diff}");
-    }
-}
-
-/// /etc/xtables for the test: created when missing (the bind mount needs
-/// a directory to cover) and removed again if it was.
-struct XtablesDir {
-    created: bool,
-    conf: std::path::PathBuf,
-}
-
-impl XtablesDir {
-    fn new(connlabel: &[u8]) -> Self {
-        let created = !std::path::Path::new("/etc/xtables").exists();
-        std::fs::create_dir_all("/etc/xtables").expect("mkdir /etc/xtables");
-        let conf = std::env::temp_dir().join(format!("ctscope-xtables-{}", std::process::id()));
-        std::fs::create_dir_all(&conf).expect("mkdir the test's xtables dir");
-        std::fs::write(conf.join("connlabel.conf"), connlabel).expect("write connlabel.conf");
-        Self { created, conf }
-    }
-}
-
-impl Drop for XtablesDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.conf);
-        if self.created {
-            let _ = std::fs::remove_dir("/etc/xtables");
-        }
     }
 }
 

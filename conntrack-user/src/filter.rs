@@ -64,6 +64,10 @@ pub struct Filter {
     /// `-u`: `(value, mask)`: the entry's status masked equals value
     /// (ASSURED sets a bit in both; UNREPLIED puts SEEN_REPLY in the mask only).
     pub status: Option<(u32, u32)>,
+    /// `-c`: security mark. ctnetlink has not reported one (CTA_SECMARK)
+    /// since it took the security context instead, so an entry without one
+    /// matches, as it does for conntrack.
+    pub secmark: Option<u32>,
     /// `-w`: zone.
     pub zone: Option<u16>,
     /// `--orig-zone`.
@@ -135,6 +139,11 @@ impl Filter {
         }
         if let Some((value, mask)) = self.status
             && ct.status.unwrap_or(0) & mask != value
+        {
+            return false;
+        }
+        if let (Some(want), Some(have)) = (self.secmark, ct.secmark())
+            && want != have
         {
             return false;
         }
@@ -287,6 +296,20 @@ mod tests {
         assert!(f.matches(&ct), "no zone attribute means zone 0");
         ct.zone = Some(5);
         assert!(!f.matches(&ct));
+    }
+
+    #[test]
+    fn secmark_only_judges_entries_that_carry_one() {
+        let mut ct = entry("10.1.2.3", "10.9.9.9", 17, 1, 2);
+        let f = Filter {
+            secmark: Some(5),
+            ..Filter::default()
+        };
+        assert!(f.matches(&ct), "the kernel reports no secmark");
+        ct.extra_mut().secmark = Some(6);
+        assert!(!f.matches(&ct));
+        ct.extra_mut().secmark = Some(5);
+        assert!(f.matches(&ct));
     }
 
     #[test]

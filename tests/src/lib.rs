@@ -18,7 +18,8 @@
 //! `command` (a finished run's [`Output`]), `background` (programs left
 //! running), `traffic` (the table's entries), `compare` (ctscope's output
 //! against conntrack's), `tmux` (driving a terminal screen) and
-//! `conntrack_max` (the host's limit); everything the tests use is
+//! `conntrack_max` (the host's limit), `xtables` (a connlabel.conf for a
+//! test); everything the tests use is
 //! re-exported here.
 
 mod background;
@@ -28,6 +29,7 @@ mod conntrack_max;
 mod netns;
 mod tmux;
 mod traffic;
+mod xtables;
 
 use std::{
     thread,
@@ -45,6 +47,7 @@ pub use conntrack_max::ConntrackMax;
 pub use netns::{Netns, SKIP_SWITCH};
 pub use tmux::{Screen, Tmux};
 pub use traffic::{INSERTED, Kept, VARIED_RULESET, udp_flows};
+pub use xtables::XtablesDir;
 
 /// Calls `done` every 10 ms until it returns true (true) or `timeout`
 /// passes (false).

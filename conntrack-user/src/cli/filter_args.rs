@@ -131,6 +131,7 @@ impl FilterArgs {
             icmp_id: self.icmp_id,
             mark: self.mark,
             status: self.status,
+            secmark: self.secmark,
             zone: self.zone,
             orig_zone: self.orig_zone,
             reply_zone: self.reply_zone,

@@ -110,6 +110,12 @@ pub fn usage(msg: impl Into<String>) -> CliError {
     CliError::Usage(msg.into())
 }
 
+/// conntrack's refusal of an option the command does not take (exit 2),
+/// e.g. `Illegal option `--zero' with this command`.
+pub fn illegal(long_flag: &str) -> CliError {
+    usage(format!("Illegal option `--{long_flag}' with this command"))
+}
+
 fn dispatch(cli: &Cli) -> Result<()> {
     if let Some(ns) = &cli.netns {
         netns::enter(ns).map_err(|e| CliError::Failed(e.to_string()))?;
@@ -121,6 +127,8 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Some(Command::List(a)) => cmd::table::list(a),
         Some(Command::Get(a)) => cmd::table::get(a),
         Some(Command::Delete(a)) => cmd::table::delete(a),
+        Some(Command::Create(a)) => cmd::write::create(a),
+        Some(Command::Update(a)) => cmd::write::update(a),
         Some(Command::Flush(a)) => cmd::table::flush(a),
         Some(Command::Count) => cmd::stats::count(),
         Some(Command::Stats(a)) => cmd::stats::stats(a),
@@ -222,6 +230,41 @@ mod tests {
             panic!("not top");
         };
         assert!(t.once && t.counters && t.sort == SortKey::Bytes);
+    }
+
+    #[test]
+    fn create_update_and_zero_flags() {
+        let Some(Command::Create(c)) = parse(&["-I", "-p", "udp", "-t", "30", "--label-add", "a"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not create");
+        };
+        assert_eq!((c.entry.proto, c.timeout), (Some(17), Some(30)));
+        let Some(Command::Update(u)) = parse(&["--update", "-m", "1", "--label-del"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not update");
+        };
+        assert_eq!(u.label_del, Some(Vec::new()), "--label-del without a value");
+        let Some(Command::List(l)) = parse(&["-L", "-z", "-f", "ipv4"]).expect("parses").command
+        else {
+            panic!("not list");
+        };
+        assert!(l.zero);
+        // Refused before any socket is opened: exit 2, as conntrack.
+        for argv in [
+            &["-L", "-z", "-p", "udp"][..],
+            &["-G", "-z", "-p", "udp"],
+            &["-D", "-c", "1"],
+            &["-I", "-p", "udp", "-s", "1.1.1.1", "-d", "2.2.2.2"],
+            &["-U", "-w", "1"],
+            &["-I", "-t", "-5"],
+        ] {
+            let code = run(std::iter::once("ctscope").chain(argv.iter().copied()));
+            assert_eq!(code, 2, "{argv:?}");
+        }
     }
 
     #[test]

@@ -463,7 +463,7 @@ pub fn titles(counters: bool) -> Vec<&'static str> {
 /// Writes the searchable text of a row (its cells without counters, a
 /// space after each) into `buf`, reusing it: the `/` filter runs this for
 /// every entry of a frame, so it avoids `Display` and allocations.
-pub(super) fn row_text_into(buf: &mut Vec<u8>, t: &Tracked, view: &View) {
+fn row_text_into(buf: &mut Vec<u8>, t: &Tracked, view: &View) {
     buf.clear();
     cells_into(t, false, view, buf, &mut |b: &mut Vec<u8>| b.push(b' '));
 }

@@ -82,16 +82,6 @@ impl<'a> Criteria<'a> {
     }
 }
 
-/// Whether one entry passes the view's filters, `/` text included.
-pub fn passes(view: &View, t: &Tracked) -> bool {
-    let criteria = Criteria::new(view);
-    let mut buf = Vec::new();
-    criteria.passes(&t.ct) && {
-        super::rows::row_text_into(&mut buf, t, view);
-        view.text.is_empty() || memchr::memmem::find(&buf, view.text.as_bytes()).is_some()
-    }
-}
-
 /// iptstate's totals (`-t`): every entry by protocol, and how many the
 /// filters hide.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use crate::{
     netlink::events::EventMask,
     source::{DEFAULT_RCVBUF, DEFAULT_RING_SIZE, SourceChoice, SourceConfig},
-    ui::rows::SortKey,
+    ui::{app::parse_refresh, rows::SortKey},
 };
 
 /// ctscope: what the Linux connection tracker is doing.
@@ -110,6 +110,36 @@ pub struct TopArgs {
     /// Turn on nf_conntrack_acct (per-connection counters) in this namespace.
     #[arg(long = "enable-acct")]
     pub enable_acct: bool,
+    /// Start without iptstate's colours by protocol (`c` toggles them).
+    /// No `-c`: that is conntrack's secmark filter here.
+    #[arg(long = "no-color", visible_alias = "no-colour")]
+    pub no_color: bool,
+    /// Show the rows that match none of the filters (each filter inverted,
+    /// as iptstate's -i).
+    #[arg(short = 'i', long = "invert-filters", visible_alias = "invert")]
+    pub invert: bool,
+    /// Host and service names in place of addresses and ports, looked up
+    /// in the background; hides DNS flows too, as iptstate's -l.
+    #[arg(long)]
+    pub lookup: bool,
+    /// Hide TCP and UDP flows to port 53 (iptstate's -L).
+    #[arg(long = "no-dns")]
+    pub no_dns: bool,
+    /// Hide flows from 127.0.0.1 and ::1 (iptstate's -f; -f is the family
+    /// here).
+    #[arg(long = "no-loopback")]
+    pub no_loopback: bool,
+    /// Seconds between frames (fractions allowed).
+    #[arg(short = 'R', long = "refresh", visible_alias = "rate", value_name = "SECS", value_parser = parse_refresh, default_value = "0.5")]
+    pub refresh: Duration,
+    /// iptstate's totals line: the entries by protocol, and how many the
+    /// filters hide.
+    #[arg(short = 't', long)]
+    pub totals: bool,
+    /// Mark names and addresses cut to fit the screen with a `+`
+    /// (iptstate's -m; -m is the mark here).
+    #[arg(long = "mark-truncated")]
+    pub mark_truncated: bool,
     #[command(flatten)]
     pub source: SourceArgs,
 }
@@ -125,6 +155,14 @@ impl Default for TopArgs {
             counters: false,
             resync: 10,
             enable_acct: false,
+            no_color: false,
+            invert: false,
+            lookup: false,
+            no_dns: false,
+            no_loopback: false,
+            refresh: crate::ui::app::DEFAULT_REFRESH,
+            totals: false,
+            mark_truncated: false,
             source: SourceArgs::default(),
         }
     }

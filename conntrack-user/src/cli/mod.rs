@@ -204,6 +204,13 @@ mod tests {
     }
 
     #[test]
+    fn every_command_has_unique_flags() {
+        // clap checks the whole definition (e.g. one short letter for two
+        // flags of a command) only when asked, or at run time in debug.
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
     fn conntrack_short_flags_select_subcommands() {
         let cli = parse(&["-L", "-p", "tcp", "-o", "extended,id"]).expect("parses");
         let Some(Command::List(a)) = cli.command else {

@@ -42,6 +42,8 @@ const TEST_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "xz-utils",
+    // /etc/protocols and /etc/services, which -p NAME and top --lookup read.
+    "netbase",
 ];
 
 /// PATH with ~/.cargo/bin first, where bpf-linker is installed.

@@ -474,7 +474,25 @@ fn inet_aton(s: &str) -> Option<std::net::Ipv4Addr> {
 }
 
 fn parse_proto(s: &str) -> std::result::Result<u8, String> {
-    crate::ct::proto_number(s).ok_or_else(|| format!("unknown protocol `{s}'"))
+    crate::ct::proto_number(s)
+        .or_else(|| {
+            let text = std::fs::read_to_string("/etc/protocols").ok()?;
+            etc_protocols(&text, s)
+        })
+        .ok_or_else(|| format!("unknown protocol `{s}'"))
+}
+
+/// A protocol's number by its name or an alias in /etc/protocols (`esp
+/// 50 IPSEC-ESP`), as conntrack's getprotobyname finds it.
+pub(crate) fn etc_protocols(text: &str, name: &str) -> Option<u8> {
+    text.lines().find_map(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let (official, number) = (words.next()?, words.next()?);
+        let named = official.eq_ignore_ascii_case(name)
+            || words.any(|alias| alias.eq_ignore_ascii_case(name));
+        named.then(|| number.parse().ok()).flatten()
+    })
 }
 
 fn parse_family(s: &str) -> std::result::Result<u8, String> {

@@ -204,6 +204,21 @@ mod tests {
     }
 
     #[test]
+    fn protocols_from_etc_protocols() {
+        let text = "# comment\nip\t0\tIP\nesp 50 IPSEC-ESP # Encap Security Payload\nbad x\n";
+        assert_eq!(args::etc_protocols(text, "esp"), Some(50));
+        assert_eq!(args::etc_protocols(text, "ipsec-esp"), Some(50));
+        assert_eq!(args::etc_protocols(text, "bad"), None);
+        assert_eq!(args::etc_protocols(text, "nope"), None);
+        // LISTEN is TCP state 9, as conntrack names it.
+        let cli = parse(&["list", "-p", "tcp", "--state", "LISTEN"]).expect("parses");
+        let Some(Command::List(a)) = cli.command else {
+            panic!("not list");
+        };
+        assert!(a.filter.to_filter().is_ok());
+    }
+
+    #[test]
     fn every_command_has_unique_flags() {
         // clap checks the whole definition (e.g. one short letter for two
         // flags of a command) only when asked, or at run time in debug.

@@ -185,7 +185,10 @@ fn test() -> Result<ExitCode> {
     ]))?;
     // Unused dependencies, found in the sources (a false positive goes in
     // the crate's [package.metadata.cargo-machete] ignored list).
-    run_checked(cargo().arg("machete"))?;
+    // Run directly, on the workspace's path: as `cargo machete` through
+    // the toolchain's cargo (not rustup's proxy) it takes "machete" for
+    // the directory to scan.
+    run_checked(Command::new(setup::cargo_bin_dir().join("cargo-machete")).arg(workspace_root()))?;
     // The end-to-end tests inject faults (CTSCOPE_FAULT_*), which only a
     // build with the test-only feature reads.
     run_checked(cargo().args([

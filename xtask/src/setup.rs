@@ -52,7 +52,8 @@ pub fn path_with_cargo_bin() -> String {
     format!("{}:{path}", cargo_bin_dir().display())
 }
 
-fn cargo_bin_dir() -> PathBuf {
+/// Where cargo install puts binaries (~/.cargo/bin, or $CARGO_HOME/bin).
+pub fn cargo_bin_dir() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))

@@ -87,9 +87,9 @@ pub fn object_programs() -> Result<Vec<String>, TracerError> {
 }
 
 /// The symbol to attach to: the function itself, or a compiler clone of it
-/// (`.constprop.0`, `.isra.0`) when only that is in /proc/kallsyms.
-fn attach_symbol(function: &str) -> Option<String> {
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").ok()?;
+/// (`.constprop.0`, `.isra.0`) when only that is in `kallsyms` (the text of
+/// /proc/kallsyms).
+fn attach_symbol(kallsyms: &str, function: &str) -> Option<String> {
     let mut clone = None;
     for line in kallsyms.lines() {
         let Some(name) = line.split_whitespace().nth(2) else {
@@ -181,8 +181,11 @@ impl Tracer {
                     TracerError::Load(text)
                 }
             })?;
+        // Read once for every probe: the kernel takes a while to write it
+        // (over a second of a qemu TCG guest's time, 160,000 symbols).
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
         for (program, function) in PROBES {
-            let symbol = attach_symbol(function).ok_or_else(|| TracerError::Attach {
+            let symbol = attach_symbol(&kallsyms, function).ok_or_else(|| TracerError::Attach {
                 function: function.to_string(),
                 reason: "not in /proc/kallsyms (is nf_conntrack loaded?)".into(),
             })?;
@@ -339,6 +342,25 @@ pub fn to_conntrack(ev: &CtEvent, kind: EventKind, hz: u32, ct: &mut Conntrack) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attach_symbols_prefer_the_function_then_a_clone() {
+        let kallsyms = "ffffffffc0390000 t nf_ct_delete.constprop.0\t[nf_conntrack]\n\
+                        ffffffffc0391000 t nf_ct_delete\t[nf_conntrack]\n\
+                        ffffffffc0392000 t __nf_conntrack_confirm.isra.0\t[nf_conntrack]\n\
+                        ffffffffc0393000 t nf_ct_delete_from_lists\t[nf_conntrack]\n\
+                        short line\n";
+        assert_eq!(
+            attach_symbol(kallsyms, "nf_ct_delete").as_deref(),
+            Some("nf_ct_delete")
+        );
+        assert_eq!(
+            attach_symbol(kallsyms, "__nf_conntrack_confirm").as_deref(),
+            Some("__nf_conntrack_confirm.isra.0")
+        );
+        assert_eq!(attach_symbol(kallsyms, "nf_ct_destroy"), None);
+        assert_eq!(attach_symbol("", "nf_ct_delete"), None);
+    }
 
     #[test]
     fn the_build_embeds_the_conntrack_programs_and_ring() {

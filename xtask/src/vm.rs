@@ -22,8 +22,9 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{cargo, run_checked, setup, shell_quote, workspace_root};
 
-/// The kernels `vm-test` boots when no `--kernel` is given.
-const DEFAULT_KERNELS: [&str; 2] = ["6.1", "6.12"];
+mod suite;
+pub use suite::{VmTestArgs, test};
+
 /// The 6.12 kernel the eBPF path was first verified on; preferred while
 /// Debian still carries it, else the newest 6.12.
 const PINNED_KERNEL_PACKAGES: &[&str] = &["linux-image-6.12.117+deb12-cloud-amd64-unsigned"];
@@ -54,29 +55,13 @@ const OPTIONAL_HOST_TOOLS: &[(&str, &str)] = &[("/bin/ip", "/sbin/ip")];
 const BUSYBOX: &str = "/bin/busybox";
 /// Printed by the guest's /init with the command's exit status.
 const EXIT_MARKER: &str = "CTSCOPE-VM-EXIT=";
-/// Printed by tests/vm/harness/run-tests.sh after each script.
+/// Printed by tests/vm/harness/run-tests.sh before and after each script.
+const START_MARKER: &str = "CTSCOPE-VM-START ";
 const RESULT_MARKER: &str = "CTSCOPE-VM-RESULT ";
 /// How long the guest may take to power off once it has printed its exit
 /// status.
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);
 const VM_RUN_TIMEOUT_SECS: u64 = 300;
-/// `vm-test`'s boot allowance on top of the scripts' own time limits.
-const VM_TEST_BOOT_SECS: u64 = 120;
-
-/// Options of `cargo xtask vm-test`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct VmTestArgs {
-    /// Only this kernel (6.1 or 6.12); default: both.
-    #[arg(long)]
-    pub kernel: Option<String>,
-    /// Seconds each script may run in the guest before it is killed.
-    #[arg(long, default_value_t = 240, value_name = "SECS")]
-    pub script_timeout: u64,
-    /// Only these scripts of tests/vm/ (file names); default: every *.sh.
-    pub scripts: Vec<String>,
-    #[command(flatten)]
-    pub guest: GuestArgs,
-}
 
 /// Options of `cargo xtask vm-run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -130,6 +115,25 @@ pub struct GuestArgs {
     /// Another word for the kernel command line (repeatable).
     #[arg(long = "append", value_name = "ARG")]
     pub kernel_args: Vec<String>,
+    /// Tie the guest's clock to the instructions it runs (qemu `-icount
+    /// shift=1,sleep=off`): guest timings no longer swing with the host's
+    /// load, and an idle guest skips ahead to its next timer. Software
+    /// emulation only; one CPU on 6.1 kernels. Default: on for vm-test,
+    /// off for vm-run.
+    #[arg(long, overrides_with = "no_icount")]
+    pub icount: bool,
+    /// The guest's clock is the host's (qemu's multi-threaded software
+    /// emulation, two CPUs): timings swing with the host's load.
+    #[arg(long, overrides_with = "icount")]
+    pub no_icount: bool,
+}
+
+impl GuestArgs {
+    /// Settles --icount / --no-icount: `default` when neither was given.
+    pub fn settle_icount(&mut self, default: bool) {
+        self.icount = self.icount || (default && !self.no_icount);
+        self.no_icount = !self.icount;
+    }
 }
 
 /// How qemu runs the guest's CPUs.
@@ -140,166 +144,22 @@ pub enum Accel {
     Tcg,
 }
 
-/// Runs the eBPF end-to-end tests in each kernel.
-pub fn test(args: &VmTestArgs) -> Result<ExitCode> {
-    let scripts = test_scripts(&args.scripts)?;
-    setup::ensure(setup::Needs { test: true })?;
-    let bins = GuestBins::build(&args.guest)?;
-    let kernels: Vec<String> = match &args.kernel {
-        Some(k) => vec![k.clone()],
-        None => DEFAULT_KERNELS.iter().map(ToString::to_string).collect(),
-    };
-    let per_script = args.script_timeout;
-    let script_count = u64::try_from(scripts.len()).unwrap_or(u64::MAX);
-    let timeout = args.guest.timeout.unwrap_or_else(|| {
-        VM_TEST_BOOT_SECS.saturating_add(per_script.saturating_mul(script_count))
-    });
-    let mut command = vec![
-        "sh".to_string(),
-        "/vm/harness/run-tests.sh".to_string(),
-        per_script.to_string(),
-    ];
-    command.extend(scripts.iter().cloned());
-
-    let started = Instant::now();
-    let (mut passed, mut failed) = (0usize, 0usize);
-    let mut summaries = Vec::new();
-    for major in &kernels {
-        println!("xtask: vm-test {major}: {}", scripts.join(" "));
-        let outcome = test_one_kernel(major, &bins, &args.guest, &command, timeout);
-        let (p, f) = match outcome {
-            Ok(outcome) => {
-                let mut p = 0;
-                let mut f = 0;
-                for script in &scripts {
-                    match outcome.boot.results.get(script) {
-                        Some(&0) => p += 1,
-                        Some(code) => {
-                            f += 1;
-                            println!("vm-test {major}: FAILED {script} (exit status {code})");
-                        }
-                        None => {
-                            f += 1;
-                            println!(
-                                "vm-test {major}: FAILED {script} (no result: {})",
-                                outcome.why_unfinished()
-                            );
-                        }
-                    }
-                }
-                println!("vm-test {major}: {}", outcome.timings);
-                (p, f)
-            }
-            Err(e) => {
-                println!("vm-test {major}: cannot boot: {e:#}");
-                (0, scripts.len())
-            }
-        };
-        summaries.push(format!("vm-test {major}: {p} passed, {f} failed"));
-        passed += p;
-        failed += f;
-    }
-    println!(
-        "xtask: vm-test took {:.1} s in all",
-        started.elapsed().as_secs_f64()
-    );
-    for s in &summaries {
-        println!("{s}");
-    }
-    println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
 /// Runs one command in a guest.
 pub fn run(args: &VmRunArgs) -> Result<ExitCode> {
     setup::ensure(setup::Needs { test: true })?;
-    let bins = GuestBins::build(&args.guest)?;
+    let mut guest = args.guest.clone();
+    guest.settle_icount(false);
+    let bins = GuestBins::build(&guest)?;
     let kernel = Kernel::ensure(&args.kernel)?;
-    let initrd = build_initramfs(&kernel, &bins, &args.guest, &args.cmd)?;
-    let timeout = args.guest.timeout.unwrap_or(VM_RUN_TIMEOUT_SECS);
-    let outcome = boot(&kernel, &initrd, &args.guest, Duration::from_secs(timeout));
+    let initrd = build_initramfs(&kernel, &bins, &guest, &args.cmd)?;
+    let timeout = guest.timeout.unwrap_or(VM_RUN_TIMEOUT_SECS);
+    let outcome = boot(&kernel, &initrd, &guest, Duration::from_secs(timeout), "");
     keep_initramfs(&kernel, &initrd);
     let outcome = outcome?;
     match outcome.exit {
         Some(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
         None => bail!("{}", outcome.why_unfinished()),
     }
-}
-
-/// Boot, initramfs and download times of one kernel's test run.
-struct TestOutcome {
-    boot: BootOutcome,
-    timings: String,
-}
-
-impl TestOutcome {
-    fn why_unfinished(&self) -> String {
-        self.boot.why_unfinished()
-    }
-}
-
-fn test_one_kernel(
-    major: &str,
-    bins: &GuestBins,
-    guest: &GuestArgs,
-    command: &[String],
-    timeout: u64,
-) -> Result<TestOutcome> {
-    let t0 = Instant::now();
-    let kernel = Kernel::ensure(major)?;
-    let t1 = Instant::now();
-    let initrd = build_initramfs(&kernel, bins, guest, command)?;
-    let t2 = Instant::now();
-    let boot = boot(&kernel, &initrd, guest, Duration::from_secs(timeout));
-    let size_mb = fs::metadata(&initrd).map(|m| m.len() >> 20).unwrap_or(0);
-    keep_initramfs(&kernel, &initrd);
-    let boot = boot?;
-    let t3 = Instant::now();
-    let timings = format!(
-        "kernel {} (ready in {:.1} s), initramfs {:.1} s ({} MB), boot+tests {:.1} s",
-        kernel.release,
-        (t1 - t0).as_secs_f64(),
-        (t2 - t1).as_secs_f64(),
-        size_mb,
-        (t3 - t2).as_secs_f64(),
-    );
-    Ok(TestOutcome { boot, timings })
-}
-
-/// The file names of the scripts to run: `wanted`, or every tests/vm/*.sh.
-fn test_scripts(wanted: &[String]) -> Result<Vec<String>> {
-    let dir = workspace_root().join("tests/vm");
-    let mut all = Vec::new();
-    for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_file()
-            && path.extension().is_some_and(|e| e == "sh")
-            && let Some(name) = path.file_name().and_then(|n| n.to_str())
-        {
-            all.push(name.to_string());
-        }
-    }
-    all.sort();
-    if wanted.is_empty() {
-        if all.is_empty() {
-            bail!("no test scripts in {}", dir.display());
-        }
-        return Ok(all);
-    }
-    for w in wanted {
-        if !all.contains(w) {
-            bail!(
-                "no script {w} in {} (there are: {})",
-                dir.display(),
-                all.join(" ")
-            );
-        }
-    }
-    Ok(wanted.to_vec())
 }
 
 fn vm_dir() -> PathBuf {
@@ -376,6 +236,12 @@ struct Kernel {
 impl Kernel {
     fn vmlinuz(&self) -> PathBuf {
         self.root.join(format!("boot/vmlinuz-{}", self.release))
+    }
+
+    /// Debian's 6.1 kernels hang bringing up a second CPU under qemu
+    /// `-icount` (6.12 does not): such a guest gets one CPU.
+    fn hangs_with_icount_smp(&self) -> bool {
+        is_release_of(&self.release, "6.1")
     }
 
     fn modules_dir(&self) -> PathBuf {
@@ -1075,10 +941,31 @@ fn add_host_dir(tree: &mut Tree, guest: &str, host: &Path) -> Result<()> {
 struct BootOutcome {
     /// The command's exit status, from the guest's marker line.
     exit: Option<i32>,
-    /// Each test script's exit status (vm-test).
-    results: HashMap<String, i32>,
+    /// Each test script's result (vm-test).
+    results: HashMap<String, ScriptResult>,
     timed_out: Option<Duration>,
     qemu_status: Option<std::process::ExitStatus>,
+}
+
+/// How one test script ended, from run-tests.sh's marker lines.
+struct ScriptResult {
+    code: i32,
+    /// As the guest's clock counts (instruction time with --icount).
+    guest_secs: Option<u64>,
+    /// From its start marker to its result marker on the console.
+    wall: Option<Duration>,
+}
+
+impl ScriptResult {
+    fn took(&self) -> String {
+        let guest = self
+            .guest_secs
+            .map_or_else(|| "?".to_string(), |s| s.to_string());
+        let wall = self
+            .wall
+            .map_or_else(|| "?".to_string(), |w| format!("{:.1}", w.as_secs_f64()));
+        format!("{guest} s guest, {wall} s wall")
+    }
 }
 
 impl BootOutcome {
@@ -1124,21 +1011,28 @@ fn use_kvm(accel: Accel) -> bool {
     }
 }
 
-/// Boots `kernel` with `initrd` in qemu, streams the console to stdout and
-/// reads the marker lines; kills qemu after `timeout`.
+/// Boots `kernel` with `initrd` in qemu, streams the console to stdout
+/// (each line after `prefix`) and reads the marker lines; kills qemu after
+/// `timeout`.
 fn boot(
     kernel: &Kernel,
     initrd: &Path,
     guest: &GuestArgs,
     timeout: Duration,
+    prefix: &str,
 ) -> Result<BootOutcome> {
     let mut append = String::from("console=ttyS0 panic=-1 quiet");
     for a in &guest.kernel_args {
         append.push(' ');
         append.push_str(a);
     }
+    let cpus = if guest.icount && kernel.hangs_with_icount_smp() {
+        "1"
+    } else {
+        "2"
+    };
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-m", &guest.memory.to_string(), "-smp", "2"])
+    qemu.args(["-m", &guest.memory.to_string(), "-smp", cpus])
         // No network card: the guest tests loopback and namespaces only.
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
@@ -1146,7 +1040,14 @@ fn boot(
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", &append]);
-    if use_kvm(guest.accel) {
+    if guest.icount {
+        if matches!(guest.accel, Accel::Kvm) {
+            bail!("--icount needs software emulation (--accel tcg or auto), not kvm");
+        }
+        // 2 ns of guest time per instruction; sleep=off lets an idle guest
+        // jump to its next timer instead of waiting for the host's clock.
+        qemu.args(["-accel", "tcg", "-icount", "shift=1,sleep=off"]);
+    } else if use_kvm(guest.accel) {
         qemu.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
         qemu.args(["-accel", "tcg"]);
@@ -1179,6 +1080,7 @@ fn boot(
     });
 
     let mut outcome = BootOutcome::default();
+    let mut script_starts = HashMap::new();
     let started = Instant::now();
     let mut deadline = started + timeout;
     let stdout = std::io::stdout();
@@ -1188,11 +1090,22 @@ fn boot(
             Ok(line) => {
                 {
                     let mut out = stdout.lock();
-                    let _ = writeln!(out, "{line}");
+                    let _ = writeln!(out, "{prefix}{line}");
                     let _ = out.flush();
                 }
-                if let Some((name, code)) = parse_result(&line) {
-                    outcome.results.insert(name, code);
+                if let Some(name) = line.strip_prefix(START_MARKER) {
+                    script_starts.insert(name.trim().to_string(), Instant::now());
+                }
+                if let Some((name, code, guest_secs)) = parse_result(&line) {
+                    let wall = script_starts.get(&name).map(Instant::elapsed);
+                    outcome.results.insert(
+                        name,
+                        ScriptResult {
+                            code,
+                            guest_secs,
+                            wall,
+                        },
+                    );
                 }
                 if let Some(code) = parse_exit(&line) {
                     outcome.exit = Some(code);
@@ -1254,13 +1167,15 @@ fn parse_exit(line: &str) -> Option<i32> {
     digits.parse().ok()
 }
 
-/// `CTSCOPE-VM-RESULT <script> <status> <seconds>`.
-fn parse_result(line: &str) -> Option<(String, i32)> {
+/// `CTSCOPE-VM-RESULT <script> <status> <seconds>`: the name, the status
+/// and the guest seconds, if given.
+fn parse_result(line: &str) -> Option<(String, i32, Option<u64>)> {
     let (_, rest) = line.split_once(RESULT_MARKER)?;
     let mut words = rest.split_whitespace();
     let name = words.next()?.to_string();
     let code = words.next()?.parse().ok()?;
-    Some((name, code))
+    let secs = words.next().and_then(|w| w.parse().ok());
+    Some((name, code, secs))
 }
 
 #[cfg(test)]
@@ -1275,7 +1190,11 @@ mod tests {
         assert_eq!(parse_exit("nothing"), None);
         assert_eq!(
             parse_result("CTSCOPE-VM-RESULT smoke.sh 1 12"),
-            Some(("smoke.sh".to_string(), 1))
+            Some(("smoke.sh".to_string(), 1, Some(12)))
+        );
+        assert_eq!(
+            parse_result("CTSCOPE-VM-RESULT smoke.sh 0"),
+            Some(("smoke.sh".to_string(), 0, None))
         );
         assert_eq!(parse_result("CTSCOPE-VM-RESULT smoke.sh"), None);
         assert_eq!(

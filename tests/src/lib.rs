@@ -16,15 +16,16 @@
 //!
 //! The parts: `netns` (the namespace and running programs in it),
 //! `command` (a finished run's [`Output`]), `background` (programs left
-//! running), `traffic` (the table's entries), `compare` (ctscope's output
-//! against conntrack's), `tmux` (driving a terminal screen) and
-//! `conntrack_max` (the host's limit); everything the tests use is
-//! re-exported here.
+//! running), `http` (a tiny HTTP client for `serve` and Prometheus),
+//! `traffic` (the table's entries), `compare` (ctscope's output against
+//! conntrack's), `tmux` (driving a terminal screen) and `conntrack_max`
+//! (the host's limit); everything the tests use is re-exported here.
 
 mod background;
 mod command;
 mod compare;
 mod conntrack_max;
+mod http;
 mod netns;
 mod tmux;
 mod traffic;
@@ -41,6 +42,7 @@ pub use compare::{
     normalise, normalise_event, normalised_events, normalised_lines, report,
 };
 pub use conntrack_max::ConntrackMax;
+pub use http::{HttpResponse, http_get, sample, url_encode};
 pub use netns::{Netns, SKIP_SWITCH};
 pub use tmux::{Screen, Tmux};
 pub use traffic::{INSERTED, Kept, VARIED_RULESET, udp_flows};

@@ -581,3 +581,104 @@ fn disconnecting_scrapers_and_1000_scrapes_leave_it_healthy() {
     }
     report(6, &failures);
 }
+
+/// The metric names an expression or a rule file refers to (`ctscope_*`,
+/// `process_*`), histogram series reduced to their family.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|t| t.starts_with("ctscope_") || t.starts_with("process_"))
+        // Prefixes in prose ("ctscope_nf_conntrack_*").
+        .filter(|t| !t.ends_with('_'))
+        .map(|t| t.trim_end_matches("_bucket").to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn contrib_rules_config_and_dashboard_check_out_against_a_real_scrape() {
+    let Some(mut ns) = quiet_netns() else {
+        return;
+    };
+    let contrib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contrib");
+    let mut failures = Vec::new();
+    for args in [
+        &["check", "rules", "ctscope-alerts.yml"][..],
+        &["test", "rules", "ctscope-alerts.test.yml"],
+        &["check", "config", "prometheus.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&contrib)
+            .output()
+            .expect("promtool (apt-get install prometheus)");
+        if !out.status.success() {
+            failures.push(format!(
+                "promtool {args:?}: {}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    // Every metric the rules and the dashboard use is one serve exports
+    // (the eBPF delivery histogram only with the eBPF source).
+    ns.fill_varied_table();
+    let mut serve = start_serve(&ns, &[]);
+    // A connection comes and goes, so the lifetime histogram has a series
+    // (entries made before any event listener send no DESTROY).
+    ns.insert("-p udp -s 10.9.0.1 -d 10.9.0.2 --sport 1 --dport 2");
+    ns.conntrack(&["-D", "-p", "udp", "-s", "10.9.0.1"])
+        .expect_code(0);
+    let ended = poll_until(Duration::from_secs(5), || {
+        get(&ns, SERVE, "/metrics", None)
+            .body
+            .contains("ctscope_connection_lifetime_seconds_count{protocol=\"udp\"} 1")
+    });
+    if !ended {
+        failures.push("no udp lifetime 5 s after its DESTROY".into());
+    }
+    let body = get(&ns, SERVE, "/metrics", None).body;
+    serve.stop(Signal::SIGTERM);
+    let exported: Vec<String> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| {
+            n.trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+                .to_string()
+        })
+        .collect();
+    let read = |name: &str| {
+        std::fs::read_to_string(contrib.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("grafana-dashboard.json")).expect("the dashboard is JSON");
+    let mut exprs = String::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push_str(target["expr"].as_str().unwrap_or(""));
+            exprs.push('\n');
+        }
+    }
+    let used = [
+        metric_names(&exprs),
+        metric_names(&read("ctscope-alerts.yml")),
+    ]
+    .concat();
+    if used.len() < 10 {
+        failures.push(format!("only {used:?} found in the dashboard and rules"));
+    }
+    for name in used {
+        if name != "ctscope_event_delivery_seconds" && !exported.contains(&name) {
+            failures.push(format!(
+                "{name} is used in contrib/ but serve does not export it"
+            ));
+        }
+    }
+    report(5, &failures);
+}

@@ -42,6 +42,10 @@ const TEST_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "xz-utils",
+    // serve's tests: a real Prometheus (and promtool), and node_exporter
+    // to compare the conntrack gauges with.
+    "prometheus",
+    "prometheus-node-exporter",
 ];
 
 /// PATH with ~/.cargo/bin first, where bpf-linker is installed.

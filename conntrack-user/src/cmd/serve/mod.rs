@@ -20,8 +20,8 @@ pub mod http;
 use self::http::{KernelSource, Shared};
 
 /// The default port: conntrack_exporter has 9318 on Prometheus's list of
-/// exporter ports, whose 9100-9999 range is full; 10318 is past the
-/// allocations there, which run on from 10000.
+/// exporter default ports, whose 9100-9999 range is full; 10318 is above
+/// the allocations past 9999 known when this was written (to 10049).
 pub const DEFAULT_PORT: u16 = 10318;
 
 /// The error text of an io error, without Rust's "(os error N)".

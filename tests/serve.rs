@@ -582,6 +582,47 @@ fn disconnecting_scrapers_and_1000_scrapes_leave_it_healthy() {
     report(6, &failures);
 }
 
+/// `Err` unless every histogram's buckets only grow and its `+Inf` bucket
+/// equals its count (series told apart by their labels but `le`).
+fn check_histograms(body: &str) -> Result<usize, String> {
+    let mut series: Vec<(String, Vec<f64>)> = Vec::new();
+    for l in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((head, value)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().map_err(|_| format!("bad value in `{l}`"))?;
+        let key = if let Some(at) = head.find("_bucket{") {
+            // The family and its labels without le="...".
+            let labels: Vec<&str> = head[at + 8..]
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|p| !p.starts_with("le="))
+                .collect();
+            format!("{}{{{}}}", &head[..at], labels.join(","))
+        } else if let Some(at) = head.find("_count") {
+            let labels = head[at + 6..].trim_start_matches('{').trim_end_matches('}');
+            let key = format!("{}{{{labels}}}", &head[..at]);
+            match series.iter().find(|(k, _)| *k == key) {
+                Some((_, b)) if b.last() == Some(&value) => continue,
+                Some((_, b)) => return Err(format!("{key}: +Inf {:?} != count {value}", b.last())),
+                None => continue,
+            }
+        } else {
+            continue;
+        };
+        match series.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, b)) => {
+                if b.last().is_some_and(|last| value < *last) {
+                    return Err(format!("{key}: a bucket shrinks: {l}"));
+                }
+                b.push(value);
+            }
+            None => series.push((key, vec![value])),
+        }
+    }
+    Ok(series.len())
+}
+
 /// The metric names an expression or a rule file refers to (`ctscope_*`,
 /// `process_*`), histogram series reduced to their family.
 fn metric_names(text: &str) -> Vec<String> {
@@ -642,6 +683,10 @@ fn contrib_rules_config_and_dashboard_check_out_against_a_real_scrape() {
     }
     let body = get(&ns, SERVE, "/metrics", None).body;
     serve.stop(Signal::SIGTERM);
+    match check_histograms(&body) {
+        Ok(n) if n >= 2 => {}
+        other => failures.push(format!("histograms: {other:?}\n{body}")),
+    }
     let exported: Vec<String> = body
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -680,5 +725,51 @@ fn contrib_rules_config_and_dashboard_check_out_against_a_real_scrape() {
             ));
         }
     }
-    report(5, &failures);
+    report(6, &failures);
+}
+
+#[test]
+fn with_netns_it_serves_that_namespace_and_ends_when_it_is_deleted() {
+    let Some(outside) = quiet_netns() else {
+        return;
+    };
+    let Some(mut target) = quiet_netns() else {
+        return;
+    };
+    target.fill_varied_table();
+    // Started in one namespace, watching another: the listener, the event
+    // socket, the dumps and the scrapes' ctnetlink requests (on threads
+    // made after the switch) are all the target's.
+    let mut serve = outside.spawn_ctscope(&["--netns", target.name(), "serve"]);
+    if let Err(e) = wait_ready(&target, &mut serve, SERVE, "/healthz") {
+        panic!("{e}");
+    }
+    let mut failures = Vec::new();
+    let body = get(&target, SERVE, "/metrics", None).body;
+    let count: f64 = target
+        .conntrack(&["-C"])
+        .stdout
+        .trim()
+        .parse()
+        .expect("conntrack -C");
+    for series in ["ctscope_nf_conntrack_entries", "ctscope_table_entries"] {
+        let got = sample(&body, series);
+        if got != Some(count) {
+            failures.push(format!(
+                "{series}: {got:?}, conntrack -C in the target {count}"
+            ));
+        }
+    }
+    let at = addr(SERVE);
+    if outside.in_netns(|| http_get(at, "/healthz", None)).is_ok() {
+        failures.push("serve also answers in the namespace it was started in".into());
+    }
+    ctscope_e2e::host(&["ip", "netns", "del", target.name()]).expect_code(0);
+    let gone = format!("was deleted (/run/netns/{} is gone)", target.name());
+    match serve.wait_timeout(Duration::from_secs(5)) {
+        Some(out) if out.code == 1 && out.stderr.trim_end().ends_with(&gone) => {}
+        Some(out) => failures.push(format!("after the namespace was deleted:\n{out}")),
+        None => failures.push("serve still runs 5 s after its namespace was deleted".into()),
+    }
+    report(4, &failures);
 }

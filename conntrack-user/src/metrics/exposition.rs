@@ -519,3 +519,137 @@ impl Scrape {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{FeedCounters, Snapshot};
+
+    #[test]
+    fn accept_header_picks_the_format() {
+        let om = Some(Format::OpenMetrics);
+        for (accept, want) in [
+            (None, Format::Prometheus),
+            (Some("text/plain"), Format::Prometheus),
+            (Some("*/*"), Format::Prometheus),
+            // Prometheus 2.x's own header.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                     version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                Format::OpenMetrics,
+            ),
+            (Some("Application/OpenMetrics-Text"), Format::OpenMetrics),
+            (
+                Some("application/openmetrics-text; q=0, text/plain"),
+                Format::Prometheus,
+            ),
+        ] {
+            assert_eq!(Format::from_accept(accept), want, "{accept:?}");
+        }
+        assert_eq!(
+            Some(Format::from_accept(Some("application/openmetrics-text"))),
+            om
+        );
+    }
+
+    fn scrape(node_names: bool, source: &'static str) -> Scrape {
+        let mut snapshot = Snapshot {
+            feed: FeedCounters {
+                events: [3, 2, 1],
+                ..FeedCounters::default()
+            },
+            table_entries: 2,
+            protocols: vec![("tcp".into(), 1), ("udp".into(), 1)],
+            zones: vec![(0, 2)],
+            top_sources: vec![("10.0.0.1".parse().expect("address"), 2)],
+            ..Snapshot::default()
+        };
+        snapshot.lifetime = vec![(
+            "udp",
+            Buckets {
+                buckets: vec![(1.0, 1), (10.0, 1)],
+                sum: 5.5,
+                count: 2,
+            },
+        )];
+        Scrape {
+            info: Arc::new(ExporterInfo {
+                source,
+                requested: "auto",
+                node_exporter_names: node_names,
+                ring_size: (source == "ebpf").then_some(1 << 25),
+                probes_attached: if source == "ebpf" { 6 } else { 0 },
+                ..ExporterInfo::default()
+            }),
+            snapshot: Arc::new(snapshot),
+            kernel: Some(KernelStats {
+                entries: Some(2),
+                limit: Some(65536),
+                stats: vec![("found", 7), ("early_drop", 1)],
+            }),
+            kernel_read_errors: 0,
+            process: None,
+        }
+    }
+
+    #[test]
+    fn both_formats_name_type_and_describe_every_family() {
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            let body = scrape(false, "netlink").encode(format);
+            for line in [
+                "ctscope_nf_conntrack_entries 2",
+                "ctscope_nf_conntrack_entries_limit 65536",
+                "ctscope_nf_conntrack_stat_early_drop 1",
+                "ctscope_events_total{type=\"new\"} 3",
+                "ctscope_protocol_entries{protocol=\"udp\"} 1",
+                "ctscope_top_talker_entries{direction=\"source\",address=\"10.0.0.1\"} 2",
+                "ctscope_connection_lifetime_seconds_bucket{protocol=\"udp\",le=\"10.0\"} 2",
+                "ctscope_connection_lifetime_seconds_count{protocol=\"udp\"} 2",
+                "ctscope_source_info{source=\"netlink\",requested=\"auto\",version=\"0.1.0\"} 1",
+                "ctscope_ebpf_probes_attached 0",
+            ] {
+                // The text format writes le="10" where OpenMetrics writes
+                // "10.0", and OpenMetrics puts le first.
+                let text = line.replace("le=\"10.0\"", "le=\"10\"");
+                let om = line.replace(
+                    "{protocol=\"udp\",le=\"10.0\"}",
+                    "{le=\"10.0\",protocol=\"udp\"}",
+                );
+                assert!(
+                    body.lines().any(|l| l == line || l == text || l == om),
+                    "{format:?}: no `{line}` in\n{body}"
+                );
+            }
+            // Every sample's family has HELP and TYPE lines before it.
+            for l in body.lines().filter(|l| !l.starts_with('#')) {
+                let name = l.split(['{', ' ']).next().unwrap_or("");
+                let family = ["_bucket", "_sum", "_count", "_total", "_info"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                assert!(
+                    body.contains(&format!("# HELP {family}")),
+                    "{format:?}: no HELP for {name}"
+                );
+                assert!(body.contains(&format!("# TYPE {family}")));
+            }
+            assert_eq!(body.ends_with("# EOF\n"), format == Format::OpenMetrics);
+            // No delivery histogram without eBPF.
+            assert!(!body.contains("ctscope_event_delivery"));
+        }
+    }
+
+    #[test]
+    fn node_exporter_names_and_ebpf_gauges() {
+        let body = scrape(true, "ebpf").encode(Format::Prometheus);
+        assert!(body.contains("\nnode_nf_conntrack_entries 2\n"), "{body}");
+        assert!(body.contains("\nnode_nf_conntrack_stat_found 7\n"));
+        assert!(!body.contains("ctscope_nf_conntrack"));
+        assert!(body.contains("\nctscope_ebpf_probes_attached 6\n"));
+        assert!(body.contains("\nctscope_ebpf_ring_buffer_bytes 33554432\n"));
+        assert!(body.contains("ctscope_event_delivery_seconds_count 0"));
+        assert!(!body.contains("ctscope_netlink_receive_buffer"));
+    }
+}

@@ -35,7 +35,8 @@ pub const DELIVERY_BOUNDS: [f64; 16] = [
 /// A histogram as classic buckets.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Buckets {
-    /// `(upper bound in seconds, cumulative count)`, without `+Inf`.
+    /// `(upper bound in seconds, observations in that bucket alone)`,
+    /// without `+Inf`: prometheus-client's encoder accumulates them.
     pub buckets: Vec<(f64, u64)>,
     /// Sum of the observations, seconds (from hdrhistogram's buckets, to
     /// its 3 significant digits).
@@ -61,17 +62,8 @@ impl Buckets {
                 *c += n;
             }
         }
-        let mut running = 0;
-        let buckets = bounds
-            .iter()
-            .zip(counts)
-            .map(|(b, c)| {
-                running += c;
-                (*b, running)
-            })
-            .collect();
         Self {
-            buckets,
+            buckets: bounds.iter().copied().zip(counts).collect(),
             sum,
             count: h.len(),
         }
@@ -196,11 +188,13 @@ mod tests {
         }
         let b = Buckets::from_hdr(&h, 1e-3, &LIFETIME_BOUNDS);
         assert_eq!(b.count, 7);
+        // What the exposition shows: counts up to each bound.
         let at = |bound: f64| {
             b.buckets
                 .iter()
-                .find(|(le, _)| *le == bound)
+                .take_while(|(le, _)| *le <= bound)
                 .map(|(_, c)| *c)
+                .reduce(|a, c| a + c)
         };
         // 5 ms and 10 ms are <= 0.01 s; 11 ms is not.
         assert_eq!(at(0.01), Some(2));
@@ -219,7 +213,7 @@ mod tests {
         let mut big = Histogram::<u64>::new(3).expect("histogram");
         big.record(999_999_999).expect("record");
         let b = Buckets::from_hdr(&big, 1e-3, &LIFETIME_BOUNDS);
-        assert_eq!(b.buckets.last().map(|(_, c)| *c), Some(0));
+        assert_eq!(b.buckets.iter().map(|(_, c)| c).sum::<u64>(), 0);
         assert_eq!(b.count, 1);
     }
 

@@ -23,7 +23,10 @@ use std::{
 use hashbrown::{DefaultHashBuilder, HashTable};
 use hdrhistogram::Histogram;
 
+pub use self::census::Census;
 use crate::ct::{Conntrack, EventKind, ProtoState, Tuple, proto_name};
+
+mod census;
 
 /// The identity of an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -145,6 +148,8 @@ pub struct Table {
     recently_destroyed: HashMap<Key, Instant>,
     /// Churn, drift and histograms.
     pub stats: Stats,
+    /// Entries held, by protocol, TCP state, zone (and address).
+    census: Census,
 }
 
 impl Default for Table {
@@ -157,6 +162,7 @@ impl Default for Table {
             last_resync: None,
             recently_destroyed: HashMap::new(),
             stats: Stats::default(),
+            census: Census::default(),
         }
     }
 }
@@ -207,7 +213,20 @@ impl Table {
             .map(|&i| i as usize)
     }
 
+    /// The entries held, counted by protocol, TCP state and zone.
+    pub fn census(&self) -> &Census {
+        &self.census
+    }
+
+    /// Counts entries per original source and destination address too
+    /// (see [`Census::top_sources`]), from now on.
+    pub fn track_talkers(&mut self) {
+        self.census
+            .track_talkers(self.entries.iter().map(|t| &t.ct));
+    }
+
     fn insert(&mut self, key: Key, t: Tracked) {
+        self.census.add(&t.ct);
         let pos = self.entries.len() as u32;
         self.entries.push(t);
         let hash = self.hash(&key);
@@ -230,6 +249,7 @@ impl Table {
         let pos = pos as usize;
         let last = self.entries.len() - 1;
         let removed = self.entries.swap_remove(pos);
+        self.census.remove(&removed.ct);
         if pos != last {
             // The last entry moved into `pos`: point its index slot there.
             if let Some(moved) = Key::of(&self.entries[pos].ct) {
@@ -280,7 +300,13 @@ impl Table {
                         let t = &mut self.entries[pos];
                         let was_established =
                             matches!(t.ct.proto_state, Some(ProtoState::Tcp(ESTABLISHED)));
+                        let state_before = census::tcp_slot(&t.ct);
                         merge(&mut t.ct, ct);
+                        if let (Some(from), Some(to)) = (state_before, census::tcp_slot(&t.ct))
+                            && from != to
+                        {
+                            self.census.move_tcp_state(from, to);
+                        }
                         if ct.timeout.is_some() {
                             t.timeout_at_ms = now_ms;
                         }
@@ -360,6 +386,9 @@ impl Table {
             .last_resync
             .map(|t| now.saturating_duration_since(t).as_secs_f64());
         let mut old = std::mem::take(self);
+        // The new table counts what it inserts; the old one need not count
+        // what it gives up.
+        self.census = std::mem::take(&mut old.census).emptied();
         self.epoch = old.epoch;
         self.stats = std::mem::take(&mut old.stats);
         self.recently_destroyed = std::mem::take(&mut old.recently_destroyed);

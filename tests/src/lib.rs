@@ -16,16 +16,17 @@
 //!
 //! The parts: `netns` (the namespace and running programs in it),
 //! `command` (a finished run's [`Output`]), `background` (programs left
-//! running), `traffic` (the table's entries), `compare` (ctscope's output
-//! against conntrack's), `tmux` (driving a terminal screen) and
-//! `conntrack_max` (the host's limit), `xtables` (a connlabel.conf for a
-//! test); everything the tests use is
-//! re-exported here.
+//! running), `http` (a tiny HTTP client for `serve` and Prometheus),
+//! `traffic` (the table's entries), `compare` (ctscope's output against
+//! conntrack's), `tmux` (driving a terminal screen), `conntrack_max` (the
+//! host's limit) and `xtables` (a connlabel.conf for a test); everything
+//! the tests use is re-exported here.
 
 mod background;
 mod command;
 mod compare;
 mod conntrack_max;
+mod http;
 mod netns;
 mod tmux;
 mod traffic;
@@ -44,6 +45,7 @@ pub use compare::{
     normalised_lines, report, same_exit,
 };
 pub use conntrack_max::ConntrackMax;
+pub use http::{HttpResponse, http_get, sample, url_encode};
 pub use netns::{Netns, SKIP_SWITCH};
 pub use tmux::{Screen, Tmux};
 pub use traffic::{INSERTED, Kept, VARIED_RULESET, udp_flows};

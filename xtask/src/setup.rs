@@ -44,6 +44,10 @@ const TEST_PACKAGES: &[&str] = &[
     "xz-utils",
     // /etc/protocols and /etc/services, which -p NAME and top --lookup read.
     "netbase",
+    // serve's tests: a real Prometheus (and promtool), and node_exporter
+    // to compare the conntrack gauges with.
+    "prometheus",
+    "prometheus-node-exporter",
 ];
 
 /// PATH with ~/.cargo/bin first, where bpf-linker is installed.

@@ -1,6 +1,9 @@
 //! The command line's flags and their value parsers (clap derive); the
 //! checks across flags live in [`super::filter_args`].
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
@@ -66,6 +69,58 @@ pub enum Command {
     /// Watch for a while, then report churn, lifetimes, latencies, top
     /// talkers and table pressure.
     Profile(ProfileArgs),
+    /// Serve Prometheus/OpenMetrics metrics (GET /metrics, GET /healthz)
+    /// from the live table and the kernel's statistics.
+    Serve(ServeArgs),
+}
+
+/// Arguments of serve.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on: ADDR:PORT, [ADDR]:PORT for IPv6, or :PORT
+    /// for every IPv4 address.
+    #[arg(long, value_name = "ADDR:PORT", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, crate::cmd::serve::DEFAULT_PORT)), value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// Seconds between full dumps that reconcile the table (one also
+    /// follows any loss at once).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub resync: u64,
+    /// Name the kernel's gauges as node_exporter does (node_nf_conntrack_*)
+    /// instead of ctscope_nf_conntrack_*.
+    #[arg(long = "node-exporter-names")]
+    pub node_exporter_names: bool,
+    /// Also export the N original sources and N destinations with the most
+    /// entries (the only metrics with address labels).
+    #[arg(long = "top-talkers", value_name = "N", default_value_t = 0, value_parser = parse_top_talkers)]
+    pub top_talkers: usize,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// `--top-talkers`: at most 1,000 of each (each is a series).
+fn parse_top_talkers(s: &str) -> std::result::Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| *n <= 1000)
+        .ok_or_else(|| format!("invalid count `{s}' (0 to 1000)"))
+}
+
+/// `--listen`: ADDR:PORT, [V6ADDR]:PORT, localhost:PORT or :PORT (every
+/// IPv4 address).
+fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
+    let bad = || format!("invalid address `{s}' (ADDR:PORT, [ADDR]:PORT or :PORT)");
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    match host {
+        "" => Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))),
+        "localhost" => Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+        _ => Err(bad()),
+    }
 }
 
 /// Arguments of profile.

@@ -137,6 +137,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Some(Command::Top(a)) if a.once => cmd::top::run(a),
         Some(Command::Top(a)) => with_ebpf_caps(cmd::top::run(a), a.source.source),
         Some(Command::Profile(a)) => with_ebpf_caps(cmd::profile::run(a), a.source.source),
+        Some(Command::Serve(a)) => with_ebpf_caps(cmd::serve::run(a), a.source.source),
         None => with_ebpf_caps(cmd::top::run(&TopArgs::default()), SourceChoice::Auto),
     }
 }

@@ -1,6 +1,7 @@
 //! The commands, one file per command or family: [`table`] (list, get,
 //! delete, flush), [`write`] (create, update), [`stats`] (count, stats),
-//! [`events`], [`top`], [`profile`]. Each takes its validated arguments from `cli` and returns
+//! [`events`], [`top`], [`profile`], [`serve`]. Each takes its validated
+//! arguments from `cli` and returns
 //! `cli::Result`.
 use crate::{
     cli::Result,
@@ -10,6 +11,7 @@ use crate::{
 
 pub mod events;
 pub mod profile;
+pub mod serve;
 pub mod stats;
 pub mod table;
 pub mod top;

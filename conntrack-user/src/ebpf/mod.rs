@@ -206,6 +206,11 @@ impl Tracer {
         })
     }
 
+    /// kprobes attached (a started tracer has them all).
+    pub fn probes(&self) -> usize {
+        PROBES.len()
+    }
+
     /// Records the programs could not write because the ring was full.
     pub fn lost(&self) -> u64 {
         self.drops

@@ -258,6 +258,14 @@ impl Source {
         }
     }
 
+    /// kprobes attached: the tracer's; none for ctnetlink.
+    pub fn probes_attached(&self) -> usize {
+        match &self.kind {
+            Kind::Ebpf(tracer) => tracer.probes(),
+            Kind::Netlink(_) => 0,
+        }
+    }
+
     /// Why eBPF is not used, when `auto` fell back to ctnetlink.
     pub fn fallback(&self) -> Option<&str> {
         self.fallback.as_deref()

@@ -1,0 +1,655 @@
+//! One scrape's metrics, encoded with prometheus-client (a collector built
+//! per scrape from the snapshot, the kernel's and the process's figures) in
+//! the Prometheus text format (0.0.4) or OpenMetrics 1.0, as the scraper's
+//! Accept header asks. Every metric has HELP text; label values are bounded
+//! (protocols, TCP states, zones, and `--top-talkers` addresses only).
+use std::{fmt, sync::Arc};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric, NoLabelSet},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+
+use super::{Buckets, Snapshot, kernel::KernelStats, process::ProcessStats};
+
+/// The exposition format of a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format, version 0.0.4.
+    Prometheus,
+    /// OpenMetrics 1.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when the Accept header offers it (with a q above 0),
+    /// else the Prometheus text format.
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        let offered = accept.is_some_and(|a| {
+            a.split(',').any(|range| {
+                let mut parts = range.split(';').map(str::trim);
+                let media = parts.next().unwrap_or("");
+                media.eq_ignore_ascii_case("application/openmetrics-text")
+                    && !parts.any(|p| {
+                        p.strip_prefix("q=")
+                            .and_then(|q| q.parse::<f64>().ok())
+                            .is_some_and(|q| q <= 0.0)
+                    })
+            })
+        });
+        if offered {
+            Self::OpenMetrics
+        } else {
+            Self::Prometheus
+        }
+    }
+
+    /// The response's Content-Type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// What does not change while ctscope serves.
+#[derive(Clone, Debug, Default)]
+pub struct ExporterInfo {
+    /// The event source in use: `"ebpf"` or `"netlink"`.
+    pub source: &'static str,
+    /// The source asked for: `"auto"`, `"ebpf"` or `"netlink"`.
+    pub requested: &'static str,
+    /// The eBPF ring buffer, bytes (eBPF source).
+    pub ring_size: Option<u64>,
+    /// The netlink receive buffer, bytes (ctnetlink source).
+    pub rcvbuf: Option<u64>,
+    /// kprobes attached (0 with ctnetlink).
+    pub probes_attached: u64,
+    /// Name the kernel's gauges as node_exporter does (`node_nf_conntrack_*`).
+    pub node_exporter_names: bool,
+}
+
+/// Everything one scrape shows.
+#[derive(Clone, Debug)]
+pub struct Scrape {
+    /// What does not change.
+    pub info: Arc<ExporterInfo>,
+    /// The table and the feeder's counters, as last published.
+    pub snapshot: Arc<Snapshot>,
+    /// The kernel's figures, unless reading them failed.
+    pub kernel: Option<KernelStats>,
+    /// Scrapes whose kernel figures could not be read, so far.
+    pub kernel_read_errors: u64,
+    /// This process's figures, where /proc has them.
+    pub process: Option<ProcessStats>,
+}
+
+/// The HELP text of node_exporter's conntrack collector, by statistic.
+fn stat_help(name: &str) -> &'static str {
+    match name {
+        "found" => "Number of searched entries which were successful.",
+        "invalid" => "Number of packets seen which can not be tracked.",
+        "ignore" => "Number of packets seen which are already connected to a conntrack entry.",
+        "insert" => "Number of entries inserted into the list.",
+        "insert_failed" => "Number of entries for which list insertion was attempted but failed.",
+        "drop" => "Number of packets dropped due to conntrack failure.",
+        "early_drop" => {
+            "Number of dropped conntrack entries to make room for new ones, if maximum table size was reached."
+        }
+        "search_restart" => {
+            "Number of conntrack table lookups which had to be restarted due to hashtable resizes."
+        }
+        "clash_resolve" => {
+            "Number of insertion clashes resolved by reusing the entry already there (not in node_exporter)."
+        }
+        "chaintoolong" => {
+            "Number of entries dropped because their hash chain was too long (not in node_exporter)."
+        }
+        _ => "A conntrack statistic, summed over CPUs.",
+    }
+}
+
+impl Scrape {
+    /// The response body in `format`.
+    pub fn encode(self, format: Format) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::with_capacity(16 << 10);
+        // Writing into a String cannot fail; the collector itself never
+        // returns an error of its own.
+        let _ = match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+            }
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
+        };
+        out
+    }
+}
+
+/// A gauge without labels.
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: impl EncodeGaugeValue,
+) -> fmt::Result {
+    let g = ConstGauge::new(value);
+    g.encode(enc.encode_descriptor(name, help, unit, g.metric_type())?)
+}
+
+/// A counter without labels (the encoder adds `_total`).
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: impl prometheus_client::encoding::EncodeCounterValue,
+) -> fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(enc.encode_descriptor(name, help, unit, c.metric_type())?)
+}
+
+/// A family of gauges or counters, one per label set; nothing when empty.
+fn family<V>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (Vec<(&'static str, String)>, V)>,
+    encode: impl Fn(prometheus_client::encoding::MetricEncoder, V) -> fmt::Result,
+) -> fmt::Result {
+    let mut rows = rows.into_iter().peekable();
+    if rows.peek().is_none() {
+        return Ok(());
+    }
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in rows {
+        encode(m.encode_family(&labels)?, value)?;
+    }
+    Ok(())
+}
+
+fn gauge_rows(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Vec<(&'static str, String)>, u64)>,
+) -> fmt::Result {
+    family(enc, name, help, MetricType::Gauge, rows, |m, v| {
+        ConstGauge::new(v).encode(m)
+    })
+}
+
+fn counter_rows(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Vec<(&'static str, String)>, u64)>,
+) -> fmt::Result {
+    family(enc, name, help, MetricType::Counter, rows, |m, v| {
+        ConstCounter::new(v).encode(m)
+    })
+}
+
+/// A histogram in seconds, one series per label set (an empty set: the
+/// one series has no labels).
+fn histograms<'a>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Vec<(&'static str, String)>, &'a Buckets)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    for (labels, b) in rows {
+        if labels.is_empty() {
+            m.encode_histogram::<NoLabelSet>(b.sum, b.count, &b.buckets, None)?;
+        } else {
+            m.encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(b.sum, b.count, &b.buckets, None)?;
+        }
+    }
+    Ok(())
+}
+
+fn label(key: &'static str, value: impl ToString) -> Vec<(&'static str, String)> {
+    vec![(key, value.to_string())]
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        self.encode_kernel(&mut enc)?;
+        self.encode_table(&mut enc)?;
+        self.encode_feed(&mut enc)?;
+        self.encode_histograms(&mut enc)?;
+        self.encode_tracer(&mut enc)?;
+        self.encode_process(&mut enc)
+    }
+}
+
+impl Scrape {
+    fn encode_kernel(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let prefix = if self.info.node_exporter_names {
+            "node"
+        } else {
+            "ctscope"
+        };
+        if let Some(k) = &self.kernel {
+            if let Some(n) = k.entries {
+                gauge(
+                    enc,
+                    &format!("{prefix}_nf_conntrack_entries"),
+                    "Number of currently allocated flow entries for connection tracking.",
+                    None,
+                    n,
+                )?;
+            }
+            if let Some(n) = k.limit {
+                gauge(
+                    enc,
+                    &format!("{prefix}_nf_conntrack_entries_limit"),
+                    "Maximum size of connection tracking table.",
+                    None,
+                    n,
+                )?;
+            }
+            for (stat, n) in &k.stats {
+                gauge(
+                    enc,
+                    &format!("{prefix}_nf_conntrack_stat_{stat}"),
+                    stat_help(stat),
+                    None,
+                    *n,
+                )?;
+            }
+        }
+        counter(
+            enc,
+            "ctscope_kernel_read_errors",
+            "Scrapes whose kernel figures (nf_conntrack_*) could not be read over ctnetlink.",
+            None,
+            self.kernel_read_errors,
+        )
+    }
+
+    fn encode_table(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let s = &self.snapshot;
+        gauge(
+            enc,
+            "ctscope_table_entries",
+            "Entries in ctscope's live table (events reconciled with dumps; those the filters select).",
+            None,
+            s.table_entries,
+        )?;
+        gauge_rows(
+            enc,
+            "ctscope_protocol_entries",
+            "Entries in ctscope's table per layer 4 protocol.",
+            s.protocols.iter().map(|(p, n)| (label("protocol", p), *n)),
+        )?;
+        gauge_rows(
+            enc,
+            "ctscope_tcp_state_entries",
+            "TCP entries in ctscope's table per conntrack state (UNKNOWN: no state reported yet).",
+            s.tcp_states.iter().map(|(st, n)| (label("state", st), *n)),
+        )?;
+        gauge_rows(
+            enc,
+            "ctscope_zone_entries",
+            "Entries in ctscope's table per conntrack zone (0: no zone).",
+            s.zones.iter().map(|(z, n)| (label("zone", z), *n)),
+        )?;
+        let talkers = s
+            .top_sources
+            .iter()
+            .map(|(a, n)| ("source", a, n))
+            .chain(
+                s.top_destinations
+                    .iter()
+                    .map(|(a, n)| ("destination", a, n)),
+            )
+            .map(|(dir, a, n)| {
+                (
+                    vec![("direction", dir.to_string()), ("address", a.to_string())],
+                    *n,
+                )
+            });
+        gauge_rows(
+            enc,
+            "ctscope_top_talker_entries",
+            "Entries of the original sources and destinations with the most entries (--top-talkers).",
+            talkers,
+        )
+    }
+
+    fn encode_feed(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let f = &self.snapshot.feed;
+        counter_rows(
+            enc,
+            "ctscope_events",
+            "Connection events received from the source (after the filters), by type.",
+            ["new", "update", "destroy"]
+                .into_iter()
+                .zip(f.events)
+                .map(|(t, n)| (label("type", t), n)),
+        )?;
+        counter_rows(
+            enc,
+            "ctscope_events_lost",
+            "Events lost, by reason: netlink_overrun counts receive buffer overruns (ENOBUFS; each \
+             lost one event or more), ring_buffer_full eBPF records, resync_backlog events dropped \
+             while a resync ran.",
+            [
+                ("netlink_overrun", f.netlink_overruns),
+                ("ring_buffer_full", f.ring_full),
+                ("resync_backlog", f.backlog_lost),
+            ]
+            .into_iter()
+            .map(|(r, n)| (label("reason", r), n)),
+        )?;
+        counter(
+            enc,
+            "ctscope_events_malformed",
+            "Event messages or records that could not be decoded.",
+            None,
+            f.malformed,
+        )?;
+        counter(
+            enc,
+            "ctscope_resyncs",
+            "Full dumps reconciled with ctscope's table (periodic, and at once after a loss).",
+            None,
+            f.resyncs,
+        )?;
+        counter(
+            enc,
+            "ctscope_resync_errors",
+            "Resyncs whose dump failed.",
+            None,
+            f.resync_errors,
+        )?;
+        counter_rows(
+            enc,
+            "ctscope_resync_drift_entries",
+            "Entries resyncs found the events had not told: missed (in the dump, not the table) \
+             and stale (in the table, not the dump).",
+            [("missed", f.drift_missed), ("stale", f.drift_stale)]
+                .into_iter()
+                .map(|(k, n)| (label("kind", k), n)),
+        )?;
+        gauge(
+            enc,
+            "ctscope_last_resync_duration",
+            "How long the last resync took: the dump and its reconciliation.",
+            Some(&Unit::Seconds),
+            f.last_resync_seconds,
+        )
+    }
+
+    fn encode_histograms(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let s = &self.snapshot;
+        if !s.lifetime.is_empty() {
+            histograms(
+                enc,
+                "ctscope_connection_lifetime",
+                "Lifetime of the connections destroyed, per layer 4 protocol (kernel timestamps when \
+                 nf_conntrack_timestamp=1, else from when ctscope first saw them).",
+                s.lifetime.iter().map(|(p, b)| (label("protocol", p), b)),
+            )?;
+        }
+        histograms(
+            enc,
+            "ctscope_tcp_setup",
+            "TCP set-up time: from the NEW event to ESTABLISHED.",
+            [(Vec::new(), &s.tcp_setup)],
+        )?;
+        if self.info.source == "ebpf" {
+            histograms(
+                enc,
+                "ctscope_event_delivery",
+                "eBPF event delivery latency: from the kernel's timestamp to ctscope handling it.",
+                [(Vec::new(), &s.delivery)],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn encode_tracer(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let i = &self.info;
+        let info = prometheus_client::metrics::info::Info::new(vec![
+            ("source", i.source.to_string()),
+            ("requested", i.requested.to_string()),
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ]);
+        info.encode(enc.encode_descriptor(
+            "ctscope_source",
+            "The event source in use (ebpf or netlink), the one asked for, and ctscope's version.",
+            None,
+            info.metric_type(),
+        )?)?;
+        gauge(
+            enc,
+            "ctscope_ebpf_probes_attached",
+            "kprobes the eBPF tracer has attached (0 with the ctnetlink source).",
+            None,
+            i.probes_attached,
+        )?;
+        if let Some(bytes) = i.ring_size {
+            gauge(
+                enc,
+                "ctscope_ebpf_ring_buffer",
+                "Size of the eBPF ring buffer (--ring-size).",
+                Some(&Unit::Bytes),
+                bytes,
+            )?;
+        }
+        if let Some(bytes) = i.rcvbuf {
+            gauge(
+                enc,
+                "ctscope_netlink_receive_buffer",
+                "Receive buffer of the ctnetlink event socket (-b).",
+                Some(&Unit::Bytes),
+                bytes,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn encode_process(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(p) = &self.process else {
+            return Ok(());
+        };
+        counter(
+            enc,
+            "process_cpu",
+            "Total user and system CPU time spent in seconds.",
+            Some(&Unit::Seconds),
+            p.cpu_seconds,
+        )?;
+        gauge(
+            enc,
+            "process_resident_memory",
+            "Resident memory size in bytes.",
+            Some(&Unit::Bytes),
+            p.resident_bytes,
+        )?;
+        gauge(
+            enc,
+            "process_virtual_memory",
+            "Virtual memory size in bytes.",
+            Some(&Unit::Bytes),
+            p.virtual_bytes,
+        )?;
+        gauge(
+            enc,
+            "process_start_time",
+            "Start time of the process since unix epoch in seconds.",
+            Some(&Unit::Seconds),
+            p.start_time_seconds,
+        )?;
+        gauge(
+            enc,
+            "process_threads",
+            "Number of OS threads in the process.",
+            None,
+            p.threads,
+        )?;
+        if let Some(n) = p.open_fds {
+            gauge(
+                enc,
+                "process_open_fds",
+                "Number of open file descriptors.",
+                None,
+                n,
+            )?;
+        }
+        if let Some(n) = p.max_fds {
+            gauge(
+                enc,
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                None,
+                n,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{FeedCounters, Snapshot};
+
+    #[test]
+    fn accept_header_picks_the_format() {
+        let om = Some(Format::OpenMetrics);
+        for (accept, want) in [
+            (None, Format::Prometheus),
+            (Some("text/plain"), Format::Prometheus),
+            (Some("*/*"), Format::Prometheus),
+            // Prometheus 2.x's own header.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                     version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                Format::OpenMetrics,
+            ),
+            (Some("Application/OpenMetrics-Text"), Format::OpenMetrics),
+            (
+                Some("application/openmetrics-text; q=0, text/plain"),
+                Format::Prometheus,
+            ),
+        ] {
+            assert_eq!(Format::from_accept(accept), want, "{accept:?}");
+        }
+        assert_eq!(
+            Some(Format::from_accept(Some("application/openmetrics-text"))),
+            om
+        );
+    }
+
+    fn scrape(node_names: bool, source: &'static str) -> Scrape {
+        let mut snapshot = Snapshot {
+            feed: FeedCounters {
+                events: [3, 2, 1],
+                ..FeedCounters::default()
+            },
+            table_entries: 2,
+            protocols: vec![("tcp".into(), 1), ("udp".into(), 1)],
+            zones: vec![(0, 2)],
+            top_sources: vec![("10.0.0.1".parse().expect("address"), 2)],
+            ..Snapshot::default()
+        };
+        snapshot.lifetime = vec![(
+            "udp",
+            Buckets {
+                buckets: vec![(1.0, 1), (10.0, 1)],
+                sum: 5.5,
+                count: 2,
+            },
+        )];
+        Scrape {
+            info: Arc::new(ExporterInfo {
+                source,
+                requested: "auto",
+                node_exporter_names: node_names,
+                ring_size: (source == "ebpf").then_some(1 << 25),
+                probes_attached: if source == "ebpf" { 6 } else { 0 },
+                ..ExporterInfo::default()
+            }),
+            snapshot: Arc::new(snapshot),
+            kernel: Some(KernelStats {
+                entries: Some(2),
+                limit: Some(65536),
+                stats: vec![("found", 7), ("early_drop", 1)],
+            }),
+            kernel_read_errors: 0,
+            process: None,
+        }
+    }
+
+    #[test]
+    fn both_formats_name_type_and_describe_every_family() {
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            let body = scrape(false, "netlink").encode(format);
+            for line in [
+                "ctscope_nf_conntrack_entries 2",
+                "ctscope_nf_conntrack_entries_limit 65536",
+                "ctscope_nf_conntrack_stat_early_drop 1",
+                "ctscope_events_total{type=\"new\"} 3",
+                "ctscope_protocol_entries{protocol=\"udp\"} 1",
+                "ctscope_top_talker_entries{direction=\"source\",address=\"10.0.0.1\"} 2",
+                "ctscope_connection_lifetime_seconds_bucket{protocol=\"udp\",le=\"10.0\"} 2",
+                "ctscope_connection_lifetime_seconds_count{protocol=\"udp\"} 2",
+                "ctscope_source_info{source=\"netlink\",requested=\"auto\",version=\"0.1.0\"} 1",
+                "ctscope_ebpf_probes_attached 0",
+            ] {
+                // The text format writes le="10" where OpenMetrics writes
+                // "10.0", and OpenMetrics puts le first.
+                let text = line.replace("le=\"10.0\"", "le=\"10\"");
+                let om = line.replace(
+                    "{protocol=\"udp\",le=\"10.0\"}",
+                    "{le=\"10.0\",protocol=\"udp\"}",
+                );
+                assert!(
+                    body.lines().any(|l| l == line || l == text || l == om),
+                    "{format:?}: no `{line}` in\n{body}"
+                );
+            }
+            // Every sample's family has HELP and TYPE lines before it.
+            for l in body.lines().filter(|l| !l.starts_with('#')) {
+                let name = l.split(['{', ' ']).next().unwrap_or("");
+                let family = ["_bucket", "_sum", "_count", "_total", "_info"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                assert!(
+                    body.contains(&format!("# HELP {family}")),
+                    "{format:?}: no HELP for {name}"
+                );
+                assert!(body.contains(&format!("# TYPE {family}")));
+            }
+            assert_eq!(body.ends_with("# EOF\n"), format == Format::OpenMetrics);
+            // No delivery histogram without eBPF.
+            assert!(!body.contains("ctscope_event_delivery"));
+        }
+    }
+
+    #[test]
+    fn node_exporter_names_and_ebpf_gauges() {
+        let body = scrape(true, "ebpf").encode(Format::Prometheus);
+        assert!(body.contains("\nnode_nf_conntrack_entries 2\n"), "{body}");
+        assert!(body.contains("\nnode_nf_conntrack_stat_found 7\n"));
+        assert!(!body.contains("ctscope_nf_conntrack"));
+        assert!(body.contains("\nctscope_ebpf_probes_attached 6\n"));
+        assert!(body.contains("\nctscope_ebpf_ring_buffer_bytes 33554432\n"));
+        assert!(body.contains("ctscope_event_delivery_seconds_count 0"));
+        assert!(!body.contains("ctscope_netlink_receive_buffer"));
+    }
+}

@@ -16,7 +16,8 @@
 //!
 //! The parts: `netns` (the namespace and running programs in it),
 //! `command` (a finished run's [`Output`]), `background` (programs left
-//! running), `http` (a tiny HTTP client for `serve` and Prometheus),
+//! running), `http` (a tiny HTTP client), `exporter` (`serve`, Prometheus
+//! and node_exporter in a namespace),
 //! `traffic` (the table's entries), `compare` (ctscope's output against
 //! conntrack's), `tmux` (driving a terminal screen) and `conntrack_max`
 //! (the host's limit); everything the tests use is re-exported here.
@@ -25,6 +26,7 @@ mod background;
 mod command;
 mod compare;
 mod conntrack_max;
+mod exporter;
 mod http;
 mod netns;
 mod tmux;
@@ -42,6 +44,10 @@ pub use compare::{
     normalise, normalise_event, normalised_events, normalised_lines, report,
 };
 pub use conntrack_max::ConntrackMax;
+pub use exporter::{
+    NODE_EXPORTER, NOTRACK_HTTP, PROMETHEUS, SERVE, addr, check_histograms, get, promtool_check,
+    quiet_netns, start_serve, wait_ready,
+};
 pub use http::{HttpResponse, http_get, sample, url_encode};
 pub use netns::{Netns, SKIP_SWITCH};
 pub use tmux::{Screen, Tmux};

@@ -13,6 +13,9 @@ const TCP_UNKNOWN: usize = TCP_STATES.len();
 pub struct Census {
     by_proto: [u64; 256],
     tcp_states: [u64; TCP_STATES.len() + 1],
+    /// Entries without a zone, the usual case: counted without hashing.
+    zone0: u64,
+    /// Entries per other zone.
     zones: HashMap<u16, u64>,
     talkers: Option<Talkers>,
 }
@@ -29,6 +32,7 @@ impl Default for Census {
         Self {
             by_proto: [0; 256],
             tcp_states: [0; TCP_STATES.len() + 1],
+            zone0: 0,
             zones: HashMap::new(),
             talkers: None,
         }
@@ -97,11 +101,15 @@ impl Census {
         if let Some(slot) = tcp_slot(ct) {
             step(&mut self.tcp_states[slot]);
         }
-        let zone = ct.zone.unwrap_or(0);
-        let n = self.zones.entry(zone).or_default();
-        step(n);
-        if *n == 0 {
-            self.zones.remove(&zone);
+        match ct.zone.unwrap_or(0) {
+            0 => step(&mut self.zone0),
+            zone => {
+                let n = self.zones.entry(zone).or_default();
+                step(n);
+                if *n == 0 {
+                    self.zones.remove(&zone);
+                }
+            }
         }
         if let Some(t) = &mut self.talkers {
             bump(&mut t.sources, ct.orig.src, up);
@@ -136,6 +144,9 @@ impl Census {
     /// Entries per zone (0: no zone), those with any, in zone order.
     pub fn zones(&self) -> Vec<(u16, u64)> {
         let mut zones: Vec<(u16, u64)> = self.zones.iter().map(|(z, n)| (*z, *n)).collect();
+        if self.zone0 > 0 {
+            zones.push((0, self.zone0));
+        }
         zones.sort_unstable();
         zones
     }

@@ -418,3 +418,49 @@ fn a_loss_is_counted_and_the_resync_it_starts_puts_the_table_right() {
     }
     report(4, &failures);
 }
+
+#[test]
+fn filters_select_what_the_table_counts_not_the_kernel_gauges() {
+    let Some(mut ns) = quiet_netns() else {
+        return;
+    };
+    ns.fill_varied_table();
+    let mut serve = start_serve(&ns, &["-p", "tcp"]);
+    // Events pass the same filter: one UDP and one TCP entry made now.
+    ns.insert("-p udp -s 10.9.0.1 -d 10.9.0.2 --sport 1 --dport 2");
+    ns.insert("-p tcp -s 10.9.0.1 -d 10.9.0.2 --sport 1 --dport 2 --state ESTABLISHED");
+    let total: f64 = ns
+        .conntrack(&["-C"])
+        .stdout
+        .trim()
+        .parse()
+        .expect("conntrack -C");
+    let tcp = ns.conntrack(&["-L", "-p", "tcp"]);
+    let tcp = tcp.entries_reported("shown").expect("a count") as f64;
+    let mut body = String::new();
+    let settled = poll_until(Duration::from_secs(5), || {
+        body = get(&ns, SERVE, "/metrics", None).body;
+        sample(&body, "ctscope_table_entries") == Some(tcp)
+    });
+    let mut failures = Vec::new();
+    if !settled {
+        failures.push(format!(
+            "ctscope_table_entries is not {tcp} (tcp only):\n{body}"
+        ));
+    }
+    for (series, want) in [
+        ("ctscope_nf_conntrack_entries", total),
+        ("ctscope_events_total{type=\"new\"}", 1.0),
+        ("ctscope_protocol_entries{protocol=\"tcp\"}", tcp),
+    ] {
+        let got = sample(&body, series);
+        if got != Some(want) {
+            failures.push(format!("{series}: {got:?}, want {want}"));
+        }
+    }
+    if body.contains("protocol=\"udp\"") {
+        failures.push("UDP entries counted despite -p tcp".into());
+    }
+    serve.stop(nix::sys::signal::Signal::SIGTERM);
+    report(5, &failures);
+}

@@ -243,14 +243,20 @@ pub(super) fn serve(ctx: &Ctx) -> Result<Section> {
         );
     }
     let mean = serve_times.iter().sum::<f64>() / serve_times.len().max(1) as f64;
+    let resynced = if resyncs > 0.0 {
+        format!(
+            "resynced {resyncs:.0} times (the last took {resync_secs:.2} s: a full dump and its \
+             reconciliation, on a thread of its own at nice 10)"
+        )
+    } else {
+        "did not resync (the run was shorter than --resync)".to_string()
+    };
     let _ = writeln!(
         out,
-        "\nDuring the run serve resynced {resyncs:.0} times (the last took {resync_secs:.2} s: a \
-         full dump and its reconciliation, on a thread of its own at nice 10), kept {} entries \
-         (as `conntrack -C`), was ready {:.1} s after it started (the first dump), and held \
-         {:.0} MiB resident at the end. Mean scrape {mean:.2} ms. Target: a scrape in at most 50 ms \
-         at 1,000,000 entries (BENCHMARKS' criterion section measures the scrape itself on a \
-         1,000,000-entry table).\n",
+        "\nDuring the run serve {resynced}, kept {} entries (as `conntrack -C`), was ready {:.1} s \
+         after it started (the first dump), and held {:.0} MiB resident at the end. Mean scrape \
+         {mean:.2} ms. Target: a scrape in at most 50 ms at 1,000,000 entries (BENCHMARKS' \
+         criterion section measures the scrape itself on a 1,000,000-entry table).\n",
         thousands(count),
         ready.as_secs_f64(),
         rss / f64::from(1 << 20),

@@ -171,7 +171,7 @@ fn disconnecting_scrapers_and_1000_scrapes_leave_it_healthy() {
     if out.code != 0 || out.stderr.contains("panicked") {
         failures.push(format!("serve on SIGTERM\n{out}"));
     }
-    report(6, &failures);
+    report(7, &failures);
 }
 
 /// The metric names an expression or a rule file refers to (`ctscope_*`,
@@ -215,6 +215,24 @@ fn contrib_rules_config_and_dashboard_check_out_against_a_real_scrape() {
             ));
         }
     }
+    // The systemd unit, with ExecStart pointing at the binary under test.
+    let unit_dir = std::env::temp_dir().join(format!("{}-unit", ns.name()));
+    std::fs::create_dir_all(&unit_dir).expect("temp dir");
+    let unit = std::fs::read_to_string(contrib.join("ctscope-serve.service"))
+        .expect("ctscope-serve.service")
+        .replace("/usr/local/bin/ctscope", &ctscope_bin_str());
+    let unit_path = unit_dir.join("ctscope-serve.service");
+    std::fs::write(&unit_path, unit).expect("write the unit");
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit_path)
+        .output()
+        .expect("systemd-analyze (apt-get install systemd)");
+    let said = String::from_utf8_lossy(&verify.stderr).into_owned();
+    if !verify.status.success() || said.contains("ctscope-serve.service") {
+        failures.push(format!("systemd-analyze verify: {}\n{said}", verify.status));
+    }
+    let _ = std::fs::remove_dir_all(&unit_dir);
     // Every metric the rules and the dashboard use is one serve exports
     // (the eBPF delivery histogram only with the eBPF source).
     ns.fill_varied_table();
@@ -276,5 +294,5 @@ fn contrib_rules_config_and_dashboard_check_out_against_a_real_scrape() {
             ));
         }
     }
-    report(6, &failures);
+    report(7, &failures);
 }

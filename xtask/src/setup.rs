@@ -42,10 +42,11 @@ const TEST_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "xz-utils",
-    // serve's tests: a real Prometheus (and promtool), and node_exporter
-    // to compare the conntrack gauges with.
+    // serve's tests: a real Prometheus (and promtool), node_exporter to
+    // compare the conntrack gauges with, systemd-analyze for the unit.
     "prometheus",
     "prometheus-node-exporter",
+    "systemd",
 ];
 
 /// PATH with ~/.cargo/bin first, where bpf-linker is installed.

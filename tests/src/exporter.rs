@@ -13,8 +13,9 @@ use crate::{Background, HttpResponse, Netns, http_get, poll_until};
 
 /// serve's default address.
 pub const SERVE: &str = "127.0.0.1:10318";
-/// Where the tests' Prometheus and node_exporter listen.
+/// Where the tests' Prometheus listens.
 pub const PROMETHEUS: &str = "127.0.0.1:9090";
+/// Where the tests' node_exporter listens.
 pub const NODE_EXPORTER: &str = "127.0.0.1:9100";
 
 /// The HTTP traffic of the tests makes no conntrack entries, so the table

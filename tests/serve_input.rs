@@ -35,6 +35,14 @@ fn bad_listen_port_in_use_and_no_privilege_fail_in_one_line() {
             failures.push(format!("serve {args:?}: {e}"));
         }
     }
+    // This host's kernel has no kprobes: asking for eBPF only is exit 1,
+    // one line naming why.
+    let out = ns.ctscope(&["serve", "--source", "ebpf"]);
+    if let Err(e) = out.one_line_error(1) {
+        failures.push(format!("serve --source ebpf: {e}"));
+    } else if !out.stderr.contains("eBPF source unavailable") {
+        failures.push(format!("the message does not say why\n{out}"));
+    }
     // The port is taken by a listener inside the namespace.
     let taken = addr(SERVE);
     let holder = ns.in_netns(|| std::net::TcpListener::bind(taken).expect("bind"));
@@ -59,7 +67,7 @@ fn bad_listen_port_in_use_and_no_privilege_fail_in_one_line() {
     } else if !out.stderr.contains("CAP_NET_ADMIN") {
         failures.push(format!("the message does not name CAP_NET_ADMIN\n{out}"));
     }
-    report(9, &failures);
+    report(10, &failures);
 }
 
 /// A client that sends a request, reads a little of the answer and resets
@@ -137,6 +145,26 @@ fn disconnecting_scrapers_and_1000_scrapes_leave_it_healthy() {
     });
     if !hung.is_empty() {
         failures.push(format!("hanging up: {hung:?}"));
+    }
+    // Other methods: 405 naming GET and HEAD; HEAD: the headers only.
+    let raw = |request: &'static [u8]| {
+        ns.in_netns(|| {
+            let mut s = TcpStream::connect(at)?;
+            s.write_all(request)?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer)?;
+            Ok::<_, std::io::Error>(answer)
+        })
+    };
+    match raw(b"POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n") {
+        Ok(a)
+            if a.starts_with("HTTP/1.0 405")
+                && a.to_ascii_lowercase().contains("allow: get, head") => {}
+        other => failures.push(format!("POST /metrics: {other:?}")),
+    }
+    match raw(b"HEAD /metrics HTTP/1.0\r\n\r\n") {
+        Ok(a) if a.starts_with("HTTP/1.0 200") && a.ends_with("\r\n\r\n") => {}
+        other => failures.push(format!("HEAD /metrics: {other:?}")),
     }
     let health = get(&ns, SERVE, "/healthz", None);
     if health.status != 200 || !serve.is_running() {

@@ -103,6 +103,9 @@ fn protocols_and_ports() {
         ),
         (&["-p", "udp", "--dport", "1"], Any),
         (&["--sport", "1"], Rejected),
+        // Names from /etc/protocols, as conntrack's getprotobyname.
+        (&["-p", "esp"], Any),
+        (&["-p", "ipv6-icmp"], Subset),
         // No ports for ICMP: conntrack says "unknown option".
         (&["-p", "icmp", "--sport", "5"], Rejected),
     ]);
@@ -120,6 +123,8 @@ fn states() {
         (&["-p", "tcp", "--state", "SYN_RECV"], Subset),
         (&["-p", "sctp", "--state", "ESTABLISHED"], Subset),
         (&["--state", "ESTABLISHED"], Rejected),
+        // conntrack's old name of TCP state 9 (SYN_SENT2).
+        (&["-p", "tcp", "--state", "LISTEN"], Any),
         (&["-p", "tcp", "--state", "NO_SUCH_STATE"], Rejected),
     ]);
 }
@@ -152,6 +157,13 @@ fn marks_and_status() {
         (&["-u", "assured"], Subset),
         (&["-u", "Seen_Reply"], Subset),
         (&["-p", "udp", "-s", "127.0.0.1", "-m", "42"], Subset),
+        // The kernel reports no secmark (CTA_SECMARK is gone from its
+        // dumps), so -c selects every entry, for conntrack too.
+        (&["-c", "0"], Any),
+        (&["-c", "5"], Any),
+        (&["--secmark", "0x10", "-m", "42"], Subset),
+        // conntrack 1.4.7 takes no timeout filter.
+        (&["-t", "100"], Rejected),
     ]);
 }
 

@@ -1,7 +1,10 @@
 //! `ctscope list ARGS` against `conntrack -L ARGS`, line for line, in a
 //! namespace holding a varied table.
 
-use ctscope_e2e::{Netns, compare_list, ctscope_bin_str, multiset_diff, normalised_lines, report};
+use ctscope_e2e::{
+    Netns, XtablesDir, compare_list, ctscope_bin_str, multiset_diff, normalise_xml,
+    normalised_lines, report,
+};
 
 /// Fails unless the unfiltered listing shows the variety the table was
 /// built to have, so the comparison cannot pass on a thin table.
@@ -188,33 +191,6 @@ fn dump_restarted_after_enobufs_is_complete() {
     }
 }
 
-/// /etc/xtables for the test: created when missing (the bind mount needs
-/// a directory to cover) and removed again if it was.
-struct XtablesDir {
-    created: bool,
-    conf: std::path::PathBuf,
-}
-
-impl XtablesDir {
-    fn new(connlabel: &[u8]) -> Self {
-        let created = !std::path::Path::new("/etc/xtables").exists();
-        std::fs::create_dir_all("/etc/xtables").expect("mkdir /etc/xtables");
-        let conf = std::env::temp_dir().join(format!("ctscope-xtables-{}", std::process::id()));
-        std::fs::create_dir_all(&conf).expect("mkdir the test's xtables dir");
-        std::fs::write(conf.join("connlabel.conf"), connlabel).expect("write connlabel.conf");
-        Self { created, conf }
-    }
-}
-
-impl Drop for XtablesDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.conf);
-        if self.created {
-            let _ = std::fs::remove_dir("/etc/xtables");
-        }
-    }
-}
-
 /// Labels named in connlabel.conf: `-o labels` prints them and `-l NAME`
 /// selects (and prints) them as conntrack does, from a file with a
 /// comment, a bit named twice (the first name counts) and a line that is
@@ -257,6 +233,24 @@ fn labels_from_connlabel_conf() {
             failures.push(format!("-L {args:?}:\n{diff}\n{ct}\n{cs}"));
         }
     }
+    // XML names them too, as <labels><label>NAME</label>...</labels>.
+    let xml_cases: &[&[&str]] = &[&["-o", "xml,labels"], &["-l", "db", "-o", "xml"]];
+    let xml_lines = |out: &ctscope_e2e::Output| {
+        let mut v: Vec<String> = out.lines().iter().map(|l| normalise_xml(l)).collect();
+        v.sort();
+        v
+    };
+    for args in xml_cases {
+        let ct = run(&[&["conntrack", "-L"], *args].concat());
+        let cs = run(&[&[ctscope_bin_str().as_str(), "-L"], *args].concat());
+        if ct.code != 0 || !ct.stdout.contains("<labels><label>") {
+            failures.push(format!("conntrack -L {args:?} shows no labels:\n{ct}"));
+        } else if let Some(diff) =
+            multiset_diff("conntrack", &xml_lines(&ct), "ctscope", &xml_lines(&cs))
+        {
+            failures.push(format!("-L {args:?}:\n{diff}\n{ct}\n{cs}"));
+        }
+    }
     // Without a connlabel.conf: one warning, as conntrack gives, and no
     // labels on the lines (not a bare `labels`), as conntrack prints them.
     std::fs::remove_file(xtables.conf.join("connlabel.conf")).expect("remove connlabel.conf");
@@ -278,5 +272,5 @@ fn labels_from_connlabel_conf() {
     ) {
         failures.push(format!("-o labels without connlabel.conf:\n{diff}"));
     }
-    report(cases.len() + 2, &failures);
+    report(cases.len() + xml_cases.len() + 2, &failures);
 }

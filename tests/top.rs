@@ -1,6 +1,7 @@
 //! `ctscope top`: the `--once` snapshot against `conntrack -L` and
 //! `iptstate -1`, and the interactive screen driven through tmux
-//! (send-keys / capture-pane), including the exits on `q` and SIGTERM.
+//! (send-keys / capture-pane), including the exits on `q` and SIGTERM;
+//! iptstate's switches in [`top_switches`].
 //!
 //! Also needs `tmux` and `iptstate` (2.2.7) on the host.
 
@@ -15,6 +16,9 @@ use std::{
 use ctscope_e2e::{
     Netns, Output, Screen, Tmux, ctscope_bin, key_values, multiset_diff, poll_until, report,
 };
+
+/// iptstate's switches (`--lookup`, `--no-dns`, `--invert-filters`...).
+mod top_switches;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,

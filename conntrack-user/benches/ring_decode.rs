@@ -10,7 +10,7 @@ use ctscope::{
     ebpf::record::{decode_record, to_conntrack},
     filter::Filter,
     output::{
-        OutputOptions,
+        Format, OutputOptions,
         json::{EventMeta, write_json},
         text::write_text,
     },
@@ -72,7 +72,7 @@ fn decode_and_dispatch(c: &mut Criterion) {
         (
             "decode+json",
             OutputOptions {
-                json: true,
+                format: Format::Json,
                 ..OutputOptions::default()
             },
         ),
@@ -85,7 +85,7 @@ fn decode_and_dispatch(c: &mut Criterion) {
                 for rec in bytes.as_chunks::<CT_EVENT_SIZE>().0 {
                     if let Some(ev) = decode_record(black_box(rec)) {
                         to_conntrack(&ev, EventKind::New, 250, &mut ct);
-                        if opts.json {
+                        if opts.format == Format::Json {
                             let meta = EventMeta {
                                 kind: Some(EventKind::New),
                                 time_ns: Some(1),

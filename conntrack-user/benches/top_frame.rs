@@ -13,11 +13,13 @@ use std::{
 use criterion::{Criterion, criterion_group, criterion_main};
 use ctscope::{
     ct::{Conntrack, Counters, EventKind, ProtoState, Tuple, ips},
-    filter::Filter,
     table::Table,
     ui::{
-        rows::{self as top, SortKey, View},
-        screen::{self as tui, App, Status},
+        app::Settings,
+        resolve::Resolver,
+        rows::{self as top, SortKey},
+        screen::{self as tui, App, Shown, Status},
+        view::View,
     },
 };
 use ratatui::{Terminal, backend::TestBackend};
@@ -122,19 +124,26 @@ fn bench(c: &mut Criterion) {
         let app = App::new(
             View {
                 sort,
-                reverse: false,
-                filter: Filter::default(),
                 text: text.to_string(),
-                now_ms: 0,
+                ..View::default()
             },
-            true,
+            Settings {
+                counters: true,
+                ..Settings::default()
+            },
+            Resolver::system(),
         );
         let mut group = c.benchmark_group("top-1M");
         group.sample_size(10);
         group.bench_function(name, |b| {
             b.iter(|| {
                 let (rows, total) = top::select(table.entries(), &app.view, 43);
-                term.draw(|f| tui::draw(f, &app, &rows, total, &table, &status))
+                let shown = Shown {
+                    rows: &rows,
+                    total,
+                    totals: None,
+                };
+                term.draw(|f| tui::draw(f, &app, shown, &table, &status))
                     .expect("draw");
                 black_box(total)
             })

@@ -115,6 +115,13 @@ pub struct CtExtra {
     pub secctx: Option<Box<str>>,
     /// Connection labels bitmap (bit i = label i).
     pub labels: Option<[u8; 16]>,
+    /// SCTP verification tag of the original direction, as the kernel
+    /// sends it (`CTA_PROTOINFO_SCTP_VTAG_ORIGINAL`, read big-endian).
+    pub sctp_vtag_orig: Option<u32>,
+    /// SCTP verification tag of the reply direction.
+    pub sctp_vtag_reply: Option<u32>,
+    /// DCCP role of the original direction's sender (0 client, 1 server).
+    pub dccp_role: Option<u8>,
 }
 
 impl Tuple {
@@ -128,6 +135,49 @@ impl Tuple {
             ..*self
         }
     }
+
+    /// The tuple the other direction of this flow has: [`Self::reversed`],
+    /// and for ICMP the answering type (echo 8 -> echo reply 0). The
+    /// per-direction zone stays with its own direction, so it is cleared.
+    pub fn inverted(&self) -> Self {
+        let icmp_type = match self.l4proto {
+            Some(proto::ICMP | proto::ICMPV6) => self
+                .icmp_type
+                .map(|t| icmp_reply_type(self.l4proto.unwrap_or(0), t)),
+            _ => self.icmp_type,
+        };
+        Self {
+            icmp_type,
+            zone: None,
+            ..self.reversed()
+        }
+    }
+}
+
+/// The ICMP (or ICMPv6) type that answers `icmp_type`, as the kernel's and
+/// libnetfilter_conntrack's invmap have it; 255 when the type has no
+/// answer, which the kernel refuses in a tuple (EINVAL), as it does for
+/// conntrack's request.
+pub fn icmp_reply_type(l4proto: u8, icmp_type: u8) -> u8 {
+    let pairs: &[(u8, u8)] = if l4proto == proto::ICMPV6 {
+        // Echo request/reply, node information query/reply.
+        &[(128, 129), (139, 140)]
+    } else {
+        // Echo, timestamp, information and address mask requests.
+        &[(8, 0), (13, 14), (15, 16), (17, 18)]
+    };
+    pairs
+        .iter()
+        .find_map(|&(a, b)| {
+            if icmp_type == a {
+                Some(b)
+            } else if icmp_type == b {
+                Some(a)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(u8::MAX)
 }
 
 impl Conntrack {
@@ -188,6 +238,21 @@ impl Conntrack {
     /// Connection labels bitmap.
     pub fn labels(&self) -> Option<&[u8; 16]> {
         self.extra.as_ref().and_then(|e| e.labels.as_ref())
+    }
+
+    /// SCTP verification tag, original direction.
+    pub fn sctp_vtag_orig(&self) -> Option<u32> {
+        self.extra.as_ref().and_then(|e| e.sctp_vtag_orig)
+    }
+
+    /// SCTP verification tag, reply direction.
+    pub fn sctp_vtag_reply(&self) -> Option<u32> {
+        self.extra.as_ref().and_then(|e| e.sctp_vtag_reply)
+    }
+
+    /// DCCP role.
+    pub fn dccp_role(&self) -> Option<u8> {
+        self.extra.as_ref().and_then(|e| e.dccp_role)
     }
 }
 
@@ -398,6 +463,36 @@ mod tests {
         assert_eq!(ct.reply.reversed(), ct.orig);
         let v6 = samples::flow("::1", "::2", proto::TCP, 1, 2);
         assert_eq!(v6.family, libc::AF_INET6 as u8);
+    }
+
+    #[test]
+    fn inverted_tuples_answer_icmp_requests() {
+        let echo = Tuple {
+            src: "10.0.0.1".parse().ok(),
+            dst: "10.0.0.2".parse().ok(),
+            l4proto: Some(proto::ICMP),
+            icmp_type: Some(8),
+            icmp_code: Some(0),
+            icmp_id: Some(77),
+            zone: Some(3),
+            ..Tuple::default()
+        };
+        let reply = echo.inverted();
+        assert_eq!(
+            (reply.src, reply.icmp_type, reply.icmp_id, reply.zone),
+            (echo.dst, Some(0), Some(77), None)
+        );
+        assert_eq!(reply.inverted().icmp_type, Some(8));
+        assert_eq!(icmp_reply_type(proto::ICMP, 13), 14);
+        assert_eq!(
+            icmp_reply_type(proto::ICMP, 3),
+            255,
+            "no answer to an error"
+        );
+        assert_eq!(icmp_reply_type(proto::ICMPV6, 128), 129);
+        assert_eq!(icmp_reply_type(proto::ICMPV6, 8), 255);
+        let udp = samples::flow("10.0.0.1", "10.0.0.2", proto::UDP, 1, 2);
+        assert_eq!(udp.orig.inverted(), udp.reply);
     }
 
     #[test]

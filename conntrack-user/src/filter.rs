@@ -64,6 +64,10 @@ pub struct Filter {
     /// `-u`: `(value, mask)`: the entry's status masked equals value
     /// (ASSURED sets a bit in both; UNREPLIED puts SEEN_REPLY in the mask only).
     pub status: Option<(u32, u32)>,
+    /// `-c`: security mark. ctnetlink has not reported one (CTA_SECMARK)
+    /// since it took the security context instead, so an entry without one
+    /// matches, as it does for conntrack.
+    pub secmark: Option<u32>,
     /// `-w`: zone.
     pub zone: Option<u16>,
     /// `--orig-zone`.
@@ -78,6 +82,14 @@ pub struct Filter {
     pub any_nat: NatFilter,
     /// `-l`: label bits that must all be set.
     pub labels: Vec<u16>,
+}
+
+/// AF_INET or AF_INET6.
+fn net_family(net: &IpNet) -> i32 {
+    match net {
+        IpNet::V4(_) => libc::AF_INET,
+        IpNet::V6(_) => libc::AF_INET6,
+    }
 }
 
 fn net_matches(net: &Option<IpNet>, addr: &Option<IpAddr>) -> bool {
@@ -135,6 +147,11 @@ impl Filter {
         }
         if let Some((value, mask)) = self.status
             && ct.status.unwrap_or(0) & mask != value
+        {
+            return false;
+        }
+        if let (Some(want), Some(have)) = (self.secmark, ct.secmark())
+            && want != have
         {
             return false;
         }
@@ -197,6 +214,110 @@ impl Filter {
             (NatFilter::Off, d) => dnat(d),
             (s, d) => snat(s) && dnat(d),
         }
+    }
+
+    /// Each condition asked, as a filter of its own: `top
+    /// --invert-filters` shows the entries that match none of them, as
+    /// iptstate's `-i` inverts each of its filters. The NAT filters (-n,
+    /// -g, -j, which combine) are one condition, and so are the labels; the
+    /// family is none when an address has it already (`-s 10.0.0.0/8`
+    /// implies `-f ipv4`, which says nothing more).
+    pub fn conditions(&self) -> Vec<Filter> {
+        // Destructured whole, so a new field cannot be forgotten here.
+        let Filter {
+            family,
+            orig_src,
+            orig_dst,
+            reply_src,
+            reply_dst,
+            l4proto,
+            orig_sport,
+            orig_dport,
+            reply_sport,
+            reply_dport,
+            state,
+            icmp_type,
+            icmp_code,
+            icmp_id,
+            mark,
+            secmark,
+            status,
+            zone,
+            orig_zone,
+            reply_zone,
+            src_nat,
+            dst_nat,
+            any_nat,
+            labels,
+        } = self.clone();
+        let implied = [orig_src, orig_dst, reply_src, reply_dst]
+            .iter()
+            .flatten()
+            .any(|net| Some(u8::try_from(net_family(net)).unwrap_or(0)) == family);
+        let family = family.filter(|_| !implied);
+        let none = Filter::default;
+        [
+            Filter { family, ..none() },
+            Filter { orig_src, ..none() },
+            Filter { orig_dst, ..none() },
+            Filter {
+                reply_src,
+                ..none()
+            },
+            Filter {
+                reply_dst,
+                ..none()
+            },
+            Filter { l4proto, ..none() },
+            Filter {
+                orig_sport,
+                ..none()
+            },
+            Filter {
+                orig_dport,
+                ..none()
+            },
+            Filter {
+                reply_sport,
+                ..none()
+            },
+            Filter {
+                reply_dport,
+                ..none()
+            },
+            Filter { state, ..none() },
+            Filter {
+                icmp_type,
+                ..none()
+            },
+            Filter {
+                icmp_code,
+                ..none()
+            },
+            Filter { icmp_id, ..none() },
+            Filter { mark, ..none() },
+            Filter { secmark, ..none() },
+            Filter { status, ..none() },
+            Filter { zone, ..none() },
+            Filter {
+                orig_zone,
+                ..none()
+            },
+            Filter {
+                reply_zone,
+                ..none()
+            },
+            Filter {
+                src_nat,
+                dst_nat,
+                any_nat,
+                ..none()
+            },
+            Filter { labels, ..none() },
+        ]
+        .into_iter()
+        .filter(|f| !f.is_empty())
+        .collect()
     }
 
     /// The dump request's kernel-side filter attributes.
@@ -290,6 +411,20 @@ mod tests {
     }
 
     #[test]
+    fn secmark_only_judges_entries_that_carry_one() {
+        let mut ct = entry("10.1.2.3", "10.9.9.9", 17, 1, 2);
+        let f = Filter {
+            secmark: Some(5),
+            ..Filter::default()
+        };
+        assert!(f.matches(&ct), "the kernel reports no secmark");
+        ct.extra_mut().secmark = Some(6);
+        assert!(!f.matches(&ct));
+        ct.extra_mut().secmark = Some(5);
+        assert!(f.matches(&ct));
+    }
+
+    #[test]
     fn nat_semantics() {
         let mut ct = entry("192.168.1.5", "10.0.0.1", 6, 1000, 80);
         // DNAT to 10.0.0.2: the reply comes from the translated address.
@@ -316,6 +451,65 @@ mod tests {
         };
         assert!(any.matches(&ct));
         assert!(!any.matches(&entry("1.1.1.1", "2.2.2.2", 6, 1, 2)));
+    }
+
+    #[test]
+    fn conditions_split_the_conjunction() {
+        let f = Filter {
+            family: Some(libc::AF_INET as u8),
+            orig_src: Some("10.1.0.0/16".parse().expect("net")),
+            l4proto: Some(6),
+            orig_dport: Some(80),
+            mark: Some((0x10, 0xf0)),
+            dst_nat: NatFilter::Any,
+            src_nat: NatFilter::Any,
+            ..Filter::default()
+        };
+        let parts = f.conditions();
+        // -n and -g together are one condition; the family is the
+        // address's.
+        assert_eq!(parts.len(), 5, "{parts:#?}");
+        assert!(Filter::default().conditions().is_empty());
+        for ct in [
+            entry("10.1.2.3", "10.9.9.9", 6, 1000, 80),
+            entry("10.1.2.3", "10.9.9.9", 6, 1000, 81),
+            entry("10.2.2.3", "10.9.9.9", 17, 1000, 80),
+            entry("::1", "::2", 6, 1000, 80),
+        ] {
+            assert_eq!(
+                f.matches(&ct),
+                parts.iter().all(|p| p.matches(&ct)),
+                "{ct:?}"
+            );
+        }
+        // Every field makes a condition of its own.
+        let all = Filter {
+            family: Some(libc::AF_INET6 as u8),
+            orig_src: Some("10.0.0.0/8".parse().expect("net")),
+            orig_dst: Some("10.0.0.0/8".parse().expect("net")),
+            reply_src: Some("10.0.0.0/8".parse().expect("net")),
+            reply_dst: Some("10.0.0.0/8".parse().expect("net")),
+            l4proto: Some(6),
+            orig_sport: Some(1),
+            orig_dport: Some(2),
+            reply_sport: Some(3),
+            reply_dport: Some(4),
+            state: Some(StateFilter(ProtoState::Tcp(3))),
+            icmp_type: Some(8),
+            icmp_code: Some(0),
+            icmp_id: Some(5),
+            mark: Some((1, 1)),
+            secmark: Some(7),
+            status: Some((ips::ASSURED, ips::ASSURED)),
+            zone: Some(1),
+            orig_zone: Some(2),
+            reply_zone: Some(3),
+            src_nat: NatFilter::Any,
+            dst_nat: NatFilter::Off,
+            any_nat: NatFilter::Off,
+            labels: vec![1],
+        };
+        assert_eq!(all.conditions().len(), 22);
     }
 
     #[test]

@@ -414,6 +414,7 @@ fn fuzz_command_lines() {
         Just("--count".to_string()),
         Just("-b".to_string()),
         Just("--resync".to_string()),
+        Just("--refresh".to_string()),
         Just("--limit".to_string()),
         Just("profile".to_string()),
         Just("--top".to_string()),

@@ -19,8 +19,9 @@
 //! running), `http` (a tiny HTTP client), `exporter` (`serve`, Prometheus
 //! and node_exporter in a namespace),
 //! `traffic` (the table's entries), `compare` (ctscope's output against
-//! conntrack's), `tmux` (driving a terminal screen) and `conntrack_max`
-//! (the host's limit); everything the tests use is re-exported here.
+//! conntrack's), `tmux` (driving a terminal screen), `conntrack_max` (the
+//! host's limit) and `xtables` (a connlabel.conf for a test); everything
+//! the tests use is re-exported here.
 
 mod background;
 mod command;
@@ -31,6 +32,7 @@ mod http;
 mod netns;
 mod tmux;
 mod traffic;
+mod xtables;
 
 use std::{
     thread,
@@ -40,8 +42,9 @@ use std::{
 pub use background::Background;
 pub use command::{Output, ctscope_bin, ctscope_bin_str, host, run};
 pub use compare::{
-    compare_list, compare_list_to, compare_outputs, events_diff, key_values, multiset_diff,
-    normalise, normalise_event, normalised_events, normalised_lines, report,
+    compare_list, compare_list_to, compare_outputs, events_diff, key_values, mask_element,
+    multiset_diff, normalise, normalise_event, normalise_save, normalise_xml, normalised_events,
+    normalised_lines, report, same_exit,
 };
 pub use conntrack_max::ConntrackMax;
 pub use exporter::{
@@ -52,6 +55,7 @@ pub use http::{HttpResponse, http_get, sample, url_encode};
 pub use netns::{Netns, SKIP_SWITCH};
 pub use tmux::{Screen, Tmux};
 pub use traffic::{INSERTED, Kept, VARIED_RULESET, udp_flows};
+pub use xtables::XtablesDir;
 
 /// Calls `done` every 10 ms until it returns true (true) or `timeout`
 /// passes (false).

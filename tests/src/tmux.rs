@@ -163,6 +163,16 @@ impl Tmux {
         self.wait_capturing(&["-J", "-S", "-"], timeout, done)
     }
 
+    /// Like [`Tmux::wait`], the lines keeping the terminal's escape
+    /// sequences (colours, attributes), as `capture-pane -e` gives them.
+    pub fn wait_escaped(
+        &self,
+        timeout: Duration,
+        done: impl FnMut(&Screen) -> bool,
+    ) -> (bool, Screen) {
+        self.wait_capturing(&["-e"], timeout, done)
+    }
+
     /// [`Tmux::wait`] with `extra` capture-pane arguments.
     fn wait_capturing(
         &self,

@@ -7,11 +7,35 @@
 #   - the hooked functions missing: the nf_conntrack modules are unloaded
 #     (this guest has no modprobe, so nothing can load them on demand).
 # (No kprobes at all is the host's own case: tests/events.rs checks it.)
-# The modules and /vm/sysctls are restored at the end.
+# However the script ends, BTF is shown again and the modules are loaded
+# again with /vm/sysctls set, as /init left them: the later scripts need
+# them.
 set -eu
 . /vm/harness/lib.sh
 
 MODDIR=/lib/modules/$(uname -r)/ctscope-vm
+
+# Loads what /vm/modules lists and is not loaded, in its order, and sets
+# /vm/sysctls again (reloading nf_conntrack reset its sysctls).
+reload_modules() {
+    while read -r name need; do
+        [ -n "$name" ] || continue
+        grep -q "^$name " /proc/modules && continue
+        insmod "$MODDIR/$name.ko" || [ "$need" != required ] || fail "insmod $name"
+    done </vm/modules
+    while read -r setting; do
+        [ -n "$setting" ] || continue
+        sysctl -w "$setting" >/dev/null || fail "sysctl -w $setting"
+    done </vm/sysctls
+}
+
+show_btf() {
+    if grep -q ' /sys/kernel/btf tmpfs ' /proc/mounts; then
+        umount /sys/kernel/btf
+    fi
+}
+at_exit reload_modules
+at_exit show_btf
 
 # Runs ctscope ARGS; fails unless it exits CODE with exactly one stderr line
 # matching every further pattern (grep -E).
@@ -22,7 +46,7 @@ expect_one_line() {
     shift 1
     set +e
     # shellcheck disable=SC2086 # ARGS are words on purpose
-    timeout 20 ctscope $args >/tmp/fb.out 2>/tmp/fb.err
+    timeout "$(budget 20)" ctscope $args >/tmp/fb.out 2>/tmp/fb.err
     got=$?
     set -e
     [ "$got" -eq "$code" ] || fail "ctscope $args exited $got, not $code: $(cat /tmp/fb.err)"
@@ -59,7 +83,7 @@ kill -INT "$auto"
 wait "$auto" || fail "events --source auto did not end cleanly: $(cat /tmp/auto.err)"
 grep -q '1 flow events have been shown' /tmp/auto.err || fail "no summary: $(cat /tmp/auto.err)"
 conntrack -F >/dev/null 2>&1
-umount /sys/kernel/btf
+show_btf
 [ -e /sys/kernel/btf/vmlinux ] || fail "BTF still hidden"
 
 step "nf_conntrack unloaded: the hooked function is named"
@@ -74,7 +98,7 @@ expect_one_line 1 "events --source ebpf" 'eBPF source unavailable' '__nf_conntra
 
 step "nf_conntrack unloaded: auto says both why eBPF and why ctnetlink cannot run"
 set +e
-timeout 20 ctscope events --source auto >/tmp/fb.out 2>/tmp/fb.err
+timeout "$(budget 20)" ctscope events --source auto >/tmp/fb.out 2>/tmp/fb.err
 got=$?
 set -e
 [ "$got" -eq 1 ] || fail "events --source auto exited $got, not 1: $(cat /tmp/fb.err)"
@@ -89,15 +113,7 @@ for args in "list" "count" "stats" "flush" "events --source netlink" "profile --
 done
 
 step "modules back: the eBPF source attaches again"
-while read -r name need; do
-    [ -n "$name" ] || continue
-    grep -q "^$name " /proc/modules && continue
-    insmod "$MODDIR/$name.ko" || [ "$need" != required ] || fail "insmod $name"
-done </vm/modules
-while read -r setting; do
-    [ -n "$setting" ] || continue
-    sysctl -w "$setting" >/dev/null || fail "sysctl -w $setting"
-done </vm/sysctls
+reload_modules
 ctscope events --source ebpf -e NEW -p udp --dport 5454 --count 1 >/tmp/back.out 2>/tmp/back.err &
 back=$!
 wait_for_line /tmp/back.err 'event source: eBPF' "the tracer did not start again" "$back"

@@ -13,8 +13,8 @@ table inet gc {
     }
 }
 NFT
-old_udp_timeout=$(sysctl -n net.netfilter.nf_conntrack_udp_timeout)
-sysctl -qw net.netfilter.nf_conntrack_udp_timeout=2
+at_exit "nft delete table inet gc 2>/dev/null"
+set_sysctl net.netfilter.nf_conntrack_udp_timeout 2 || fail "udp timeout"
 
 ctscope events --source ebpf -e DESTROY >/tmp/gc.ebpf 2>/tmp/gc.err &
 tracer=$!
@@ -26,7 +26,8 @@ step "300 UDP flows with a 2 s timeout, left to the gc worker"
 ctchurn --count 300 --src-base 127.9.0.1 >/dev/null 2>&1 || fail "ctchurn failed"
 # The gc worker scans a quiet table about once a minute.
 i=0
-while [ "$(conntrack -C)" -gt 0 ] && [ "$i" -lt 150 ]; do
+secs=$(budget 150)
+while [ "$(conntrack -C)" -gt 0 ] && [ "$i" -lt "$secs" ]; do
     sleep 1
     i=$((i + 1))
 done
@@ -39,6 +40,4 @@ ebpf=$(grep -c '^\[DESTROY\] udp' /tmp/gc.ebpf || true)
 echo "   DESTROY by timeout: eBPF $ebpf, conntrack -E $(grep -c DESTROY /tmp/gc.nl || true)"
 [ "$ebpf" -eq 300 ] || fail "eBPF saw $ebpf DESTROY for 300 timed-out flows"
 
-nft delete table inet gc
-sysctl -qw "net.netfilter.nf_conntrack_udp_timeout=$old_udp_timeout"
 echo "ebpf_gc: ok"

@@ -5,6 +5,10 @@ set -eu
 . /vm/harness/lib.sh
 
 IP=/sbin/ip  # iproute2 (busybox's ip has no netns)
+# ip netns add mounts a tmpfs on /run/netns; deleting the netns leaves it.
+grep -q ' /run/netns ' /proc/mounts || at_exit "umount /run/netns"
+at_exit "nft delete table inet netns 2>/dev/null"
+at_exit "$IP netns delete other 2>/dev/null"
 $IP netns add other
 $IP -n other link set lo up
 for ns in "" "$IP netns exec other"; do
@@ -32,7 +36,7 @@ done
 step "50 flows here, 30 in the other namespace"
 ctchurn --count 50 --src-base 127.4.0.1 >/dev/null 2>&1 || fail "ctchurn here"
 $IP netns exec other ctchurn --count 30 --src-base 127.5.0.1 >/dev/null 2>&1 || fail "ctchurn there"
-sleep 2
+sleep "$(budget 2)"
 kill -INT "$all" "$own"
 wait "$all" || true
 wait "$own" || true
@@ -66,5 +70,4 @@ grep -q "$shown flow events have been shown" /tmp/gone.err ||
     fail "no summary counting the $shown lines shown: $(cat /tmp/gone.err)"
 echo "   $shown events kept; $(tail -n 1 /tmp/gone.err)"
 
-nft delete table inet netns
 echo "ebpf_netns: ok"

@@ -13,10 +13,11 @@ table inet prof {
     }
 }
 NFT
-sysctl -qw net.netfilter.nf_conntrack_udp_timeout=3600
+at_exit "nft delete table inet prof 2>/dev/null"
+set_sysctl net.netfilter.nf_conntrack_udp_timeout 3600 || fail "udp timeout"
 
 step "profile --source ebpf during 2000 new flows and their flush"
-ctscope profile --source ebpf --duration 15 -o json >/tmp/prof.json 2>/tmp/prof.err &
+ctscope profile --source ebpf --duration "$(budget 15)" -o json >/tmp/prof.json 2>/tmp/prof.err &
 prof=$!
 wait_for_line /tmp/prof.err 'event source: eBPF' "the tracer did not start"
 ctchurn --count 2000 --src-base 127.8.0.1 >/dev/null 2>&1 || fail "ctchurn failed"
@@ -30,5 +31,4 @@ grep -q '"lost":0,' /tmp/prof.json || fail "events were lost"
 delivered=$(sed -n 's/.*"delivery_ns":{"count":\([0-9]*\).*/\1/p' /tmp/prof.json)
 [ "${delivered:-0}" -eq 4000 ] || fail "delivery latency counted ${delivered:-0} events, not 4000"
 
-nft delete table inet prof
 echo "ebpf_profile: ok"

@@ -34,8 +34,12 @@ enum Task {
         args: Vec<String>,
     },
     /// Run every test: formatting, clippy, unused dependencies, unit, host
-    /// namespace tests, bench --quick.
-    Test,
+    /// namespace tests, bench --quick, vm-test.
+    Test {
+        /// vm-test at the acceptance volumes (vm-test --full): slower.
+        #[arg(long)]
+        full: bool,
+    },
     /// Benchmarks against conntrack and iptstate; rewrites BENCHMARKS.md.
     Bench(bench::BenchArgs),
     /// Boot each Debian test kernel in qemu and run the eBPF end-to-end
@@ -51,7 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Setup { test } => setup::ensure(setup::Needs { test }).map(|()| ExitCode::SUCCESS),
         Task::Run { args } => run(&args),
-        Task::Test => test(),
+        Task::Test { full } => test(full),
         Task::Bench(args) => bench::run(&args),
         Task::VmTest(args) => vm::test(&args),
         Task::VmRun(args) => vm::run(&args),
@@ -140,7 +144,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
 /// The test-only fault injection of ctscope (conntrack-user/src/fault.rs).
 const FAULT_FEATURE: &str = "conntrack-user/fault-injection";
 
-fn test() -> Result<ExitCode> {
+fn test(full: bool) -> Result<ExitCode> {
     setup::ensure(setup::Needs { test: true })?;
     if !nix::unistd::geteuid().is_root() {
         bail!(
@@ -185,7 +189,10 @@ fn test() -> Result<ExitCode> {
     ]))?;
     // Unused dependencies, found in the sources (a false positive goes in
     // the crate's [package.metadata.cargo-machete] ignored list).
-    run_checked(cargo().arg("machete"))?;
+    // Run directly, on the workspace's path: as `cargo machete` through
+    // the toolchain's cargo (not rustup's proxy) it takes "machete" for
+    // the directory to scan.
+    run_checked(Command::new(setup::cargo_bin_dir().join("cargo-machete")).arg(workspace_root()))?;
     // The end-to-end tests inject faults (CTSCOPE_FAULT_*), which only a
     // build with the test-only feature reads.
     run_checked(cargo().args([
@@ -210,7 +217,9 @@ fn test() -> Result<ExitCode> {
         eprintln!("xtask: vm-test SKIPPED (CTSCOPE_SKIP_VM=1): the eBPF path was not tested");
         return Ok(ExitCode::SUCCESS);
     }
-    vm::test(&VmTestDefaults::parse_from(["vm-test"]).args)
+    let mut vm_test = VmTestDefaults::parse_from(["vm-test"]).args;
+    vm_test.full = full;
+    vm::test(&vm_test)
 }
 
 /// `cargo xtask vm-test` with its defaults (and CTSCOPE_VM_* from the

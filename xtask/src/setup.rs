@@ -42,6 +42,8 @@ const TEST_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "xz-utils",
+    // /etc/protocols and /etc/services, which -p NAME and top --lookup read.
+    "netbase",
     // serve's tests: a real Prometheus (and promtool), node_exporter to
     // compare the conntrack gauges with, systemd-analyze for the unit.
     "prometheus",
@@ -55,7 +57,8 @@ pub fn path_with_cargo_bin() -> String {
     format!("{}:{path}", cargo_bin_dir().display())
 }
 
-fn cargo_bin_dir() -> PathBuf {
+/// Where cargo install puts binaries (~/.cargo/bin, or $CARGO_HOME/bin).
+pub fn cargo_bin_dir() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use crate::{
     netlink::events::EventMask,
     source::{DEFAULT_RCVBUF, DEFAULT_RING_SIZE, SourceChoice, SourceConfig},
-    ui::rows::SortKey,
+    ui::{app::parse_refresh, rows::SortKey},
 };
 
 /// ctscope: what the Linux connection tracker is doing.
@@ -45,6 +45,13 @@ pub enum Command {
     /// Delete the entries that match the filters (conntrack -D).
     #[command(short_flag = 'D', long_flag = "delete")]
     Delete(ListArgs),
+    /// Create an entry (conntrack -I).
+    #[command(short_flag = 'I', long_flag = "create")]
+    Create(CreateArgs),
+    /// Change the mark, status, timeout, state or labels of the entries
+    /// that match (conntrack -U).
+    #[command(short_flag = 'U', long_flag = "update")]
+    Update(UpdateArgs),
     /// Flush the whole table (conntrack -F).
     #[command(short_flag = 'F', long_flag = "flush")]
     Flush(FlushArgs),
@@ -158,6 +165,36 @@ pub struct TopArgs {
     /// Turn on nf_conntrack_acct (per-connection counters) in this namespace.
     #[arg(long = "enable-acct")]
     pub enable_acct: bool,
+    /// Start without iptstate's colours by protocol (`c` toggles them).
+    /// No `-c`: that is conntrack's secmark filter here.
+    #[arg(long = "no-color", visible_alias = "no-colour")]
+    pub no_color: bool,
+    /// Show the rows that match none of the filters (each filter inverted,
+    /// as iptstate's -i).
+    #[arg(short = 'i', long = "invert-filters", visible_alias = "invert")]
+    pub invert: bool,
+    /// Host and service names in place of addresses and ports, looked up
+    /// in the background; hides DNS flows too, as iptstate's -l.
+    #[arg(long)]
+    pub lookup: bool,
+    /// Hide TCP and UDP flows to port 53 (iptstate's -L).
+    #[arg(long = "no-dns")]
+    pub no_dns: bool,
+    /// Hide flows from 127.0.0.1 and ::1 (iptstate's -f; -f is the family
+    /// here).
+    #[arg(long = "no-loopback")]
+    pub no_loopback: bool,
+    /// Seconds between frames (fractions allowed).
+    #[arg(short = 'R', long = "refresh", visible_alias = "rate", value_name = "SECS", value_parser = parse_refresh, default_value = "0.5")]
+    pub refresh: Duration,
+    /// iptstate's totals line: the entries by protocol, and how many the
+    /// filters hide.
+    #[arg(short = 't', long)]
+    pub totals: bool,
+    /// Mark names and addresses cut to fit the screen with a `+`
+    /// (iptstate's -m; -m is the mark here).
+    #[arg(long = "mark-truncated")]
+    pub mark_truncated: bool,
     #[command(flatten)]
     pub source: SourceArgs,
 }
@@ -173,6 +210,14 @@ impl Default for TopArgs {
             counters: false,
             resync: 10,
             enable_acct: false,
+            no_color: false,
+            invert: false,
+            lookup: false,
+            no_dns: false,
+            no_loopback: false,
+            refresh: crate::ui::app::DEFAULT_REFRESH,
+            totals: false,
+            mark_truncated: false,
             source: SourceArgs::default(),
         }
     }
@@ -228,7 +273,7 @@ impl SourceArgs {
 pub struct EventArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Output: extended, id, timestamp, json (comma-separated).
+    /// Output: xml, save, json, extended, id, timestamp, labels (comma-separated).
     #[arg(short = 'o', long = "output", value_name = "FORMAT")]
     pub output: Vec<String>,
     /// Events to show: NEW, UPDATE, DESTROY, ALL (comma-separated).
@@ -307,13 +352,13 @@ pub struct FilterArgs {
     #[arg(long = "state")]
     pub state: Option<String>,
     /// ICMP type.
-    #[arg(long = "icmp-type")]
+    #[arg(long = "icmp-type", visible_alias = "icmpv6-type")]
     pub icmp_type: Option<u8>,
     /// ICMP code.
-    #[arg(long = "icmp-code")]
+    #[arg(long = "icmp-code", visible_alias = "icmpv6-code")]
     pub icmp_code: Option<u8>,
     /// ICMP id.
-    #[arg(long = "icmp-id")]
+    #[arg(long = "icmp-id", visible_alias = "icmpv6-id")]
     pub icmp_id: Option<u16>,
     /// Connection mark, MARK or MARK/MASK (decimal or 0x hex).
     #[arg(short = 'm', long = "mark", value_parser = parse_mark)]
@@ -322,6 +367,10 @@ pub struct FilterArgs {
     /// EXPECTED, FIXED_TIMEOUT, ...; UNSET for none).
     #[arg(short = 'u', long = "status", value_parser = parse_status)]
     pub status: Option<(u32, u32)>,
+    /// Security mark (the kernel reports none since ctnetlink dropped
+    /// CTA_SECMARK, so every entry matches, as with conntrack).
+    #[arg(short = 'c', long = "secmark", value_parser = parse_u32_arg)]
+    pub secmark: Option<u32>,
     /// Zone.
     #[arg(short = 'w', long = "zone")]
     pub zone: Option<u16>,
@@ -351,9 +400,65 @@ pub struct FilterArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Output: xml, save, json, extended, id, ktimestamp, labels (comma-separated).
+    #[arg(short = 'o', long = "output", value_name = "FORMAT")]
+    pub output: Vec<String>,
+    /// List, then zero the counters of every entry listed (list only; no
+    /// filters but -f, -n, -g, -j).
+    #[arg(short = 'z', long = "zero")]
+    pub zero: bool,
+}
+
+/// Arguments of create (`-I`): the entry's tuple (`-s -d` and/or `-r -q`,
+/// `-p` and its ports or ICMP fields) and what to set.
+#[derive(Args, Debug, Default, Clone)]
+pub struct CreateArgs {
+    /// The tuple (filters' flags), and the values of -m, -u, -w,
+    /// --orig-zone, --reply-zone, --state, -n, -g.
+    #[command(flatten)]
+    pub entry: FilterArgs,
+    /// Seconds to live (required).
+    #[arg(short = 't', long = "timeout", value_parser = parse_u32_arg)]
+    pub timeout: Option<u32>,
+    /// Labels to set (names from connlabel.conf), comma-separated.
+    #[arg(long = "label-add")]
+    pub label_add: Vec<String>,
+    /// GRE source key.
+    #[arg(long = "srckey", value_parser = parse_u16_arg)]
+    pub srckey: Option<u16>,
+    /// GRE destination key.
+    #[arg(long = "dstkey", value_parser = parse_u16_arg)]
+    pub dstkey: Option<u16>,
+    /// SCTP verification tag of the original direction.
+    #[arg(long = "orig-vtag", value_parser = parse_u32_arg)]
+    pub orig_vtag: Option<u32>,
+    /// SCTP verification tag of the reply direction.
+    #[arg(long = "reply-vtag", value_parser = parse_u32_arg)]
+    pub reply_vtag: Option<u32>,
+    /// DCCP role: client or server.
+    #[arg(long = "role", value_parser = ["client", "server"])]
+    pub role: Option<String>,
+}
+
+/// Arguments of update (`-U`): filters select entries (as `-L`'s do),
+/// except -m, -u and --state, which are the new values.
+#[derive(Args, Debug, Default, Clone)]
+pub struct UpdateArgs {
+    /// Filters, and the new -m MARK[/MASK], -u STATUS, --state.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// New timeout, in seconds.
+    #[arg(short = 't', long = "timeout", value_parser = parse_u32_arg)]
+    pub timeout: Option<u32>,
     /// Output: extended, id, ktimestamp, labels, json (comma-separated).
     #[arg(short = 'o', long = "output", value_name = "FORMAT")]
     pub output: Vec<String>,
+    /// Labels to add (names from connlabel.conf), comma-separated.
+    #[arg(long = "label-add")]
+    pub label_add: Vec<String>,
+    /// Labels to remove; without a value, every label.
+    #[arg(long = "label-del", num_args = 0..=1, value_name = "LABEL")]
+    pub label_del: Option<Vec<String>>,
 }
 
 /// Arguments of flush.
@@ -424,7 +529,25 @@ fn inet_aton(s: &str) -> Option<std::net::Ipv4Addr> {
 }
 
 fn parse_proto(s: &str) -> std::result::Result<u8, String> {
-    crate::ct::proto_number(s).ok_or_else(|| format!("unknown protocol `{s}'"))
+    crate::ct::proto_number(s)
+        .or_else(|| {
+            let text = std::fs::read_to_string("/etc/protocols").ok()?;
+            etc_protocols(&text, s)
+        })
+        .ok_or_else(|| format!("unknown protocol `{s}'"))
+}
+
+/// A protocol's number by its name or an alias in /etc/protocols (`esp
+/// 50 IPSEC-ESP`), as conntrack's getprotobyname finds it.
+pub(crate) fn etc_protocols(text: &str, name: &str) -> Option<u8> {
+    text.lines().find_map(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let (official, number) = (words.next()?, words.next()?);
+        let named = official.eq_ignore_ascii_case(name)
+            || words.any(|alias| alias.eq_ignore_ascii_case(name));
+        named.then(|| number.parse().ok()).flatten()
+    })
 }
 
 fn parse_family(s: &str) -> std::result::Result<u8, String> {
@@ -440,6 +563,18 @@ fn parse_u32(s: &str) -> Option<u32> {
         Some(hex) => u32::from_str_radix(hex, 16).ok(),
         None => s.parse().ok(),
     }
+}
+
+/// A decimal or 0x-hex u32 (a timeout, a secmark, a verification tag).
+fn parse_u32_arg(s: &str) -> std::result::Result<u32, String> {
+    parse_u32(s).ok_or_else(|| format!("invalid value `{s}' (0 to 4294967295)"))
+}
+
+/// A decimal or 0x-hex u16 (a GRE key).
+fn parse_u16_arg(s: &str) -> std::result::Result<u16, String> {
+    parse_u32(s)
+        .and_then(|v| u16::try_from(v).ok())
+        .ok_or_else(|| format!("invalid value `{s}' (0 to 65535)"))
 }
 
 fn parse_mark(s: &str) -> std::result::Result<(u32, u32), String> {

@@ -11,7 +11,16 @@ use crate::{
 
 fn parse_state(proto: Option<u8>, name: &str) -> Result<StateFilter> {
     let upper = name.to_ascii_uppercase();
-    let find = |table: &[&str; 10]| table.iter().position(|s| *s == upper).map(|i| i as u8);
+    let find = |table: &[&str; 10]| {
+        table
+            .iter()
+            .position(|s| *s == upper)
+            .map(|i| i as u8)
+            .or_else(|| {
+                // conntrack's old name for TCP state 9 (SYN_SENT2).
+                (upper == "LISTEN" && table == &TCP_STATES).then_some(9)
+            })
+    };
     let state = match proto {
         Some(proto::TCP) => find(&TCP_STATES).map(ProtoState::Tcp),
         Some(proto::SCTP) => find(&SCTP_STATES).map(ProtoState::Sctp),
@@ -131,6 +140,7 @@ impl FilterArgs {
             icmp_id: self.icmp_id,
             mark: self.mark,
             status: self.status,
+            secmark: self.secmark,
             zone: self.zone,
             orig_zone: self.orig_zone,
             reply_zone: self.reply_zone,

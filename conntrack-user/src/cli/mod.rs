@@ -19,6 +19,7 @@ use crate::{
     cmd,
     netlink::NetlinkError,
     netns,
+    output::OutputOptionError,
     source::{SourceChoice, SourceError},
 };
 
@@ -51,6 +52,18 @@ impl From<NetlinkError> for CliError {
         match e {
             NetlinkError::PermissionDenied { .. } => Self::Privilege(e.to_string()),
             e => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<OutputOptionError> for CliError {
+    fn from(e: OutputOptionError) -> Self {
+        // conntrack exits 1 on "cannot combine save output ...", 2 on a
+        // bad word.
+        if e.is_usage() {
+            Self::Usage(e.to_string())
+        } else {
+            Self::Failed(e.to_string())
         }
     }
 }
@@ -97,6 +110,12 @@ pub fn usage(msg: impl Into<String>) -> CliError {
     CliError::Usage(msg.into())
 }
 
+/// conntrack's refusal of an option the command does not take (exit 2),
+/// e.g. `Illegal option `--zero' with this command`.
+pub fn illegal(long_flag: &str) -> CliError {
+    usage(format!("Illegal option `--{long_flag}' with this command"))
+}
+
 fn dispatch(cli: &Cli) -> Result<()> {
     if let Some(ns) = &cli.netns {
         netns::enter(ns).map_err(|e| CliError::Failed(e.to_string()))?;
@@ -108,6 +127,8 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Some(Command::List(a)) => cmd::table::list(a),
         Some(Command::Get(a)) => cmd::table::get(a),
         Some(Command::Delete(a)) => cmd::table::delete(a),
+        Some(Command::Create(a)) => cmd::write::create(a),
+        Some(Command::Update(a)) => cmd::write::update(a),
         Some(Command::Flush(a)) => cmd::table::flush(a),
         Some(Command::Count) => cmd::stats::count(),
         Some(Command::Stats(a)) => cmd::stats::stats(a),
@@ -184,6 +205,28 @@ mod tests {
     }
 
     #[test]
+    fn protocols_from_etc_protocols() {
+        let text = "# comment\nip\t0\tIP\nesp 50 IPSEC-ESP # Encap Security Payload\nbad x\n";
+        assert_eq!(args::etc_protocols(text, "esp"), Some(50));
+        assert_eq!(args::etc_protocols(text, "ipsec-esp"), Some(50));
+        assert_eq!(args::etc_protocols(text, "bad"), None);
+        assert_eq!(args::etc_protocols(text, "nope"), None);
+        // LISTEN is TCP state 9, as conntrack names it.
+        let cli = parse(&["list", "-p", "tcp", "--state", "LISTEN"]).expect("parses");
+        let Some(Command::List(a)) = cli.command else {
+            panic!("not list");
+        };
+        assert!(a.filter.to_filter().is_ok());
+    }
+
+    #[test]
+    fn every_command_has_unique_flags() {
+        // clap checks the whole definition (e.g. one short letter for two
+        // flags of a command) only when asked, or at run time in debug.
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
     fn conntrack_short_flags_select_subcommands() {
         let cli = parse(&["-L", "-p", "tcp", "-o", "extended,id"]).expect("parses");
         let Some(Command::List(a)) = cli.command else {
@@ -210,6 +253,41 @@ mod tests {
             panic!("not top");
         };
         assert!(t.once && t.counters && t.sort == SortKey::Bytes);
+    }
+
+    #[test]
+    fn create_update_and_zero_flags() {
+        let Some(Command::Create(c)) = parse(&["-I", "-p", "udp", "-t", "30", "--label-add", "a"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not create");
+        };
+        assert_eq!((c.entry.proto, c.timeout), (Some(17), Some(30)));
+        let Some(Command::Update(u)) = parse(&["--update", "-m", "1", "--label-del"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not update");
+        };
+        assert_eq!(u.label_del, Some(Vec::new()), "--label-del without a value");
+        let Some(Command::List(l)) = parse(&["-L", "-z", "-f", "ipv4"]).expect("parses").command
+        else {
+            panic!("not list");
+        };
+        assert!(l.zero);
+        // Refused before any socket is opened: exit 2, as conntrack.
+        for argv in [
+            &["-L", "-z", "-p", "udp"][..],
+            &["-G", "-z", "-p", "udp"],
+            &["-D", "-c", "1"],
+            &["-I", "-p", "udp", "-s", "1.1.1.1", "-d", "2.2.2.2"],
+            &["-U", "-w", "1"],
+            &["-I", "-t", "-5"],
+        ] {
+            let code = run(std::iter::once("ctscope").chain(argv.iter().copied()));
+            assert_eq!(code, 2, "{argv:?}");
+        }
     }
 
     #[test]

@@ -18,8 +18,7 @@ const WAIT: Duration = Duration::from_millis(100);
 /// Runs `ctscope events`.
 pub fn run(args: &EventArgs) -> Result<()> {
     let filter = args.filter.to_filter()?;
-    let opts = OutputOptions::parse(args.output.iter().map(String::as_str))
-        .map_err(|e| usage(e.to_string()))?;
+    let opts = OutputOptions::parse(args.output.iter().map(String::as_str))?;
     let mask = args.event_mask;
     if !(mask.new || mask.update || mask.destroy) {
         return Err(usage("-e selects no event"));

@@ -1,6 +1,7 @@
 //! The commands, one file per command or family: [`table`] (list, get,
-//! delete, flush), [`stats`] (count, stats), [`events`], [`top`],
-//! [`profile`], [`serve`]. Each takes its validated arguments from `cli` and returns
+//! delete, flush), [`write`] (create, update), [`stats`] (count, stats),
+//! [`events`], [`top`], [`profile`], [`serve`]. Each takes its validated
+//! arguments from `cli` and returns
 //! `cli::Result`.
 use crate::{
     cli::Result,
@@ -14,6 +15,7 @@ pub mod serve;
 pub mod stats;
 pub mod table;
 pub mod top;
+pub mod write;
 
 /// A netfilter sysctl of the current namespace, if readable.
 pub fn read_sysctl(name: &str) -> Option<u64> {

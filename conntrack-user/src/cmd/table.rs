@@ -1,5 +1,6 @@
-//! The table commands: list (`-L`), get (`-G`), delete (`-D`), flush
-//! (`-F`), with conntrack's output and exit codes.
+//! The table commands: list (`-L`, and `-L -z`, which zeroes counters),
+//! get (`-G`), delete (`-D`), flush (`-F`), with conntrack's output and
+//! exit codes.
 use std::{net::IpAddr, sync::atomic::Ordering};
 
 use ipnet::IpNet;
@@ -8,26 +9,57 @@ use crate::{
     cli::{
         CliError, Result,
         args::{FilterArgs, FlushArgs, ListArgs},
+        illegal,
         signals::{interrupt_on_signals, interrupted},
         usage,
     },
     ct::{Conntrack, Tuple, has_ports},
     netlink::{CtSocket, codec::AttrWriter, cta},
-    output::{LabelMap, OutputOptions, Printer, summary},
+    output::{LabelMap, Listing, OutputOptions, Printer, summary},
 };
 
 /// The `-o` options of a listing; selecting by label (`-l`) prints the
 /// labels too, as conntrack does.
 fn output_options(output: &[String], filter: &FilterArgs) -> Result<OutputOptions> {
-    let mut opts = OutputOptions::parse(output.iter().map(String::as_str))
-        .map_err(|e| usage(e.to_string()))?;
+    let mut opts = OutputOptions::parse(output.iter().map(String::as_str))?;
     if !filter.label.is_empty() && opts.labels.is_none() {
         opts.labels = Some(LabelMap::load_default());
     }
     Ok(opts)
 }
 
+/// Whether conntrack counts the filters as comparisons (its
+/// CT_COMPARISON), which `-z` refuses: every filter but -f and the NAT ones
+/// (ports, states and ICMP fields come with -p).
+fn compares(f: &FilterArgs) -> bool {
+    f.proto.is_some()
+        || [f.src, f.dst, f.reply_src, f.reply_dst]
+            .iter()
+            .any(Option::is_some)
+        || f.mark.is_some()
+        || f.secmark.is_some()
+        || f.status.is_some()
+        || [f.zone, f.orig_zone, f.reply_zone]
+            .iter()
+            .any(Option::is_some)
+        || !f.label.is_empty()
+}
+
+/// `-z` and `-c` are list's own: get and delete refuse them, as conntrack.
+fn list_only_options(args: &ListArgs) -> Result<()> {
+    if args.zero {
+        return Err(illegal("zero"));
+    }
+    if args.filter.secmark.is_some() {
+        return Err(illegal("secmark"));
+    }
+    Ok(())
+}
+
 pub fn list(args: &ListArgs) -> Result<()> {
+    if args.zero && compares(&args.filter) {
+        return Err(usage("Can't use -z with filtering parameters"));
+    }
     let filter = args.filter.to_filter()?;
     let opts = output_options(&args.output, &args.filter)?;
     let mut sock = CtSocket::open()?;
@@ -35,7 +67,7 @@ pub fn list(args: &ListArgs) -> Result<()> {
     let mut printer = Printer::new(opts);
     let mut shown = 0u64;
     let kernel_filter = filter.kernel_attrs();
-    let dumped = sock.dump(filter.family.unwrap_or(0), kernel_filter.as_bytes(), |ct| {
+    let on_entry = |ct: &Conntrack| {
         if signal.load(Ordering::Relaxed) != 0 {
             return false;
         }
@@ -44,7 +76,15 @@ pub fn list(args: &ListArgs) -> Result<()> {
         }
         shown += 1;
         printer.entry(ct)
-    })?;
+    };
+    let family = filter.family.unwrap_or(0);
+    // With -z the kernel zeroes every entry it dumps, those the NAT
+    // filters then leave out included, as for conntrack.
+    let dumped = if args.zero {
+        sock.dump_zeroing(family, kernel_filter.as_bytes(), on_entry)?
+    } else {
+        sock.dump(family, kernel_filter.as_bytes(), on_entry)?
+    };
     printer.finish()?;
     if dumped.restarts > 0 {
         eprintln!(
@@ -129,12 +169,13 @@ fn tuple_request(f: &FilterArgs) -> Result<(u8, AttrWriter)> {
 }
 
 pub fn get(args: &ListArgs) -> Result<()> {
+    list_only_options(args)?;
     let opts = output_options(&args.output, &args.filter)?;
     let (family, attrs) = tuple_request(&args.filter)?;
     let mut sock = CtSocket::open()?;
     match sock.get(family, attrs.as_bytes())? {
         Some(ct) => {
-            let mut printer = Printer::new(opts);
+            let mut printer = Printer::for_listing(opts, Listing::Get);
             printer.entry(&ct);
             printer.finish()?;
             summary("1 flow entries have been shown");
@@ -145,6 +186,7 @@ pub fn get(args: &ListArgs) -> Result<()> {
 }
 
 pub fn delete(args: &ListArgs) -> Result<()> {
+    list_only_options(args)?;
     let filter = args.filter.to_filter()?;
     let opts = output_options(&args.output, &args.filter)?;
     let mut sock = CtSocket::open()?;
@@ -158,7 +200,7 @@ pub fn delete(args: &ListArgs) -> Result<()> {
         }
         signal.load(Ordering::Relaxed) == 0
     })?;
-    let mut printer = Printer::new(opts);
+    let mut printer = Printer::for_listing(opts, Listing::Delete);
     let mut deleted = 0u64;
     for ct in &victims {
         if signal.load(Ordering::Relaxed) != 0 {

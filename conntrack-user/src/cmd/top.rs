@@ -20,10 +20,16 @@ use crate::{
     source::{Reader, Source, SourceError, runtime},
     table::Table,
     ui::{
-        rows::{self, View},
-        screen,
+        app::{App, Settings},
+        once,
+        resolve::{Resolver, Services, SystemLookup},
+        rows, screen,
+        view::{Totals, View},
     },
 };
+
+/// Lookups running at once for `--once --lookup`.
+const ONCE_LOOKUP_THREADS: usize = 8;
 
 /// Runs `ctscope top`.
 pub fn run(args: &TopArgs) -> Result<()> {
@@ -40,8 +46,12 @@ pub fn run(args: &TopArgs) -> Result<()> {
         sort: args.sort,
         reverse: args.reverse,
         filter,
-        text: String::new(),
-        now_ms: 0,
+        invert: args.invert,
+        // As iptstate's -l: names on hides DNS flows, so the lookups do
+        // not show up as new rows asking for more lookups.
+        no_dns: args.no_dns || args.lookup,
+        no_loopback: args.no_loopback,
+        ..View::default()
     };
     let now = Instant::now();
     if args.once {
@@ -49,8 +59,21 @@ pub fn run(args: &TopArgs) -> Result<()> {
         table.resync(dump_all()?, now);
         view.now_ms = table.now_ms();
         let (rows, total) = rows::select(table.entries(), &view, args.limit.unwrap_or(usize::MAX));
+        if args.lookup {
+            let resolver = |limits| Resolver::new(SystemLookup, limits, Services::system);
+            let deadline = Instant::now() + once::LOOKUP_WAIT;
+            once::look_up(&mut view, &rows, resolver, ONCE_LOOKUP_THREADS, deadline);
+        }
+        let totals = args.totals.then(|| Totals::count(table.entries(), total));
         let mut out = String::new();
-        rows::write_once(&mut out, &rows, &view, args.counters, total);
+        once::write_once(
+            &mut out,
+            &rows,
+            &view,
+            args.counters,
+            total,
+            totals.as_ref(),
+        );
         if let Some(note) = &acct_note {
             eprintln!("ctscope: {note}");
         }
@@ -109,8 +132,16 @@ pub fn run(args: &TopArgs) -> Result<()> {
         }
         Ok(())
     });
+    let settings = Settings {
+        counters: args.counters,
+        color: !args.no_color,
+        totals: args.totals,
+        lookup: args.lookup,
+        mark_truncated: args.mark_truncated,
+        refresh: args.refresh,
+    };
     let result = screen::run(
-        screen::App::new(view, args.counters),
+        App::new(view, settings, Resolver::system()),
         table,
         status,
         Arc::clone(&stop),

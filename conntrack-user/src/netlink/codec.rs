@@ -159,11 +159,13 @@ fn decode_counters(buf: &[u8]) -> Result<Counters, CodecError> {
     Ok(c)
 }
 
-fn decode_protoinfo(buf: &[u8]) -> Result<Option<ProtoState>, CodecError> {
-    let mut state = None;
+/// The protocol state, and the SCTP verification tags and DCCP role that
+/// `-o save` writes back.
+fn decode_protoinfo(buf: &[u8], ct: &mut Conntrack) -> Result<(), CodecError> {
     for nla in attrs(buf) {
         let nla = nla?;
-        let make: fn(u8) -> ProtoState = match nla.kind() {
+        let proto = nla.kind();
+        let make: fn(u8) -> ProtoState = match proto {
             cta::PROTOINFO_TCP => ProtoState::Tcp,
             cta::PROTOINFO_SCTP => ProtoState::Sctp,
             cta::PROTOINFO_DCCP => ProtoState::Dccp,
@@ -171,12 +173,27 @@ fn decode_protoinfo(buf: &[u8]) -> Result<Option<ProtoState>, CodecError> {
         };
         for inner in attrs(nla.value()) {
             let inner = inner?;
-            if inner.kind() == cta::PROTOINFO_STATE {
-                state = Some(make(u8_at(inner.value(), "CTA_PROTOINFO_STATE")?));
+            let v = inner.value();
+            match (proto, inner.kind()) {
+                (_, cta::PROTOINFO_STATE) => {
+                    ct.proto_state = Some(make(u8_at(v, "CTA_PROTOINFO_STATE")?));
+                }
+                (cta::PROTOINFO_SCTP, cta::PROTOINFO_SCTP_VTAG_ORIGINAL) => {
+                    let tag = be_u32(v, "CTA_PROTOINFO_SCTP_VTAG_ORIGINAL")?;
+                    ct.extra_mut().sctp_vtag_orig = Some(tag);
+                }
+                (cta::PROTOINFO_SCTP, cta::PROTOINFO_SCTP_VTAG_REPLY) => {
+                    let tag = be_u32(v, "CTA_PROTOINFO_SCTP_VTAG_REPLY")?;
+                    ct.extra_mut().sctp_vtag_reply = Some(tag);
+                }
+                (cta::PROTOINFO_DCCP, cta::PROTOINFO_DCCP_ROLE) => {
+                    ct.extra_mut().dccp_role = Some(u8_at(v, "CTA_PROTOINFO_DCCP_ROLE")?);
+                }
+                _ => {}
             }
         }
     }
-    Ok(state)
+    Ok(())
 }
 
 /// Decodes the attributes of a conntrack message (after the nfgenmsg
@@ -197,7 +214,7 @@ pub fn decode_conntrack(family: u8, buf: &[u8], ct: &mut Conntrack) -> Result<()
             }
             cta::TUPLE_REPLY => decode_tuple(v, &mut ct.reply)?,
             cta::STATUS => ct.status = Some(be_u32(v, "CTA_STATUS")?),
-            cta::PROTOINFO => ct.proto_state = decode_protoinfo(v)?,
+            cta::PROTOINFO => decode_protoinfo(v, ct)?,
             cta::TIMEOUT => ct.timeout = Some(be_u32(v, "CTA_TIMEOUT")?),
             cta::MARK => ct.mark = Some(be_u32(v, "CTA_MARK")?),
             cta::SECMARK => ct.extra_mut().secmark = Some(be_u32(v, "CTA_SECMARK")?),
@@ -488,14 +505,59 @@ mod tests {
             w.bytes(cta::COUNTERS_BYTES, &c.bytes.to_be_bytes());
             w.end_nest(n);
         }
-        if let Some(ProtoState::Tcp(s)) = ct.proto_state {
+        if let Some(state) = ct.proto_state {
+            let (kind, s) = match state {
+                ProtoState::Tcp(s) => (cta::PROTOINFO_TCP, s),
+                ProtoState::Sctp(s) => (cta::PROTOINFO_SCTP, s),
+                ProtoState::Dccp(s) => (cta::PROTOINFO_DCCP, s),
+            };
             let p = w.begin_nest(cta::PROTOINFO);
-            let t = w.begin_nest(cta::PROTOINFO_TCP);
+            let t = w.begin_nest(kind);
             w.u8(cta::PROTOINFO_STATE, s);
+            if let Some(tag) = ct.sctp_vtag_orig() {
+                w.be32(cta::PROTOINFO_SCTP_VTAG_ORIGINAL, tag);
+            }
+            if let Some(tag) = ct.sctp_vtag_reply() {
+                w.be32(cta::PROTOINFO_SCTP_VTAG_REPLY, tag);
+            }
+            if let Some(role) = ct.dccp_role() {
+                w.u8(cta::PROTOINFO_DCCP_ROLE, role);
+            }
             w.end_nest(t);
             w.end_nest(p);
         }
         w.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn sctp_vtags_and_dccp_role_round_trip() {
+        let mut sctp = flow("10.0.0.1", "10.0.0.2", proto::SCTP, 1000, 2000);
+        sctp.proto_state = Some(ProtoState::Sctp(4));
+        sctp.extra_mut().sctp_vtag_orig = Some(0x0100_0000);
+        sctp.extra_mut().sctp_vtag_reply = Some(0xdead_beef);
+        let mut dccp = flow("10.0.0.1", "10.0.0.2", proto::DCCP, 1000, 2000);
+        dccp.proto_state = Some(ProtoState::Dccp(4));
+        dccp.extra_mut().dccp_role = Some(1);
+        for ct in [sctp, dccp] {
+            let mut out = Conntrack::default();
+            decode_conntrack(libc::AF_INET as u8, &encode(&ct), &mut out).expect("decodes");
+            assert_eq!(out, ct);
+        }
+        // A short vtag is an error, not a panic.
+        let mut w = AttrWriter::new();
+        w.tuple(cta::TUPLE_ORIG, &sample_entry().orig);
+        let p = w.begin_nest(cta::PROTOINFO);
+        let t = w.begin_nest(cta::PROTOINFO_SCTP);
+        w.bytes(cta::PROTOINFO_SCTP_VTAG_REPLY, &[1, 2]);
+        w.end_nest(t);
+        w.end_nest(p);
+        let mut out = Conntrack::default();
+        assert_eq!(
+            decode_conntrack(2, w.as_bytes(), &mut out),
+            Err(CodecError::BadAttribute {
+                name: "CTA_PROTOINFO_SCTP_VTAG_REPLY"
+            })
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod events;
 pub mod progname;
+pub mod request;
 pub mod socket;
 
 use std::{io, os::fd::RawFd};
@@ -78,6 +79,9 @@ pub const IPCTNL_MSG_CT_NEW: u8 = 0;
 pub const IPCTNL_MSG_CT_GET: u8 = 1;
 /// `IPCTNL_MSG_CT_DELETE`: delete, flush, DESTROY event.
 pub const IPCTNL_MSG_CT_DELETE: u8 = 2;
+/// `IPCTNL_MSG_CT_GET_CTRZERO`: dump or get, zeroing each entry's counters
+/// once they are read.
+pub const IPCTNL_MSG_CT_GET_CTRZERO: u8 = 3;
 /// `IPCTNL_MSG_CT_GET_STATS_CPU`: per-CPU statistics.
 pub const IPCTNL_MSG_CT_GET_STATS_CPU: u8 = 4;
 /// `IPCTNL_MSG_CT_GET_STATS`: global statistics (entry count).
@@ -95,18 +99,21 @@ pub mod cta {
     pub const STATUS: u16 = 3;
     pub const PROTOINFO: u16 = 4;
     pub const HELP: u16 = 5;
+    pub const NAT_SRC: u16 = 6;
     pub const TIMEOUT: u16 = 7;
     pub const MARK: u16 = 8;
     pub const COUNTERS_ORIG: u16 = 9;
     pub const COUNTERS_REPLY: u16 = 10;
     pub const USE: u16 = 11;
     pub const ID: u16 = 12;
+    pub const NAT_DST: u16 = 13;
     pub const SECMARK: u16 = 17;
     pub const ZONE: u16 = 18;
     pub const SECCTX: u16 = 19;
     pub const TIMESTAMP: u16 = 20;
     pub const MARK_MASK: u16 = 21;
     pub const LABELS: u16 = 22;
+    pub const LABELS_MASK: u16 = 23;
     pub const STATUS_MASK: u16 = 26;
 
     pub const TUPLE_IP: u16 = 1;
@@ -133,6 +140,17 @@ pub mod cta {
     pub const PROTOINFO_SCTP: u16 = 3;
     /// The state is the first attribute of each protoinfo nest.
     pub const PROTOINFO_STATE: u16 = 1;
+    pub const PROTOINFO_TCP_FLAGS_ORIGINAL: u16 = 4;
+    pub const PROTOINFO_TCP_FLAGS_REPLY: u16 = 5;
+    pub const PROTOINFO_DCCP_ROLE: u16 = 2;
+    pub const PROTOINFO_SCTP_VTAG_ORIGINAL: u16 = 2;
+    pub const PROTOINFO_SCTP_VTAG_REPLY: u16 = 3;
+
+    pub const NAT_V4_MINIP: u16 = 1;
+    pub const NAT_PROTO: u16 = 3;
+    pub const NAT_V6_MINIP: u16 = 4;
+    pub const PROTONAT_PORT_MIN: u16 = 1;
+    pub const PROTONAT_PORT_MAX: u16 = 2;
 
     pub const COUNTERS_PACKETS: u16 = 1;
     pub const COUNTERS_BYTES: u16 = 2;

@@ -1,10 +1,12 @@
-//! A ctnetlink request socket: dumps, get, delete, flush, statistics.
+//! A ctnetlink request socket: dumps (zeroing counters or not), get,
+//! create, update, delete, flush, statistics.
 use std::io;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::{
-    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_GET_STATS, IPCTNL_MSG_CT_GET_STATS_CPU,
+    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_GET_CTRZERO, IPCTNL_MSG_CT_GET_STATS,
+    IPCTNL_MSG_CT_GET_STATS_CPU, IPCTNL_MSG_CT_NEW,
     codec::{self, CodecError, StatsCpu},
     ct_msg_type, messages, set_rcvbuf,
 };
@@ -12,6 +14,8 @@ use crate::ct::Conntrack;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_NOOP: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
@@ -401,6 +405,29 @@ impl CtSocket {
         &mut self,
         family: u8,
         attrs: &[u8],
+        on_entry: impl FnMut(&Conntrack) -> bool,
+    ) -> Result<DumpSummary, NetlinkError> {
+        self.dump_as(IPCTNL_MSG_CT_GET, family, attrs, on_entry)
+    }
+
+    /// [`Self::dump`] that also zeroes the counters of every entry the
+    /// kernel dumps, once it has read them (`conntrack -L -z`): each entry
+    /// shows its counters as they were. After a restart (ENOBUFS) the
+    /// entries already shown are dumped (and zeroed) again but skipped.
+    pub fn dump_zeroing(
+        &mut self,
+        family: u8,
+        attrs: &[u8],
+        on_entry: impl FnMut(&Conntrack) -> bool,
+    ) -> Result<DumpSummary, NetlinkError> {
+        self.dump_as(IPCTNL_MSG_CT_GET_CTRZERO, family, attrs, on_entry)
+    }
+
+    fn dump_as(
+        &mut self,
+        msg: u8,
+        family: u8,
+        attrs: &[u8],
         mut on_entry: impl FnMut(&Conntrack) -> bool,
     ) -> Result<DumpSummary, NetlinkError> {
         let mut summary = DumpSummary::default();
@@ -408,31 +435,30 @@ impl CtSocket {
         let mut seen: Vec<u32> = Vec::new();
         let mut skip: Option<std::collections::HashSet<u32>> = None;
         loop {
-            let result =
-                self.transact_pipelined("dump", IPCTNL_MSG_CT_GET, family, attrs, |_, payload| {
-                    let Ok((head, body)) = codec::split_nfgenmsg(payload) else {
-                        summary.malformed += 1;
-                        return Ok(());
-                    };
-                    if codec::decode_conntrack(head.family, body, &mut ct).is_err() {
-                        summary.malformed += 1;
-                        return Ok(());
-                    }
-                    if let (Some(skip), Some(id)) = (&skip, ct.id)
-                        && skip.contains(&id)
-                    {
-                        return Ok(());
-                    }
-                    if let Some(id) = ct.id {
-                        seen.push(id);
-                    }
-                    summary.entries += 1;
-                    if on_entry(&ct) {
-                        Ok(())
-                    } else {
-                        Err(NetlinkError::Stopped)
-                    }
-                });
+            let result = self.transact_pipelined("dump", msg, family, attrs, |_, payload| {
+                let Ok((head, body)) = codec::split_nfgenmsg(payload) else {
+                    summary.malformed += 1;
+                    return Ok(());
+                };
+                if codec::decode_conntrack(head.family, body, &mut ct).is_err() {
+                    summary.malformed += 1;
+                    return Ok(());
+                }
+                if let (Some(skip), Some(id)) = (&skip, ct.id)
+                    && skip.contains(&id)
+                {
+                    return Ok(());
+                }
+                if let Some(id) = ct.id {
+                    seen.push(id);
+                }
+                summary.entries += 1;
+                if on_entry(&ct) {
+                    Ok(())
+                } else {
+                    Err(NetlinkError::Stopped)
+                }
+            });
             match result {
                 Ok(()) | Err(NetlinkError::Stopped) => return Ok(summary),
                 Err(e) if e.errno() == Some(libc::ENOBUFS) && summary.restarts < MAX_RESTARTS => {
@@ -471,6 +497,37 @@ impl CtSocket {
         match self.transact(
             "delete",
             IPCTNL_MSG_CT_DELETE,
+            NLM_F_ACK,
+            family,
+            attrs,
+            |_, _| Ok(()),
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates an entry (`attrs`: both tuples and what to set). The kernel
+    /// answers EEXIST when the original tuple is taken.
+    pub fn create(&mut self, family: u8, attrs: &[u8]) -> Result<(), NetlinkError> {
+        self.transact(
+            "create",
+            IPCTNL_MSG_CT_NEW,
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
+            family,
+            attrs,
+            |_, _| Ok(()),
+        )
+    }
+
+    /// Updates the entry that `attrs`' original tuple (and zone) names:
+    /// without NLM_F_CREATE, ctnetlink_new_conntrack changes an existing
+    /// entry and creates none. Returns false when there is no such entry.
+    pub fn update(&mut self, family: u8, attrs: &[u8]) -> Result<bool, NetlinkError> {
+        match self.transact(
+            "update",
+            IPCTNL_MSG_CT_NEW,
             NLM_F_ACK,
             family,
             attrs,

@@ -1,12 +1,17 @@
 //! Writes entries and events to stdout in large chunks (memory stays
-//! bounded), and conntrack's summary lines to stderr.
+//! bounded), conntrack's XML document lines around them, and its summary
+//! lines to stderr.
 use std::{
     io::{self, Write},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::{OutputOptions, json, text};
-use crate::{ct::Conntrack, netlink::progname::ProgName, source::Event};
+use super::{Format, OutputOptions, json, save, text, xml};
+use crate::{
+    ct::{Conntrack, EventKind},
+    netlink::progname::ProgName,
+    source::Event,
+};
 
 /// Bytes gathered before a write to stdout.
 const OUT_CHUNK: usize = 256 * 1024;
@@ -27,11 +32,30 @@ pub fn summary(what: &str) {
     );
 }
 
-/// Writes entries or events to stdout in large chunks.
-pub struct Printer {
+/// Which command's entries a [`Printer`] writes: conntrack frames and
+/// words them differently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Listing {
+    /// `-L` and `-E`: the XML header before the first entry and the footer
+    /// after the last (nothing at all when there is none).
+    #[default]
+    List,
+    /// `-G`: the XML header, no footer (conntrack 1.4.7 prints none).
+    Get,
+    /// `-D`: bare XML flows; `-D` save lines; no labels and no
+    /// `-o ktimestamp` in any format (conntrack's delete callback passes
+    /// neither).
+    Delete,
+}
+
+/// Writes entries or events to stdout (or another sink) in large chunks.
+pub struct Printer<W: Write = io::Stdout> {
     out: Vec<u8>,
-    stdout: io::Stdout,
+    sink: W,
     opts: OutputOptions,
+    listing: Listing,
+    /// Whether the XML header has been written (so the footer is due).
+    xml_started: bool,
     /// Wall clock for `delta-time` of listed entries.
     now_secs: i64,
     prognames: ProgName,
@@ -39,24 +63,63 @@ pub struct Printer {
 }
 
 impl Printer {
-    /// A printer with these `-o` options.
+    /// A printer to stdout with these `-o` options, for a listing or events.
     pub fn new(opts: OutputOptions) -> Self {
+        Self::for_listing(opts, Listing::List)
+    }
+
+    /// A printer with these `-o` options for this command's entries.
+    pub fn for_listing(opts: OutputOptions, listing: Listing) -> Self {
+        Printer::with_sink(opts, listing, io::stdout())
+    }
+}
+
+impl<W: Write> Printer<W> {
+    /// A printer for this command's entries that writes to `sink`.
+    pub fn with_sink(mut opts: OutputOptions, listing: Listing, sink: W) -> Self {
+        if listing == Listing::Delete {
+            opts.ktimestamp = false;
+            opts.labels = None;
+        }
         Self {
             out: Vec::with_capacity(OUT_CHUNK + 4096),
-            stdout: io::stdout(),
+            sink,
             opts,
+            listing,
+            xml_started: false,
             now_secs: i64::try_from(now().as_secs()).unwrap_or(i64::MAX),
             prognames: ProgName::default(),
             error: None,
         }
     }
 
+    /// Writes the XML header before the first flow, where conntrack does.
+    fn start_xml(&mut self) {
+        if !self.xml_started && self.listing != Listing::Delete {
+            self.xml_started = true;
+            self.out.extend_from_slice(xml::HEADER);
+        }
+    }
+
     /// Adds one entry; false once stdout has failed.
     pub fn entry(&mut self, ct: &Conntrack) -> bool {
-        if self.opts.json {
-            json::write_json(&mut self.out, ct, &self.opts, json::EventMeta::default());
-        } else {
-            text::write_text(&mut self.out, ct, &self.opts, None, self.now_secs);
+        match self.opts.format {
+            Format::Json => {
+                json::write_json(&mut self.out, ct, &self.opts, json::EventMeta::default());
+            }
+            Format::Xml => {
+                self.start_xml();
+                xml::write_xml(&mut self.out, ct, &self.opts, None, self.now_secs);
+            }
+            Format::Save => {
+                let kind = if self.listing == Listing::Delete {
+                    EventKind::Destroy
+                } else {
+                    EventKind::New
+                };
+                save::write_save(&mut self.out, ct, kind);
+            }
+            Format::Text => text::write_text(&mut self.out, ct, &self.opts, None, self.now_secs),
         }
         self.flush_if_full()
     }
@@ -64,7 +127,8 @@ impl Printer {
     /// Adds one event line; false once stdout has failed.
     pub fn event(&mut self, ev: &Event<'_>) -> bool {
         let at = Duration::from_nanos(ev.time_ns);
-        if self.opts.json {
+        let secs = i64::try_from(at.as_secs()).unwrap_or(i64::MAX);
+        if self.opts.format == Format::Json {
             let meta = json::EventMeta {
                 kind: Some(ev.kind),
                 time_ns: Some(ev.time_ns),
@@ -73,17 +137,27 @@ impl Printer {
             };
             json::write_json(&mut self.out, ev.ct, &self.opts, meta);
         } else {
-            if self.opts.timestamp {
-                // conntrack's "[%-.8ld.%-.6ld]\t".
-                let _ = write!(
-                    self.out,
-                    "[{:08}.{:06}]\t",
-                    at.as_secs(),
-                    at.subsec_micros()
-                );
+            match self.opts.format {
+                Format::Xml => {
+                    self.start_xml();
+                    xml::write_xml(&mut self.out, ev.ct, &self.opts, Some(ev.kind), secs);
+                }
+                Format::Save => save::write_save(&mut self.out, ev.ct, ev.kind),
+                _ => {
+                    if self.opts.timestamp {
+                        // conntrack's "[%-.8ld.%-.6ld]\t".
+                        let _ = write!(
+                            self.out,
+                            "[{:08}.{:06}]\t",
+                            at.as_secs(),
+                            at.subsec_micros()
+                        );
+                    }
+                    text::write_text(&mut self.out, ev.ct, &self.opts, Some(ev.kind), secs);
+                }
             }
-            let secs = i64::try_from(at.as_secs()).unwrap_or(i64::MAX);
-            text::write_text(&mut self.out, ev.ct, &self.opts, Some(ev.kind), secs);
+            // conntrack ends XML flows and save lines with [USERSPACE]
+            // too; ctscope's netns= goes with it.
             if let Some(netns) = ev.netns {
                 self.out.pop();
                 let _ = write!(self.out, " netns={netns}");
@@ -113,7 +187,7 @@ impl Printer {
         if self.error.is_some() {
             return false;
         }
-        if let Err(e) = self.stdout.lock().write_all(&self.out) {
+        if let Err(e) = self.sink.write_all(&self.out) {
             self.error = Some(e);
             return false;
         }
@@ -121,12 +195,112 @@ impl Printer {
         true
     }
 
-    /// Writes out the rest; the first write error, if any.
+    /// Writes out the rest (and the XML footer, when a listing or an
+    /// event run wrote the header); the first write error, if any.
     pub fn finish(mut self) -> io::Result<()> {
+        if self.xml_started && self.listing == Listing::List {
+            self.out.extend_from_slice(xml::FOOTER);
+        }
         self.flush();
         if let Some(e) = self.error.take() {
             return Err(e);
         }
-        self.stdout.lock().flush()
+        self.sink.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ct::samples::tcp_established;
+
+    fn opts(o: &str) -> OutputOptions {
+        OutputOptions::parse([o]).expect("parses")
+    }
+
+    /// What a printer writes for `entries` entries, then finish.
+    fn listed(o: &str, listing: Listing, entries: usize) -> String {
+        let mut sink = Vec::new();
+        let mut p = Printer::with_sink(opts(o), listing, &mut sink);
+        for _ in 0..entries {
+            assert!(p.entry(&tcp_established()));
+        }
+        p.finish().expect("a Vec takes everything");
+        String::from_utf8(sink).expect("utf8")
+    }
+
+    #[test]
+    fn xml_document_lines_as_each_command_prints_them() {
+        let header = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<conntrack>\n";
+        // -L: header, flows, footer; nothing at all for an empty listing.
+        let list = listed("xml", Listing::List, 2);
+        assert!(list.starts_with(&format!("{header}<flow><meta")), "{list}");
+        assert!(list.ends_with("</flow>\n</conntrack>\n"), "{list}");
+        assert_eq!(list.lines().count(), 5);
+        assert_eq!(listed("xml", Listing::List, 0), "");
+        // -G: no footer; -D: flows only.
+        let get = listed("xml", Listing::Get, 1);
+        assert!(
+            get.starts_with(header) && get.ends_with("</flow>\n"),
+            "{get}"
+        );
+        assert_eq!(get.lines().count(), 3);
+        let deleted = listed("xml", Listing::Delete, 2);
+        assert!(deleted.starts_with("<flow><meta") && deleted.ends_with("</flow>\n"));
+        assert_eq!(deleted.lines().count(), 2);
+        // Text and save have no document lines.
+        assert_eq!(listed("save", Listing::List, 1).lines().count(), 1);
+    }
+
+    #[test]
+    fn save_words_and_delete_options() {
+        assert!(listed("save", Listing::List, 1).starts_with("-A -t 99 "));
+        assert!(listed("save", Listing::Get, 1).starts_with("-A -t 99 "));
+        assert!(listed("save", Listing::Delete, 1).starts_with("-D -t 99 "));
+        // conntrack -D prints no [start=...] (nor labels), -L does.
+        assert!(listed("ktimestamp", Listing::List, 1).contains(" [start="));
+        assert!(!listed("ktimestamp", Listing::Delete, 1).contains(" [start="));
+        assert!(listed("xml,ktimestamp", Listing::List, 1).contains("<timestamp>"));
+        assert!(!listed("xml,ktimestamp", Listing::Delete, 1).contains("<timestamp>"));
+    }
+
+    #[test]
+    fn events_in_xml_and_save() {
+        let ct = tcp_established();
+        let event = |kind, portid| Event {
+            kind,
+            ct: &ct,
+            time_ns: 1_700_000_005_000_000_000,
+            portid,
+            netns: None,
+            delivery_ns: None,
+            source: "netlink",
+        };
+        let mut sink = Vec::new();
+        let mut p = Printer::with_sink(opts("xml"), Listing::List, &mut sink);
+        assert!(p.event(&event(EventKind::New, 0)));
+        // A portid no program holds: no progname.
+        assert!(p.event(&event(EventKind::Destroy, u32::MAX)));
+        p.finish().expect("a Vec takes everything");
+        let text = String::from_utf8(sink).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(lines[2].starts_with("<flow type=\"new\">") && lines[2].ends_with("</flow>"));
+        assert!(lines[3].starts_with("<flow type=\"destroy\">"));
+        assert!(lines[3].ends_with("</flow> [USERSPACE] portid=4294967295"));
+        assert_eq!(lines[4], "</conntrack>");
+
+        let mut sink = Vec::new();
+        let mut p = Printer::with_sink(opts("save"), Listing::List, &mut sink);
+        for kind in [EventKind::New, EventKind::Update, EventKind::Destroy] {
+            assert!(p.event(&event(kind, 0)));
+        }
+        p.finish().expect("a Vec takes everything");
+        let words: Vec<String> = String::from_utf8(sink)
+            .expect("utf8")
+            .lines()
+            .map(|l| l[..2].to_string())
+            .collect();
+        assert_eq!(words, ["-A", "-U", "-D"]);
     }
 }

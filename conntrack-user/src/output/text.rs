@@ -25,7 +25,8 @@ fn event_tag(kind: EventKind) -> &'static str {
     }
 }
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
+/// Writes a number in decimal.
+pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
@@ -99,14 +100,22 @@ fn put_counters(out: &mut Vec<u8>, c: &Counters) {
     out.push(b' ');
 }
 
-/// `ctime()` without the newline, in local time: "Tue Nov 24 08:27:18 2026".
-pub fn ctime(secs: i64) -> String {
+/// The local broken-down time of `secs` (`localtime_r`), if it has one.
+pub(crate) fn local_tm(secs: i64) -> Option<libc::tm> {
     let t: libc::time_t = secs as libc::time_t;
     // SAFETY: localtime_r writes into our tm and reads only t.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
-        return secs.to_string();
+        return None;
     }
+    Some(tm)
+}
+
+/// `ctime()` without the newline, in local time: "Tue Nov 24 08:27:18 2026".
+pub fn ctime(secs: i64) -> String {
+    let Some(tm) = local_tm(secs) else {
+        return secs.to_string();
+    };
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

@@ -1,18 +1,22 @@
 //! `ctscope top`: the table as rows (iptstate's columns and more), sorted
-//! and filtered; `--once` prints one snapshot as plain text, otherwise
-//! `tui` draws it live.
-use std::{cmp::Ordering, fmt::Write as _, net::IpAddr};
+//! and filtered; [`super::once`] prints one snapshot as plain text,
+//! [`super::screen`] draws them live.
+use std::{cmp::Ordering, net::IpAddr};
 
+use super::{
+    resolve::Names,
+    view::{Criteria, View},
+};
 use crate::{
     ct::{Conntrack, ProtoState, Tuple, is_dnat, is_icmp, is_snat, proto_name, state_name},
-    filter::Filter,
     table::Tracked,
 };
 
 /// Columns one can sort by (iptstate's b/B cycle through them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SortKey {
     /// Source address and port.
+    #[default]
     Src,
     /// Destination address and port.
     Dst,
@@ -138,21 +142,6 @@ pub fn compare(key: SortKey, a: &Tracked, b: &Tracked) -> Ordering {
     row_key(key, a).cmp(&row_key(key, b))
 }
 
-/// How the rows are chosen and ordered.
-#[derive(Clone, Debug)]
-pub struct View {
-    /// Sort column.
-    pub sort: SortKey,
-    /// Largest first.
-    pub reverse: bool,
-    /// The shared filters.
-    pub filter: Filter,
-    /// `/` filter: rows whose text contains this.
-    pub text: String,
-    /// The table's clock for the TTL column ([`crate::table::Table::now_ms`]).
-    pub now_ms: u32,
-}
-
 /// Up to this many rows, `select` keeps a sorted top-k in one pass.
 const TOP_K_MAX: usize = 4096;
 
@@ -184,14 +173,18 @@ fn select_on<'a>(
     limit: usize,
     threads: usize,
 ) -> (Vec<&'a Tracked>, usize) {
+    let criteria = Criteria::new(view);
     if threads <= 1 || entries.len() < threads {
-        return select_in(entries.iter(), view, limit);
+        return select_in(entries.iter(), &criteria, limit);
     }
     let part = entries.len().div_ceil(threads);
     let parts: Vec<(Vec<&'a Tracked>, usize)> = std::thread::scope(|scope| {
         let handles: Vec<_> = entries
             .chunks(part)
-            .map(|chunk| scope.spawn(move || select_in(chunk.iter(), view, limit)))
+            .map(|chunk| {
+                let criteria = &criteria;
+                scope.spawn(move || select_in(chunk.iter(), criteria, limit))
+            })
             .collect();
         handles
             .into_iter()
@@ -222,15 +215,16 @@ fn select_on<'a>(
 
 fn select_in<'a>(
     entries: impl Iterator<Item = &'a Tracked>,
-    view: &View,
+    criteria: &Criteria<'_>,
     limit: usize,
 ) -> (Vec<&'a Tracked>, usize) {
-    let passing = entries.filter(|t| view.filter.matches(&t.ct)).filter({
+    let view = criteria.view;
+    let passing = entries.filter(|t| criteria.passes(&t.ct)).filter({
         let mut buf = Vec::with_capacity(128);
         let finder = memchr::memmem::Finder::new(view.text.as_bytes());
         move |t| {
             view.text.is_empty() || {
-                row_text_into(&mut buf, t, view.now_ms);
+                row_text_into(&mut buf, t, view);
                 finder.find(&buf).is_some()
             }
         }
@@ -326,10 +320,10 @@ fn nat_into(buf: &mut Vec<u8>, ct: &Conntrack) {
     let reply: &Tuple = &ct.reply;
     if is_dnat(ct) {
         buf.extend_from_slice(b"DNAT ");
-        endpoint_into(buf, reply.src, reply.sport, ct.l4proto());
+        endpoint_into(buf, reply.src, reply.sport, ct.l4proto(), None);
     } else if is_snat(ct) {
         buf.extend_from_slice(b"SNAT ");
-        endpoint_into(buf, reply.dst, reply.dport, ct.l4proto());
+        endpoint_into(buf, reply.dst, reply.dport, ct.l4proto(), None);
     }
 }
 
@@ -359,9 +353,9 @@ pub fn proto_label(l4: u8) -> std::borrow::Cow<'static, str> {
 }
 
 /// The cells of one row, in column order.
-pub fn cells(t: &Tracked, counters: bool, now_ms: u32) -> Vec<String> {
+pub fn cells(t: &Tracked, counters: bool, view: &View) -> Vec<String> {
     let (mut arena, mut ends) = (Vec::with_capacity(128), Vec::with_capacity(11));
-    cells_into(t, counters, now_ms, &mut arena, &mut |a: &mut Vec<u8>| {
+    cells_into(t, counters, view, &mut arena, &mut |a: &mut Vec<u8>| {
         ends.push(a.len())
     });
     let mut start = 0;
@@ -374,22 +368,39 @@ pub fn cells(t: &Tracked, counters: bool, now_ms: u32) -> Vec<String> {
         .collect()
 }
 
-/// Writes an address, `[IPv6]:port` or `IPv4:port` for port protocols.
-fn endpoint_into(buf: &mut Vec<u8>, a: Option<IpAddr>, port: Option<u16>, l4: u8) {
+/// Writes an address, `[IPv6]:port` or `IPv4:port` for port protocols;
+/// with `names`, the host's and the port's names where known
+/// (`host:service`).
+fn endpoint_into(
+    buf: &mut Vec<u8>,
+    a: Option<IpAddr>,
+    port: Option<u16>,
+    l4: u8,
+    names: Option<&Names>,
+) {
     let Some(a) = a else {
         return;
     };
     let port = port.filter(|_| crate::ct::has_ports(l4));
-    if a.is_ipv6() && port.is_some() {
-        buf.push(b'[');
-    }
-    crate::output::text::put_ip(buf, &a);
-    if let Some(p) = port {
-        if a.is_ipv6() {
-            buf.push(b']');
+    let bracket = a.is_ipv6() && port.is_some();
+    match names.and_then(|n| n.host(&a)) {
+        Some(host) => buf.extend_from_slice(host.as_bytes()),
+        None => {
+            if bracket {
+                buf.push(b'[');
+            }
+            crate::output::text::put_ip(buf, &a);
+            if bracket {
+                buf.push(b']');
+            }
         }
+    }
+    if let Some(p) = port {
         buf.push(b':');
-        buf.extend_from_slice(itoa::Buffer::new().format(p).as_bytes());
+        match names.and_then(|n| n.service(p, l4)) {
+            Some(service) => buf.extend_from_slice(service.as_bytes()),
+            None => buf.extend_from_slice(itoa::Buffer::new().format(p).as_bytes()),
+        }
     }
 }
 
@@ -400,23 +411,24 @@ fn endpoint_into(buf: &mut Vec<u8>, a: Option<IpAddr>, port: Option<u16>, l4: u8
 pub fn cells_into(
     t: &Tracked,
     counters: bool,
-    now_ms: u32,
+    view: &View,
     arena: &mut Vec<u8>,
     end: &mut impl FnMut(&mut Vec<u8>),
 ) {
     use std::io::Write as _;
     let ct = &t.ct;
     let l4 = ct.l4proto();
+    let names = view.names.as_ref();
     let mut n = itoa::Buffer::new();
-    endpoint_into(arena, ct.orig.src, ct.orig.sport, l4);
+    endpoint_into(arena, ct.orig.src, ct.orig.sport, l4, names);
     end(arena);
-    endpoint_into(arena, ct.orig.dst, ct.orig.dport, l4);
+    endpoint_into(arena, ct.orig.dst, ct.orig.dport, l4, names);
     end(arena);
     arena.extend_from_slice(proto_label(l4).as_bytes());
     end(arena);
     state_into(arena, ct);
     end(arena);
-    ttl_into(arena, t.ttl_at(now_ms).unwrap_or(0));
+    ttl_into(arena, t.ttl_at(view.now_ms).unwrap_or(0));
     end(arena);
     if counters {
         arena.extend_from_slice(n.format(bytes(t)).as_bytes());
@@ -451,82 +463,9 @@ pub fn titles(counters: bool) -> Vec<&'static str> {
 /// Writes the searchable text of a row (its cells without counters, a
 /// space after each) into `buf`, reusing it: the `/` filter runs this for
 /// every entry of a frame, so it avoids `Display` and allocations.
-fn row_text_into(buf: &mut Vec<u8>, t: &Tracked, now_ms: u32) {
+fn row_text_into(buf: &mut Vec<u8>, t: &Tracked, view: &View) {
     buf.clear();
-    cells_into(t, false, now_ms, buf, &mut |b: &mut Vec<u8>| b.push(b' '));
-}
-
-/// The `--once` snapshot: a header line, then aligned columns, no padding
-/// at line ends.
-pub fn write_once(out: &mut String, rows: &[&Tracked], view: &View, counters: bool, total: usize) {
-    let titles = titles(counters);
-    let columns = titles.len();
-    let mut arena = Vec::with_capacity(rows.len() * 96);
-    let mut ends = Vec::with_capacity(rows.len() * columns);
-    for t in rows {
-        cells_into(t, counters, view.now_ms, &mut arena, &mut |a: &mut Vec<
-            u8,
-        >| {
-            ends.push(a.len())
-        });
-    }
-    let cell = |row: usize, col: usize| {
-        let i = row * columns + col;
-        let start = if i == 0 { 0 } else { ends[i - 1] };
-        &arena[start..ends[i]]
-    };
-    let mut widths: Vec<usize> = titles.iter().map(|t| t.len()).collect();
-    for row in 0..rows.len() {
-        for (col, w) in widths.iter_mut().enumerate() {
-            *w = (*w).max(cell(row, col).len());
-        }
-    }
-    // Columns that are empty in every row (NAT, Mark, Zone) are left out.
-    let keep: Vec<usize> = (0..columns)
-        .filter(|&col| col < 5 || (0..rows.len()).any(|row| !cell(row, col).is_empty()))
-        .collect();
-    let _ = writeln!(
-        out,
-        "ctscope top -- Sort by: {}{} -- {} of {} entries",
-        view.sort.title(),
-        if view.reverse { " (reversed)" } else { "" },
-        rows.len(),
-        total
-    );
-    let mut line = Vec::with_capacity(256);
-    out.reserve(arena.len() + rows.len() * columns * 4);
-    emit_line(
-        out,
-        &mut line,
-        keep.iter().map(|&c| (titles[c].as_bytes(), widths[c])),
-    );
-    for row in 0..rows.len() {
-        emit_line(
-            out,
-            &mut line,
-            keep.iter().map(|&c| (cell(row, c), widths[c])),
-        );
-    }
-}
-
-/// One line of aligned cells (each padded to its width and two spaces),
-/// without trailing spaces.
-fn emit_line<'a>(
-    out: &mut String,
-    line: &mut Vec<u8>,
-    cells: impl Iterator<Item = (&'a [u8], usize)>,
-) {
-    line.clear();
-    for (c, width) in cells {
-        line.extend_from_slice(c);
-        line.resize(line.len() + width.saturating_sub(c.len()) + 2, b' ');
-    }
-    while line.last() == Some(&b' ') {
-        line.pop();
-    }
-    // Every cell is ASCII (addresses, numbers, names).
-    out.push_str(&String::from_utf8_lossy(line));
-    out.push('\n');
+    cells_into(t, false, view, buf, &mut |b: &mut Vec<u8>| b.push(b' '));
 }
 
 /// Whether a TCP entry is in one of the closing states (used by the TUI to
@@ -576,9 +515,7 @@ mod tests {
         View {
             sort,
             reverse,
-            filter: Filter::default(),
-            text: String::new(),
-            now_ms: 0,
+            ..View::default()
         }
     }
 
@@ -633,7 +570,7 @@ mod tests {
                 // Equal keys may come in either order; compare the keys.
                 let keys = |r: &[&Tracked]| {
                     r.iter()
-                        .map(|e| cells(e, true, 0).join(" "))
+                        .map(|e| cells(e, true, &v).join(" "))
                         .collect::<Vec<_>>()
                 };
                 assert_eq!(keys(&top), keys(&all[..37]), "{key:?} reverse={reverse}");
@@ -662,31 +599,13 @@ mod tests {
     }
 
     #[test]
-    fn text_filter_and_once_layout() {
-        let t = table();
-        let mut v = view(SortKey::Src, false);
-        v.text = "udp".into();
-        let (rows, total) = select(t.entries(), &v, usize::MAX);
-        assert_eq!(total, 1);
-        let mut out = String::new();
-        write_once(&mut out, &rows, &v, true, total);
-        let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "ctscope top -- Sort by: SrcIP -- 1 of 1 entries");
-        assert!(lines[1].starts_with("Source"), "{out}");
-        assert!(lines[2].starts_with("10.0.0.1:2000  10.9.0.2:80"), "{out}");
-        assert!(lines[2].contains(" udp "), "{out}");
-        assert!(lines[2].contains("0:00:20"), "{out}");
-        assert!(!out.lines().any(|l| l.ends_with(' ')));
-    }
-
-    #[test]
     fn search_text_is_the_visible_cells() {
         let t = table();
         let mut bytes = Vec::new();
         for e in t.entries().iter() {
-            row_text_into(&mut bytes, e, 0);
+            row_text_into(&mut bytes, e, &View::default());
             let buf = String::from_utf8(bytes.clone()).expect("utf-8");
-            let cells: Vec<String> = cells(e, false, 0)
+            let cells: Vec<String> = cells(e, false, &View::default())
                 .into_iter()
                 .filter(|c| !c.is_empty())
                 .collect();

@@ -1,221 +1,32 @@
 //! The live `ctscope top` screen (ratatui), split as oryx and bandwhich do:
-//! `App` holds the state and handles keys, `draw` renders, `run` owns the
-//! terminal and the loop. The table is fed by a background thread (event
-//! source + periodic dumps); a frame selects and sorts only the rows it
-//! shows.
+//! [`App`] holds the state and handles keys, `draw` renders, `run` owns
+//! the terminal and the loop. The table is fed by a background thread
+//! (event source + periodic dumps); a frame selects and sorts only the
+//! rows it shows.
 use std::{
     io,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ratatui::{
     Frame,
-    crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
+    crossterm::event::{self, Event},
     layout::{Constraint, Layout},
-    style::{Modifier, Style},
+    style::{Color, Modifier, Style},
     text::Line,
     widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState},
 };
 
+pub use super::app::{Action, App, Prompt};
+use super::{fit, rows as top, view::Totals};
 use crate::{
-    ct::Conntrack,
+    ct::{Conntrack, has_ports, is_icmp, proto},
     table::{self, Tracked},
-    ui::rows::{self as top, View},
 };
-
-/// What the screen is waiting for the user to type.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Prompt {
-    /// `/`: text filter.
-    Text(String),
-    /// `s`: source address filter.
-    Source(String),
-    /// `d`: destination address filter.
-    Destination(String),
-    /// `S`: source port filter.
-    SourcePort(String),
-    /// `D`: destination port filter.
-    DestinationPort(String),
-}
-
-/// What a key asks the caller to do.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Action {
-    /// Nothing beyond redrawing.
-    None,
-    /// Delete this entry (confirmed).
-    Delete(Box<Conntrack>),
-    /// Take a fresh snapshot now.
-    Refresh,
-    /// Leave.
-    Quit,
-    /// Ctrl-Z: give the terminal back and stop, as a shell job.
-    Suspend,
-}
-
-/// The screen's state.
-#[derive(Clone, Debug)]
-pub struct App {
-    /// Sort, filters.
-    pub view: View,
-    /// Bytes/packets/rate columns (`C`).
-    pub counters: bool,
-    /// First row shown.
-    pub offset: usize,
-    /// Selected row, absolute.
-    pub selected: usize,
-    /// `p`: the rows stop changing.
-    pub paused: bool,
-    /// An open prompt.
-    pub prompt: Option<Prompt>,
-    /// `x` pressed on this entry: waiting for y/n.
-    pub confirm_delete: Option<Box<Conntrack>>,
-    /// `h`.
-    pub show_help: bool,
-    /// A one-line message (errors, results).
-    pub message: Option<String>,
-}
-
-impl App {
-    /// A screen with this view.
-    pub fn new(view: View, counters: bool) -> Self {
-        Self {
-            view,
-            counters,
-            offset: 0,
-            selected: 0,
-            paused: false,
-            prompt: None,
-            confirm_delete: None,
-            show_help: false,
-            message: None,
-        }
-    }
-
-    fn finish_prompt(&mut self, p: Prompt) {
-        let parse_net = |s: &str| -> Result<Option<ipnet::IpNet>, String> {
-            if s.is_empty() {
-                return Ok(None);
-            }
-            s.parse::<ipnet::IpNet>()
-                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map(Some)
-                .map_err(|_| format!("not an address: {s}"))
-        };
-        let parse_port = |s: &str| -> Result<Option<u16>, String> {
-            if s.is_empty() {
-                return Ok(None);
-            }
-            s.parse().map(Some).map_err(|_| format!("not a port: {s}"))
-        };
-        let result = match p {
-            Prompt::Text(s) => {
-                self.view.text = s;
-                Ok(())
-            }
-            Prompt::Source(s) => parse_net(&s).map(|n| self.view.filter.orig_src = n),
-            Prompt::Destination(s) => parse_net(&s).map(|n| self.view.filter.orig_dst = n),
-            Prompt::SourcePort(s) => parse_port(&s).map(|n| self.view.filter.orig_sport = n),
-            Prompt::DestinationPort(s) => parse_port(&s).map(|n| self.view.filter.orig_dport = n),
-        };
-        self.message = result.err();
-        self.offset = 0;
-        self.selected = 0;
-    }
-
-    /// Handles one key. `shown` are the rows on screen (from `offset`),
-    /// `total` the rows passing the filters, `page` the rows that fit.
-    pub fn on_key(
-        &mut self,
-        key: KeyEvent,
-        shown: &[&Tracked],
-        total: usize,
-        page: usize,
-    ) -> Action {
-        if key.kind != KeyEventKind::Press {
-            return Action::None;
-        }
-        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
-            return Action::Quit;
-        }
-        // In raw mode the terminal sends Ctrl-Z as a key, not SIGTSTP.
-        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('z') {
-            return Action::Suspend;
-        }
-        if let Some(ct) = self.confirm_delete.take() {
-            return match key.code {
-                KeyCode::Char('y' | 'Y') => Action::Delete(ct),
-                _ => {
-                    self.message = Some("delete cancelled".into());
-                    Action::None
-                }
-            };
-        }
-        if let Some(prompt) = self.prompt.as_mut() {
-            let buf = match prompt {
-                Prompt::Text(b)
-                | Prompt::Source(b)
-                | Prompt::Destination(b)
-                | Prompt::SourcePort(b)
-                | Prompt::DestinationPort(b) => b,
-            };
-            match key.code {
-                KeyCode::Enter => {
-                    if let Some(p) = self.prompt.take() {
-                        self.finish_prompt(p);
-                    }
-                }
-                KeyCode::Esc => self.prompt = None,
-                KeyCode::Backspace => {
-                    buf.pop();
-                }
-                KeyCode::Char(c) => buf.push(c),
-                _ => {}
-            }
-            return Action::None;
-        }
-        self.message = None;
-        let last = total.saturating_sub(1);
-        match key.code {
-            KeyCode::Char('q') => return Action::Quit,
-            KeyCode::Char('b') => self.view.sort = self.view.sort.cycle(true),
-            KeyCode::Char('B') => self.view.sort = self.view.sort.cycle(false),
-            KeyCode::Char('r') => self.view.reverse = !self.view.reverse,
-            KeyCode::Char('C') => self.counters = !self.counters,
-            KeyCode::Char('p') => self.paused = !self.paused,
-            KeyCode::Char('h') => self.show_help = !self.show_help,
-            KeyCode::Char(' ') => return Action::Refresh,
-            // Opens empty, as iptstate does: Enter on nothing clears the filter.
-            KeyCode::Char('/') => self.prompt = Some(Prompt::Text(String::new())),
-            KeyCode::Char('s') => self.prompt = Some(Prompt::Source(String::new())),
-            KeyCode::Char('d') => self.prompt = Some(Prompt::Destination(String::new())),
-            KeyCode::Char('S') => self.prompt = Some(Prompt::SourcePort(String::new())),
-            KeyCode::Char('D') => self.prompt = Some(Prompt::DestinationPort(String::new())),
-            KeyCode::Char('x') => {
-                if let Some(t) = shown.get(self.selected.saturating_sub(self.offset)) {
-                    self.confirm_delete = Some(Box::new(t.ct.clone()));
-                }
-            }
-            KeyCode::Down => self.selected = (self.selected + 1).min(last),
-            KeyCode::Up => self.selected = self.selected.saturating_sub(1),
-            KeyCode::PageDown => self.selected = (self.selected + page).min(last),
-            KeyCode::PageUp => self.selected = self.selected.saturating_sub(page),
-            KeyCode::Home => self.selected = 0,
-            KeyCode::End => self.selected = last,
-            _ => {}
-        }
-        if self.selected < self.offset {
-            self.offset = self.selected;
-        } else if page > 0 && self.selected >= self.offset + page {
-            self.offset = self.selected + 1 - page;
-        }
-        Action::None
-    }
-}
 
 /// What the side panel shows about the source and the table.
 #[derive(Clone, Debug, Default)]
@@ -236,37 +47,31 @@ pub struct Status {
     pub note: Option<String>,
 }
 
-/// The keys, as the help screen lists them.
-const HELP: &[&str] = &[
-    "q quit",
-    "h help",
-    "b/B sort",
-    "r reverse",
-    "C counters",
-    "/ filter",
-    "s/d src/dst",
-    "S/D ports",
-    "x delete",
-    "p pause",
-    "space refresh",
-    "Ctrl-Z suspend",
-    "arrows PgUp PgDn Home End",
-];
-
 /// The help entries packed into lines of at most `width` columns, never
 /// splitting an entry.
-fn help_lines(width: usize) -> Vec<String> {
+fn help_lines(entries: &[String], width: usize) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
-    for entry in HELP {
+    for entry in entries {
         match lines.last_mut() {
             Some(line) if line.len() + 2 + entry.len() <= width => {
                 line.push_str("  ");
                 line.push_str(entry);
             }
-            _ => lines.push((*entry).to_string()),
+            _ => lines.push(entry.clone()),
         }
     }
     lines
+}
+
+/// iptstate's colours: TCP green, UDP yellow, ICMP red, the rest as the
+/// terminal's text.
+fn proto_color(l4: u8) -> Option<Color> {
+    match l4 {
+        proto::TCP => Some(Color::Green),
+        proto::UDP => Some(Color::Yellow),
+        l4 if is_icmp(l4) => Some(Color::Red),
+        _ => None,
+    }
 }
 
 /// "n=… p50=… p90=… p99=… p99.9=… max=…" with a unit.
@@ -277,20 +82,27 @@ fn quantiles(h: &hdrhistogram::Histogram<u64>, unit: &str) -> String {
     )
 }
 
+/// What one frame shows: the rows on screen, how many pass the filters,
+/// and the totals when asked.
+#[derive(Clone, Copy, Debug)]
+pub struct Shown<'a> {
+    /// The rows on screen, from the app's offset.
+    pub rows: &'a [&'a Tracked],
+    /// Rows passing the filters.
+    pub total: usize,
+    /// iptstate's totals line (`t`).
+    pub totals: Option<Totals>,
+}
+
 /// Renders one frame.
-pub fn draw(
-    frame: &mut Frame,
-    app: &App,
-    shown: &[&Tracked],
-    total: usize,
-    table: &table::Table,
-    status: &Status,
-) {
+pub fn draw(frame: &mut Frame, app: &App, shown: Shown<'_>, table: &table::Table, status: &Status) {
+    let total = shown.total;
+    let shown_rows = shown.rows;
     if app.show_help {
         // The keys over the whole screen, wrapped to its width, so a
         // narrow or short terminal shows them all.
         let area = frame.area();
-        let mut lines = help_lines(usize::from(area.width));
+        let mut lines = help_lines(&app.help_entries(), usize::from(area.width));
         // The title only where every key still fits under it.
         if lines.len() + 2 <= usize::from(area.height) {
             lines.insert(0, "ctscope top keys (h closes)".into());
@@ -302,7 +114,7 @@ pub fn draw(
         return;
     }
     let [head, body, foot] = Layout::vertical([
-        Constraint::Length(5),
+        Constraint::Length(app.head_lines()),
         Constraint::Min(3),
         Constraint::Length(1),
     ])
@@ -325,7 +137,7 @@ pub fn draw(
         }
     );
     let max = status.max.map(|m| format!("/{m}")).unwrap_or_default();
-    let header = vec![
+    let mut header = vec![
         Line::from(format!(
             "ctscope top -- source {} -- {} entries{max} -- {} shown -- sort {}{}{}",
             status.source,
@@ -351,29 +163,24 @@ pub fn draw(
             format!("lifetime: {}", lifetimes.join("  "))
         }),
         Line::from(latency),
-        Line::from(
-            status
-                .note
-                .clone()
-                .or_else(|| {
-                    (!app.view.text.is_empty()).then(|| format!("filter: {}", app.view.text))
-                })
-                .unwrap_or_default(),
-        ),
+        Line::from(status_line(app, status)),
     ];
+    if let Some(t) = shown.totals {
+        header.push(Line::from(t.to_string()));
+    }
     frame.render_widget(Paragraph::new(header), head);
 
     let titles = top::titles(app.counters);
-    let cells: Vec<Vec<String>> = shown
+    let mut cells: Vec<Vec<String>> = shown_rows
         .iter()
-        .map(|t| top::cells(t, app.counters, app.view.now_ms))
+        .map(|t| top::cells(t, app.counters, &app.view))
         .collect();
     // Each column as wide as its widest cell on screen, as `--once` lays
     // them out; NAT, Mark and Zone only when a row on screen has one.
     let keep: Vec<usize> = (0..titles.len())
         .filter(|&i| i < titles.len() - 3 || cells.iter().any(|r| !r[i].is_empty()))
         .collect();
-    let widths: Vec<Constraint> = keep
+    let mut widths: Vec<usize> = keep
         .iter()
         .map(|&i| {
             let widest = cells
@@ -381,23 +188,45 @@ pub fn draw(
                 .map(|r| r[i].chars().count())
                 .max()
                 .unwrap_or(0);
-            Constraint::Length(u16::try_from(widest.max(titles[i].len())).unwrap_or(u16::MAX))
+            widest.max(titles[i].len())
         })
         .collect();
-    let rows: Vec<Row> = shown
+    // Too wide for the terminal: Source and Destination give way, as in
+    // iptstate (names and addresses cut at the end that matters least).
+    fit::fit_endpoints(&mut widths, usize::from(body.width));
+    for (t, r) in shown_rows.iter().zip(cells.iter_mut()) {
+        let l4 = t.ct.l4proto();
+        let ports = [t.ct.orig.sport, t.ct.orig.dport].map(|p| p.is_some() && has_ports(l4));
+        for column in 0..2 {
+            r[column] = fit::cut_endpoint(
+                &r[column],
+                ports[column],
+                column,
+                widths[column],
+                app.mark_truncated,
+            );
+        }
+    }
+    let rows: Vec<Row> = shown_rows
         .iter()
         .zip(&cells)
         .map(|(t, r)| {
-            let style = if top::is_closing(&t.ct) {
-                Style::default().add_modifier(Modifier::DIM)
-            } else {
-                Style::default()
-            };
+            let mut style = Style::default();
+            if let Some(color) = proto_color(t.ct.l4proto()).filter(|_| app.color) {
+                style = style.fg(color);
+            }
+            if top::is_closing(&t.ct) {
+                style = style.add_modifier(Modifier::DIM);
+            }
             Row::new(keep.iter().map(|&i| Cell::from(r[i].as_str()))).style(style)
         })
         .collect();
+    let widths: Vec<Constraint> = widths
+        .iter()
+        .map(|w| Constraint::Length(u16::try_from(*w).unwrap_or(u16::MAX)))
+        .collect();
     let widget = Table::new(rows, widths)
-        .column_spacing(2)
+        .column_spacing(u16::try_from(fit::SPACING).unwrap_or(2))
         .header(
             Row::new(keep.iter().map(|&i| titles[i]))
                 .style(Style::default().add_modifier(Modifier::BOLD)),
@@ -421,6 +250,7 @@ pub fn draw(
             Prompt::Destination(b) => format!("destination address[/prefix]: {b}_"),
             Prompt::SourcePort(b) => format!("source port: {b}_"),
             Prompt::DestinationPort(b) => format!("destination port: {b}_"),
+            Prompt::Refresh(b) => format!("refresh every (seconds): {b}_"),
         }
     } else if let Some(m) = &app.message {
         m.clone()
@@ -428,6 +258,27 @@ pub fn draw(
         "h help  q quit".to_string()
     };
     frame.render_widget(Paragraph::new(footer), foot);
+}
+
+/// The panel's last line: a note, the `/` text, and iptstate's switches
+/// that are on.
+fn status_line(app: &App, status: &Status) -> String {
+    let mut parts: Vec<String> = status.note.iter().cloned().collect();
+    if !app.view.text.is_empty() {
+        parts.push(format!("filter: {}", app.view.text));
+    }
+    let v = &app.view;
+    for (on, what) in [
+        (v.invert, "filters inverted"),
+        (v.no_dns, "no DNS"),
+        (v.no_loopback, "no loopback"),
+        (app.lookup, "names"),
+    ] {
+        if on {
+            parts.push(what.to_string());
+        }
+    }
+    parts.join("  ")
 }
 
 /// Restores the terminal when dropped: on quit, on error and on unwinding.
@@ -546,12 +397,13 @@ pub fn run(
             retake_terminal(&mut terminal)?;
         }
         let size = terminal.size()?;
-        let page = usize::from(size.height.saturating_sub(7)).max(1);
+        let page = app.page(size.height);
         let status_now = status.lock().map(|s| s.clone()).unwrap_or_default();
         let guard = table
             .lock()
             .map_err(|_| io::Error::other("table lock poisoned"))?;
         app.view.now_ms = guard.now_ms();
+        app.take_names();
         let (rows, total) = if app.paused {
             let (rows, total) = frozen.get_or_insert_with(|| {
                 let (r, t) = top::select(guard.entries(), &app.view, app.offset + page);
@@ -563,7 +415,14 @@ pub fn run(
             top::select(guard.entries(), &app.view, app.offset + page)
         };
         let shown: Vec<&Tracked> = rows.iter().skip(app.offset).copied().collect();
-        terminal.draw(|f| draw(f, &app, &shown, total, &guard, &status_now))?;
+        app.request_names(&shown);
+        let totals = app.totals.then(|| Totals::count(guard.entries(), total));
+        let frame = Shown {
+            rows: &shown,
+            total,
+            totals,
+        };
+        terminal.draw(|f| draw(f, &app, frame, &guard, &status_now))?;
         crate::fault::panic_at("draw");
         // Keys are handled against what is on screen; the lock is kept so
         // the rows stay valid, and released before waiting.
@@ -602,237 +461,27 @@ pub fn run(
             Action::None => {}
         }
         if key.is_none() {
-            let _ = event::poll(Duration::from_millis(500))?;
+            wait_for_input(app.refresh, &stop, &resumed)?;
+        }
+    }
+}
+
+/// Waits up to `refresh` for a key or another terminal event, in short
+/// slices, so a signal (`stop`) or a SIGCONT (`resumed`) is seen at once
+/// even with a long refresh.
+fn wait_for_input(refresh: Duration, stop: &AtomicBool, resumed: &AtomicBool) -> io::Result<()> {
+    const SLICE: Duration = Duration::from_millis(100);
+    let deadline = Instant::now() + refresh;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stop.load(Ordering::Relaxed) || resumed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if event::poll(left.min(SLICE))? {
+            return Ok(());
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Instant;
-
-    use ratatui::{Terminal, backend::TestBackend};
-
-    use super::*;
-    use crate::{
-        ct::{EventKind, ips, proto, samples::flow},
-        filter::Filter,
-        ui::rows::SortKey,
-    };
-
-    fn entry(src: &str, sport: u16) -> Conntrack {
-        Conntrack {
-            status: Some(ips::CONFIRMED),
-            timeout: Some(30),
-            ..flow(src, "10.9.9.9", proto::UDP, sport, 53)
-        }
-    }
-
-    fn screen(app: &App, t: &table::Table) -> String {
-        screen_sized(app, t, 120, 14)
-    }
-
-    fn screen_sized(app: &App, t: &table::Table, width: u16, height: u16) -> String {
-        let mut term = Terminal::new(TestBackend::new(width, height)).expect("terminal");
-        let (rows, total) = top::select(t.entries(), &app.view, app.offset + 7);
-        let shown: Vec<&Tracked> = rows.iter().skip(app.offset).copied().collect();
-        let status = Status {
-            source: "netlink",
-            ..Status::default()
-        };
-        term.draw(|f| draw(f, app, &shown, total, t, &status))
-            .expect("draw");
-        let buf = term.backend().buffer().clone();
-        (0..buf.area.height)
-            .map(|y| {
-                (0..buf.area.width)
-                    .map(|x| buf[(x, y)].symbol().to_string())
-                    .collect::<String>()
-                    .trim_end()
-                    .to_string()
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn key(c: KeyCode) -> KeyEvent {
-        KeyEvent::new(c, KeyModifiers::NONE)
-    }
-
-    fn sample() -> table::Table {
-        let mut t = table::Table::new();
-        for (src, port) in [("10.0.0.3", 3), ("10.0.0.1", 1), ("10.0.0.2", 2)] {
-            t.apply(EventKind::New, &entry(src, port), Instant::now(), None);
-        }
-        t
-    }
-
-    #[test]
-    fn renders_sorted_rows_and_reverses_on_r() {
-        let t = sample();
-        let view = View {
-            sort: SortKey::Src,
-            reverse: false,
-            filter: Filter::default(),
-            text: String::new(),
-            now_ms: 0,
-        };
-        let mut app = App::new(view, false);
-        let s = screen(&app, &t);
-        let a = s.find("10.0.0.1:1").expect("row 1");
-        let b = s.find("10.0.0.2:2").expect("row 2");
-        let c = s.find("10.0.0.3:3").expect("row 3");
-        assert!(a < b && b < c, "{s}");
-        assert!(s.contains("source netlink -- 3 entries"), "{s}");
-        assert!(s.contains("tcp set-up: n=0 "), "{s}");
-        assert!(s.contains("delivery: needs the eBPF source"), "{s}");
-        app.on_key(key(KeyCode::Char('r')), &[], 3, 7);
-        let s = screen(&app, &t);
-        assert!(s.find("10.0.0.3:3") < s.find("10.0.0.1:1"), "{s}");
-    }
-
-    #[test]
-    fn columns_fit_their_cells_and_empty_ones_go() {
-        let mut t = table::Table::new();
-        let mut tcp = Conntrack {
-            status: Some(ips::CONFIRMED | ips::SEEN_REPLY),
-            timeout: Some(3215),
-            proto_state: Some(crate::ct::ProtoState::Tcp(3)),
-            ..flow(
-                "2001:db8:aaaa:bbbb::1",
-                "2001:db8:cccc:dddd::2",
-                proto::TCP,
-                40000,
-                443,
-            )
-        };
-        tcp.counters_orig = Some(crate::ct::Counters {
-            packets: 12,
-            bytes: 123_456_789,
-        });
-        t.apply(EventKind::New, &tcp, Instant::now(), None);
-        // A protocol conntrack has no name for shows its number.
-        let other = Conntrack {
-            timeout: Some(30),
-            ..flow("10.0.0.1", "10.0.0.2", 99, 0, 0)
-        };
-        t.apply(EventKind::New, &other, Instant::now(), None);
-        let view = View {
-            sort: SortKey::Src,
-            reverse: false,
-            filter: Filter::default(),
-            text: String::new(),
-            now_ms: 0,
-        };
-        let app = App::new(view, true);
-        let s = screen(&app, &t);
-        assert!(s.contains(" ESTABLISHED "), "state cut:\n{s}");
-        assert!(s.contains(" 0:53:35"), "TTL cut:\n{s}");
-        assert!(
-            s.contains("[2001:db8:aaaa:bbbb::1]:40000"),
-            "address cut:\n{s}"
-        );
-        assert!(s.contains(" 99 "), "protocol 99 not shown by number:\n{s}");
-        assert!(!s.contains("unknown"), "{s}");
-        // No NAT, mark or zone on screen: no blank columns for them.
-        assert!(
-            !s.contains("NAT") && !s.contains("Mark") && !s.contains("Zone"),
-            "{s}"
-        );
-    }
-
-    #[test]
-    fn help_fits_any_terminal() {
-        let t = sample();
-        let view = View {
-            sort: SortKey::Src,
-            reverse: false,
-            filter: Filter::default(),
-            text: String::new(),
-            now_ms: 0,
-        };
-        let mut app = App::new(view, false);
-        app.on_key(key(KeyCode::Char('h')), &[], 3, 7);
-        for (w, h) in [(120, 14), (40, 12), (20, 5)] {
-            let s = screen_sized(&app, &t, w, h);
-            assert!(s.contains("q quit"), "{w}x{h}:\n{s}");
-        }
-        // Every key is on a screen wide enough, none cut.
-        let s = screen_sized(&app, &t, 40, 12);
-        for k in ["End", "Ctrl-Z suspend", "x delete"] {
-            assert!(s.contains(k), "{k} missing at 40x12:\n{s}");
-        }
-        app.on_key(key(KeyCode::Char('h')), &[], 3, 7);
-        assert!(screen(&app, &t).contains("10.0.0.1:1"));
-    }
-
-    #[test]
-    fn text_filter_prompt() {
-        let t = sample();
-        let view = View {
-            sort: SortKey::Src,
-            reverse: false,
-            filter: Filter::default(),
-            text: String::new(),
-            now_ms: 0,
-        };
-        let mut app = App::new(view, false);
-        app.on_key(key(KeyCode::Char('/')), &[], 3, 7);
-        for c in "10.0.0.2".chars() {
-            app.on_key(key(KeyCode::Char(c)), &[], 3, 7);
-        }
-        assert!(screen(&app, &t).contains("filter text: 10.0.0.2_"));
-        app.on_key(key(KeyCode::Enter), &[], 3, 7);
-        let s = screen(&app, &t);
-        assert!(s.contains("10.0.0.2:2") && !s.contains("10.0.0.1:1"), "{s}");
-        // `/` opens empty; Enter on nothing clears the filter.
-        app.on_key(key(KeyCode::Char('/')), &[], 1, 7);
-        assert!(screen(&app, &t).contains("filter text: _"));
-        app.on_key(key(KeyCode::Enter), &[], 1, 7);
-        assert!(app.view.text.is_empty());
-        assert!(screen(&app, &t).contains("10.0.0.1:1"));
-        // s: source filter with a prefix.
-        app.view.text.clear();
-        app.on_key(key(KeyCode::Char('s')), &[], 3, 7);
-        for c in "10.0.0.3/32".chars() {
-            app.on_key(key(KeyCode::Char(c)), &[], 3, 7);
-        }
-        app.on_key(key(KeyCode::Enter), &[], 3, 7);
-        let s = screen(&app, &t);
-        assert!(s.contains("10.0.0.3:3") && !s.contains("10.0.0.2:2"), "{s}");
-    }
-
-    #[test]
-    fn delete_needs_confirmation() {
-        let t = sample();
-        let view = View {
-            sort: SortKey::Src,
-            reverse: false,
-            filter: Filter::default(),
-            text: String::new(),
-            now_ms: 0,
-        };
-        let mut app = App::new(view, false);
-        let (rows, total) = top::select(t.entries(), &app.view, 7);
-        app.on_key(key(KeyCode::Down), &rows, total, 7);
-        assert_eq!(
-            app.on_key(key(KeyCode::Char('x')), &rows, total, 7),
-            Action::None
-        );
-        assert!(screen(&app, &t).contains("Delete 10.0.0.2 -> 10.9.9.9? (y/n)"));
-        match app.on_key(key(KeyCode::Char('y')), &rows, total, 7) {
-            Action::Delete(ct) => assert_eq!(ct.orig.sport, Some(2)),
-            other => panic!("expected a delete, got {other:?}"),
-        }
-        app.on_key(key(KeyCode::Char('x')), &rows, total, 7);
-        assert_eq!(
-            app.on_key(key(KeyCode::Char('n')), &rows, total, 7),
-            Action::None
-        );
-        assert_eq!(app.message.as_deref(), Some("delete cancelled"));
-        assert_eq!(
-            app.on_key(key(KeyCode::Char('q')), &rows, total, 7),
-            Action::Quit
-        );
-    }
-}
+mod tests;

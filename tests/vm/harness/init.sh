@@ -54,6 +54,7 @@ while read -r setting; do
     [ -n "$setting" ] || continue
     sysctl -w "$setting" >/dev/null || fatal "sysctl -w $setting failed"
 done </vm/sysctls
+sh /vm/harness/warm-conntrack.sh
 
 cd /tmp || fatal "no /tmp"
 sh /vm/cmd

@@ -1,8 +1,61 @@
 # Helpers for the guest test scripts: `. /vm/harness/lib.sh`.
+#
+# Sourcing this also sets an EXIT trap: when the script ends, however it
+# ends (but SIGKILL, which run-tests.sh makes up for), its background jobs
+# are killed and what it registered with at_exit runs, last first. A
+# script that needs its own EXIT trap must call run_at_exit from it.
 
-# Prints what is being checked, so a failure shows where it happened.
+# Guest time since boot in centiseconds (with qemu -icount it is
+# instruction time, not wall time).
+uptime_cs() {
+    awk '{ printf "%d\n", $1 * 100 }' /proc/uptime
+}
+
+script_started_cs=$(uptime_cs)
+
+# Prints what is being checked, and when in the script, so a failure shows
+# where it happened and a slow step shows which.
 step() {
-    echo "-- $*"
+    local cs=$(($(uptime_cs) - script_started_cs))
+    echo "-- [$((cs / 100)).$((cs / 10 % 10)) s] $*"
+}
+
+# SECS of guest time scaled by how much slower than its reference speed
+# this guest runs (VM_SLOWNESS, a percentage run-tests.sh measures before
+# each script; 100 with qemu -icount): a wait's budget.
+budget() {
+    echo $(($1 * ${VM_SLOWNESS:-100} / 100))
+}
+
+at_exit_cmds=""
+
+# Registers a command to run when the script ends (see above).
+at_exit() {
+    at_exit_cmds="$1
+$at_exit_cmds"
+}
+
+run_at_exit() {
+    local status=$?
+    set +e
+    trap - EXIT
+    # shellcheck disable=SC2046 # one pid a word
+    kill -KILL $(jobs -p) 2>/dev/null
+    eval "$at_exit_cmds"
+    exit "$status"
+}
+trap run_at_exit EXIT
+# Without these a signal would end the script without the EXIT trap.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Sets the sysctl KEY to VALUE until the script ends. Returns non-zero,
+# setting nothing, if the key cannot be read or written.
+set_sysctl() {
+    local old
+    old=$(sysctl -n "$1" 2>/dev/null) || return 1
+    sysctl -qw "$1=$2" 2>/dev/null || return 1
+    at_exit "sysctl -qw '$1=$old'"
 }
 
 # Stops the script with a message naming what failed.
@@ -35,17 +88,20 @@ assert_list_parity() {
     echo "   $(wc -l </tmp/parity.ctscope) lines alike"
 }
 
-# Waits up to 30 s for a line matching the grep PATTERN in FILE. Fails,
-# naming WHAT and showing the file, if it does not come, or if the process
-# PID (optional) ends first.
+# Waits up to 30 s (scaled by `budget`) for a line matching the grep
+# PATTERN in FILE. Fails, naming WHAT and showing the file, if it does not
+# come, or if the process PID (optional) ends first. FILE must not hold an
+# earlier run's lines: `cmd 2>FILE &` truncates it in the child, which may
+# not have run yet.
 wait_for_line() {
-    local file="$1" pattern="$2" what="$3" pid="${4:-}" tries=0
+    local file="$1" pattern="$2" what="$3" pid="${4:-}" tries=0 secs
+    secs=$(budget 30)
     until grep -q "$pattern" "$file" 2>/dev/null; do
         if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
             fail "$what: the process ended: $(cat "$file")"
         fi
         tries=$((tries + 1))
-        [ "$tries" -lt 300 ] || fail "$what: nothing after 30 s: $(cat "$file")"
+        [ "$tries" -lt "$((secs * 10))" ] || fail "$what: nothing after $secs s: $(cat "$file")"
         sleep 0.1
     done
 }

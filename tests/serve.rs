@@ -2,121 +2,19 @@
 //! metrics` and agrees with `conntrack -C`/`-S` and with node_exporter's
 //! conntrack collector; a real Prometheus scraping it every second sees the
 //! table's count and the NEW events of the flows made, exactly, in the
-//! first scrape after them; bad input fails in one line; disconnecting
-//! scrapers and 1,000 scrapes in a row leave it healthy.
+//! first scrape after them; `--netns` serves that namespace; a loss is
+//! counted and the resync it starts puts the table right. (Bad input,
+//! hang-ups, 1,000 scrapes and contrib/: serve_input.rs.)
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
     path::PathBuf,
-    process::{Command, Stdio},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use ctscope_e2e::{
-    Background, HttpResponse, Netns, ctscope_bin_str, http_get, poll_until, report, sample,
-    udp_flows, url_encode,
+    NODE_EXPORTER, Netns, PROMETHEUS, SERVE, addr, get, http_get, poll_until, promtool_check,
+    quiet_netns, report, sample, start_serve, udp_flows, url_encode, wait_ready,
 };
 use nix::sys::signal::Signal;
-
-/// serve's default address.
-const SERVE: &str = "127.0.0.1:10318";
-/// Where the tests' Prometheus and node_exporter listen.
-const PROMETHEUS: &str = "127.0.0.1:9090";
-const NODE_EXPORTER: &str = "127.0.0.1:9100";
-
-/// The HTTP traffic of the tests makes no conntrack entries, so the table
-/// holds only what a test made and `conntrack -C` stays still.
-const NOTRACK_HTTP: &str = "
-table inet ctscope_serve_http {
-    chain pre {
-        type filter hook prerouting priority raw; policy accept;
-        tcp dport { 9090, 9100, 10318 } notrack
-        tcp sport { 9090, 9100, 10318 } notrack
-    }
-    chain out {
-        type filter hook output priority raw; policy accept;
-        tcp dport { 9090, 9100, 10318 } notrack
-        tcp sport { 9090, 9100, 10318 } notrack
-    }
-}
-";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().expect("socket address")
-}
-
-/// A namespace whose HTTP traffic is not tracked.
-fn quiet_netns() -> Option<Netns> {
-    let ns = Netns::new()?;
-    ns.nft(NOTRACK_HTTP);
-    Some(ns)
-}
-
-/// `GET path` inside the namespace.
-#[track_caller]
-fn get(ns: &Netns, at: &str, path: &str, accept: Option<&str>) -> HttpResponse {
-    let target = addr(at);
-    ns.in_netns(|| http_get(target, path, accept))
-        .unwrap_or_else(|e| panic!("GET http://{at}{path}: {e}"))
-}
-
-/// Waits up to 20 s until `GET http://at/path` answers 200; `Err` with
-/// what the program printed if it does not (or exits).
-fn wait_ready(ns: &Netns, program: &mut Background, at: &str, path: &str) -> Result<(), String> {
-    let target = addr(at);
-    let ready = poll_until(Duration::from_secs(20), || {
-        !program.is_running()
-            || ns
-                .in_netns(|| http_get(target, path, None))
-                .is_ok_and(|r| r.status == 200)
-    });
-    if ready && program.is_running() {
-        return Ok(());
-    }
-    let out = program.stop(Signal::SIGKILL);
-    Err(format!(
-        "{} did not answer on http://{at}{path}\n{out}",
-        program.command()
-    ))
-}
-
-/// Starts `ctscope serve ARGS` and waits until /healthz answers.
-#[track_caller]
-fn start_serve(ns: &Netns, args: &[&str]) -> Background {
-    let mut serve = ns.spawn_ctscope(&[&["serve"], args].concat());
-    if let Err(e) = wait_ready(ns, &mut serve, SERVE, "/healthz") {
-        panic!("{e}");
-    }
-    serve
-}
-
-/// `promtool check metrics` on a scrape's body: `Err` with its complaints.
-fn promtool_check(body: &str) -> Result<(), String> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run promtool (apt-get install prometheus): {e}"))?;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(body.as_bytes())
-        .map_err(|e| format!("promtool stdin: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "promtool check metrics failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
 
 /// `conntrack ARGS` in the namespace: the number of entries it listed.
 fn conntrack_count(ns: &Netns, args: &[&str]) -> f64 {
@@ -426,309 +324,6 @@ fn prometheus_sees_the_count_and_the_new_flows_in_the_next_scrape() {
 }
 
 #[test]
-fn bad_listen_port_in_use_and_no_privilege_fail_in_one_line() {
-    let Some(ns) = quiet_netns() else {
-        return;
-    };
-    let mut failures = Vec::new();
-    for args in [
-        &["--listen", "nonsense"][..],
-        &["--listen", "127.0.0.1:99999"],
-        &["--listen", "300.1.1.1:80"],
-        &["--top-talkers", "5000"],
-        &["--resync", "0"],
-        &["--all-netns"],
-    ] {
-        if let Err(e) = ns.ctscope(&[&["serve"], args].concat()).one_line_error(2) {
-            failures.push(format!("serve {args:?}: {e}"));
-        }
-    }
-    // The port is taken by a listener inside the namespace.
-    let taken = addr(SERVE);
-    let holder = ns.in_netns(|| std::net::TcpListener::bind(taken).expect("bind"));
-    let out = ns.ctscope(&["serve"]);
-    if let Err(e) = out.one_line_error(1) {
-        failures.push(format!("port in use: {e}"));
-    } else if !out.stderr.contains("10318") || !out.stderr.contains("in use") {
-        failures.push(format!("the message names neither the port nor why\n{out}"));
-    }
-    drop(holder);
-    let bin = ctscope_bin_str();
-    let out = ns.exec(&[
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        &bin,
-        "serve",
-    ]);
-    if let Err(e) = out.one_line_error(1) {
-        failures.push(format!("unprivileged: {e}"));
-    } else if !out.stderr.contains("CAP_NET_ADMIN") {
-        failures.push(format!("the message does not name CAP_NET_ADMIN\n{out}"));
-    }
-    report(9, &failures);
-}
-
-/// A client that sends a request, reads a little of the answer and resets
-/// the connection.
-fn hang_up_mid_response(at: SocketAddr) -> std::io::Result<()> {
-    let mut s = TcpStream::connect(at)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
-    let mut some = [0u8; 100];
-    s.read_exact(&mut some)?;
-    // SO_LINGER 0: close sends a reset, and the rest of the answer fails.
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a linger struct of the size passed.
-    let set = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if set != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    drop(s);
-    Ok(())
-}
-
-#[test]
-fn disconnecting_scrapers_and_1000_scrapes_leave_it_healthy() {
-    let Some(mut ns) = quiet_netns() else {
-        return;
-    };
-    ns.fill_varied_table();
-    let mut serve = start_serve(&ns, &["--top-talkers", "3"]);
-    let at = addr(SERVE);
-    let fds = |ns: &Netns| sample(&get(ns, SERVE, "/metrics", None).body, "process_open_fds");
-    let fds_before = fds(&ns);
-    let started = Instant::now();
-    let (ok, bad) = ns.in_netns(|| {
-        let (mut ok, mut bad) = (0, Vec::new());
-        for i in 0..1000 {
-            match http_get(at, "/metrics", None) {
-                Ok(r) if r.status == 200 && r.body.contains("ctscope_nf_conntrack_entries ") => {
-                    ok += 1
-                }
-                other => bad.push(format!("scrape {i}: {other:?}")),
-            }
-        }
-        (ok, bad)
-    });
-    let took = started.elapsed();
-    let mut failures = bad;
-    failures.truncate(5);
-    if ok != 1000 {
-        failures.push(format!("{ok} of 1000 scrapes answered"));
-    }
-    eprintln!("1000 scrapes in {took:?}");
-    let hung = ns.in_netns(|| {
-        let mut errors = Vec::new();
-        for _ in 0..50 {
-            if let Err(e) = hang_up_mid_response(at) {
-                errors.push(e.to_string());
-            }
-            // Half a request, then gone.
-            if let Ok(mut s) = TcpStream::connect(at) {
-                let _ = s.write_all(b"GET /metr");
-            }
-        }
-        errors
-    });
-    if !hung.is_empty() {
-        failures.push(format!("hanging up: {hung:?}"));
-    }
-    let health = get(&ns, SERVE, "/healthz", None);
-    if health.status != 200 || !serve.is_running() {
-        failures.push(format!("unhealthy after: {health:?}"));
-    }
-    let scrape = get(&ns, SERVE, "/metrics", None);
-    if let Err(e) = promtool_check(&scrape.body) {
-        failures.push(e);
-    }
-    if sample(
-        &scrape.body,
-        "ctscope_top_talker_entries{direction=\"source\",address=\"127.0.0.1\"}",
-    )
-    .is_none()
-    {
-        failures.push(format!("no top talker 127.0.0.1 in\n{}", scrape.body));
-    }
-    // No descriptor leaks (the half-open connections have ended by now,
-    // or will within the header timeout: allow a few).
-    let settled = poll_until(Duration::from_secs(5), || {
-        fds(&ns)
-            .zip(fds_before)
-            .is_some_and(|(after, before)| after <= before + 2.0)
-    });
-    if !settled {
-        failures.push(format!(
-            "open fds {fds_before:?} before, {:?} after",
-            fds(&ns)
-        ));
-    }
-    let out = serve.stop(Signal::SIGTERM);
-    if out.code != 0 || out.stderr.contains("panicked") {
-        failures.push(format!("serve on SIGTERM\n{out}"));
-    }
-    report(6, &failures);
-}
-
-/// `Err` unless every histogram's buckets only grow and its `+Inf` bucket
-/// equals its count (series told apart by their labels but `le`).
-fn check_histograms(body: &str) -> Result<usize, String> {
-    let mut series: Vec<(String, Vec<f64>)> = Vec::new();
-    for l in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((head, value)) = l.rsplit_once(' ') else {
-            continue;
-        };
-        let value: f64 = value.parse().map_err(|_| format!("bad value in `{l}`"))?;
-        let key = if let Some(at) = head.find("_bucket{") {
-            // The family and its labels without le="...".
-            let labels: Vec<&str> = head[at + 8..]
-                .trim_end_matches('}')
-                .split(',')
-                .filter(|p| !p.starts_with("le="))
-                .collect();
-            format!("{}{{{}}}", &head[..at], labels.join(","))
-        } else if let Some(at) = head.find("_count") {
-            let labels = head[at + 6..].trim_start_matches('{').trim_end_matches('}');
-            let key = format!("{}{{{labels}}}", &head[..at]);
-            match series.iter().find(|(k, _)| *k == key) {
-                Some((_, b)) if b.last() == Some(&value) => continue,
-                Some((_, b)) => return Err(format!("{key}: +Inf {:?} != count {value}", b.last())),
-                None => continue,
-            }
-        } else {
-            continue;
-        };
-        match series.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, b)) => {
-                if b.last().is_some_and(|last| value < *last) {
-                    return Err(format!("{key}: a bucket shrinks: {l}"));
-                }
-                b.push(value);
-            }
-            None => series.push((key, vec![value])),
-        }
-    }
-    Ok(series.len())
-}
-
-/// The metric names an expression or a rule file refers to (`ctscope_*`,
-/// `process_*`), histogram series reduced to their family.
-fn metric_names(text: &str) -> Vec<String> {
-    let mut names: Vec<String> = text
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|t| t.starts_with("ctscope_") || t.starts_with("process_"))
-        // Prefixes in prose ("ctscope_nf_conntrack_*").
-        .filter(|t| !t.ends_with('_'))
-        .map(|t| t.trim_end_matches("_bucket").to_string())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
-#[test]
-fn contrib_rules_config_and_dashboard_check_out_against_a_real_scrape() {
-    let Some(mut ns) = quiet_netns() else {
-        return;
-    };
-    let contrib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contrib");
-    let mut failures = Vec::new();
-    for args in [
-        &["check", "rules", "ctscope-alerts.yml"][..],
-        &["test", "rules", "ctscope-alerts.test.yml"],
-        &["check", "config", "prometheus.yml"],
-    ] {
-        let out = Command::new("promtool")
-            .args(args)
-            .current_dir(&contrib)
-            .output()
-            .expect("promtool (apt-get install prometheus)");
-        if !out.status.success() {
-            failures.push(format!(
-                "promtool {args:?}: {}\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-    }
-    // Every metric the rules and the dashboard use is one serve exports
-    // (the eBPF delivery histogram only with the eBPF source).
-    ns.fill_varied_table();
-    let mut serve = start_serve(&ns, &[]);
-    // A connection comes and goes, so the lifetime histogram has a series
-    // (entries made before any event listener send no DESTROY).
-    ns.insert("-p udp -s 10.9.0.1 -d 10.9.0.2 --sport 1 --dport 2");
-    ns.conntrack(&["-D", "-p", "udp", "-s", "10.9.0.1"])
-        .expect_code(0);
-    let ended = poll_until(Duration::from_secs(5), || {
-        get(&ns, SERVE, "/metrics", None)
-            .body
-            .contains("ctscope_connection_lifetime_seconds_count{protocol=\"udp\"} 1")
-    });
-    if !ended {
-        failures.push("no udp lifetime 5 s after its DESTROY".into());
-    }
-    let body = get(&ns, SERVE, "/metrics", None).body;
-    serve.stop(Signal::SIGTERM);
-    match check_histograms(&body) {
-        Ok(n) if n >= 2 => {}
-        other => failures.push(format!("histograms: {other:?}\n{body}")),
-    }
-    let exported: Vec<String> = body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .map(|n| {
-            n.trim_end_matches("_bucket")
-                .trim_end_matches("_sum")
-                .trim_end_matches("_count")
-                .to_string()
-        })
-        .collect();
-    let read = |name: &str| {
-        std::fs::read_to_string(contrib.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&read("grafana-dashboard.json")).expect("the dashboard is JSON");
-    let mut exprs = String::new();
-    for panel in dashboard["panels"].as_array().expect("panels") {
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            exprs.push_str(target["expr"].as_str().unwrap_or(""));
-            exprs.push('\n');
-        }
-    }
-    let used = [
-        metric_names(&exprs),
-        metric_names(&read("ctscope-alerts.yml")),
-    ]
-    .concat();
-    if used.len() < 10 {
-        failures.push(format!("only {used:?} found in the dashboard and rules"));
-    }
-    for name in used {
-        if name != "ctscope_event_delivery_seconds" && !exported.contains(&name) {
-            failures.push(format!(
-                "{name} is used in contrib/ but serve does not export it"
-            ));
-        }
-    }
-    report(6, &failures);
-}
-
-#[test]
 fn with_netns_it_serves_that_namespace_and_ends_when_it_is_deleted() {
     let Some(outside) = quiet_netns() else {
         return;
@@ -772,4 +367,100 @@ fn with_netns_it_serves_that_namespace_and_ends_when_it_is_deleted() {
         None => failures.push("serve still runs 5 s after its namespace was deleted".into()),
     }
     report(4, &failures);
+}
+
+#[test]
+fn a_loss_is_counted_and_the_resync_it_starts_puts_the_table_right() {
+    let Some(ns) = quiet_netns() else {
+        return;
+    };
+    // A receive buffer far too small for a burst: the kernel drops events
+    // (ENOBUFS). Periodic resyncs are off, so only the loss resyncs.
+    let mut serve = start_serve(&ns, &["--resync", "3600", "-b", "4096"]);
+    const FLOWS: u64 = 20_000;
+    let (made, took) = ns.in_netns(|| udp_flows(FLOWS));
+    assert_eq!(made, FLOWS);
+    eprintln!("{FLOWS} flows in {took:?}");
+    let count: f64 = ns
+        .conntrack(&["-C"])
+        .stdout
+        .trim()
+        .parse()
+        .expect("conntrack -C");
+    let mut last = String::new();
+    let settled = poll_until(Duration::from_secs(20), || {
+        last = get(&ns, SERVE, "/metrics", None).body;
+        sample(&last, "ctscope_table_entries") == Some(count)
+            && sample(&last, "ctscope_resyncs_total").is_some_and(|n| n >= 1.0)
+    });
+    let mut failures = Vec::new();
+    if !settled {
+        failures.push(format!(
+            "ctscope's table never matched conntrack -C ({count}):\n{last}"
+        ));
+    }
+    let lost = sample(
+        &last,
+        "ctscope_events_lost_total{reason=\"netlink_overrun\"}",
+    );
+    if !lost.is_some_and(|n| n >= 1.0) {
+        failures.push(format!(
+            "no overrun counted ({lost:?}): the test made no loss"
+        ));
+    }
+    let new = sample(&last, "ctscope_events_total{type=\"new\"}").unwrap_or(0.0);
+    if new >= FLOWS as f64 {
+        failures.push(format!("{new} NEW events for {FLOWS} flows, yet overruns"));
+    }
+    let out = serve.stop(Signal::SIGTERM);
+    if out.code != 0 {
+        failures.push(format!("serve on SIGTERM\n{out}"));
+    }
+    report(4, &failures);
+}
+
+#[test]
+fn filters_select_what_the_table_counts_not_the_kernel_gauges() {
+    let Some(mut ns) = quiet_netns() else {
+        return;
+    };
+    ns.fill_varied_table();
+    let mut serve = start_serve(&ns, &["-p", "tcp"]);
+    // Events pass the same filter: one UDP and one TCP entry made now.
+    ns.insert("-p udp -s 10.9.0.1 -d 10.9.0.2 --sport 1 --dport 2");
+    ns.insert("-p tcp -s 10.9.0.1 -d 10.9.0.2 --sport 1 --dport 2 --state ESTABLISHED");
+    let total: f64 = ns
+        .conntrack(&["-C"])
+        .stdout
+        .trim()
+        .parse()
+        .expect("conntrack -C");
+    let tcp = ns.conntrack(&["-L", "-p", "tcp"]);
+    let tcp = tcp.entries_reported("shown").expect("a count") as f64;
+    let mut body = String::new();
+    let settled = poll_until(Duration::from_secs(5), || {
+        body = get(&ns, SERVE, "/metrics", None).body;
+        sample(&body, "ctscope_table_entries") == Some(tcp)
+    });
+    let mut failures = Vec::new();
+    if !settled {
+        failures.push(format!(
+            "ctscope_table_entries is not {tcp} (tcp only):\n{body}"
+        ));
+    }
+    for (series, want) in [
+        ("ctscope_nf_conntrack_entries", total),
+        ("ctscope_events_total{type=\"new\"}", 1.0),
+        ("ctscope_protocol_entries{protocol=\"tcp\"}", tcp),
+    ] {
+        let got = sample(&body, series);
+        if got != Some(want) {
+            failures.push(format!("{series}: {got:?}, want {want}"));
+        }
+    }
+    if body.contains("protocol=\"udp\"") {
+        failures.push("UDP entries counted despite -p tcp".into());
+    }
+    serve.stop(nix::sys::signal::Signal::SIGTERM);
+    report(5, &failures);
 }

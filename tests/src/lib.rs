@@ -16,7 +16,8 @@
 //!
 //! The parts: `netns` (the namespace and running programs in it),
 //! `command` (a finished run's [`Output`]), `background` (programs left
-//! running), `http` (a tiny HTTP client for `serve` and Prometheus),
+//! running), `http` (a tiny HTTP client), `exporter` (`serve`, Prometheus
+//! and node_exporter in a namespace),
 //! `traffic` (the table's entries), `compare` (ctscope's output against
 //! conntrack's), `tmux` (driving a terminal screen), `conntrack_max` (the
 //! host's limit) and `xtables` (a connlabel.conf for a test); everything
@@ -26,6 +27,7 @@ mod background;
 mod command;
 mod compare;
 mod conntrack_max;
+mod exporter;
 mod http;
 mod netns;
 mod tmux;
@@ -45,6 +47,10 @@ pub use compare::{
     normalised_lines, report, same_exit,
 };
 pub use conntrack_max::ConntrackMax;
+pub use exporter::{
+    NODE_EXPORTER, NOTRACK_HTTP, PROMETHEUS, SERVE, addr, check_histograms, get, promtool_check,
+    quiet_netns, start_serve, wait_ready,
+};
 pub use http::{HttpResponse, http_get, sample, url_encode};
 pub use netns::{Netns, SKIP_SWITCH};
 pub use tmux::{Screen, Tmux};

@@ -44,10 +44,11 @@ const TEST_PACKAGES: &[&str] = &[
     "xz-utils",
     // /etc/protocols and /etc/services, which -p NAME and top --lookup read.
     "netbase",
-    // serve's tests: a real Prometheus (and promtool), and node_exporter
-    // to compare the conntrack gauges with.
+    // serve's tests: a real Prometheus (and promtool), node_exporter to
+    // compare the conntrack gauges with, systemd-analyze for the unit.
     "prometheus",
     "prometheus-node-exporter",
+    "systemd",
 ];
 
 /// PATH with ~/.cargo/bin first, where bpf-linker is installed.

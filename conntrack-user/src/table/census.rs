@@ -13,6 +13,9 @@ const TCP_UNKNOWN: usize = TCP_STATES.len();
 pub struct Census {
     by_proto: [u64; 256],
     tcp_states: [u64; TCP_STATES.len() + 1],
+    /// Entries without a zone, the usual case: counted without hashing.
+    zone0: u64,
+    /// Entries per other zone.
     zones: HashMap<u16, u64>,
     talkers: Option<Talkers>,
 }
@@ -29,6 +32,7 @@ impl Default for Census {
         Self {
             by_proto: [0; 256],
             tcp_states: [0; TCP_STATES.len() + 1],
+            zone0: 0,
             zones: HashMap::new(),
             talkers: None,
         }
@@ -97,11 +101,15 @@ impl Census {
         if let Some(slot) = tcp_slot(ct) {
             step(&mut self.tcp_states[slot]);
         }
-        let zone = ct.zone.unwrap_or(0);
-        let n = self.zones.entry(zone).or_default();
-        step(n);
-        if *n == 0 {
-            self.zones.remove(&zone);
+        match ct.zone.unwrap_or(0) {
+            0 => step(&mut self.zone0),
+            zone => {
+                let n = self.zones.entry(zone).or_default();
+                step(n);
+                if *n == 0 {
+                    self.zones.remove(&zone);
+                }
+            }
         }
         if let Some(t) = &mut self.talkers {
             bump(&mut t.sources, ct.orig.src, up);
@@ -136,6 +144,9 @@ impl Census {
     /// Entries per zone (0: no zone), those with any, in zone order.
     pub fn zones(&self) -> Vec<(u16, u64)> {
         let mut zones: Vec<(u16, u64)> = self.zones.iter().map(|(z, n)| (*z, *n)).collect();
+        if self.zone0 > 0 {
+            zones.push((0, self.zone0));
+        }
         zones.sort_unstable();
         zones
     }
@@ -178,8 +189,13 @@ fn top(map: &HashMap<IpAddr, u64>, n: usize) -> Vec<(IpAddr, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
-    use crate::ct::samples::flow;
+    use crate::{
+        ct::{EventKind, samples::flow},
+        table::Table,
+    };
 
     #[test]
     fn counts_follow_adds_removes_and_state_moves() {
@@ -221,5 +237,83 @@ mod tests {
         assert_eq!(c.zones(), [(0, 1)]);
         assert!(c.emptied().tracks_talkers());
         assert_eq!(c.emptied().by_proto().count(), 0);
+    }
+
+    /// The census counted as entries came and went equals a count of the
+    /// entries held.
+    fn assert_census_matches(t: &Table) {
+        let mut protos = std::collections::BTreeMap::new();
+        let mut states = std::collections::BTreeMap::new();
+        let mut zones = std::collections::BTreeMap::new();
+        let mut sources = std::collections::BTreeMap::new();
+        for e in t.entries() {
+            *protos.entry(e.ct.l4proto()).or_insert(0u64) += 1;
+            if let Some(slot) = tcp_slot(&e.ct) {
+                let name = crate::ct::TCP_STATES
+                    .get(slot)
+                    .copied()
+                    .unwrap_or("UNKNOWN");
+                *states.entry(name).or_insert(0u64) += 1;
+            }
+            *zones.entry(e.ct.zone.unwrap_or(0)).or_insert(0u64) += 1;
+            if let Some(src) = e.ct.orig.src {
+                *sources.entry(src).or_insert(0u64) += 1;
+            }
+        }
+        let c = t.census();
+        assert_eq!(
+            c.by_proto().collect::<std::collections::BTreeMap<_, _>>(),
+            protos
+        );
+        assert_eq!(
+            c.tcp_states().collect::<std::collections::BTreeMap<_, _>>(),
+            states
+        );
+        assert_eq!(
+            c.zones()
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>(),
+            zones
+        );
+        let top: std::collections::BTreeMap<_, _> = c.top_sources(usize::MAX).into_iter().collect();
+        assert_eq!(top, sources);
+    }
+
+    #[test]
+    fn the_census_matches_the_entries_through_churn_and_resyncs() {
+        let mut t = Table::new();
+        t.track_talkers();
+        let base = Instant::now();
+        let mut x: u32 = 777;
+        let mut held = Vec::new();
+        for step in 0..5_000u32 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let mut ct = flow("10.0.0.1", "10.0.0.2", proto::UDP, (x % 500) as u16, 53);
+            ct.status = Some(crate::ct::ips::CONFIRMED);
+            ct.orig.src = Some(IpAddr::from([10, 0, 0, (x % 7) as u8]));
+            if x.is_multiple_of(3) {
+                ct.orig.l4proto = Some(6);
+                ct.proto_state = Some(ProtoState::Tcp((x % 11) as u8));
+            }
+            ct.zone = x.is_multiple_of(5).then_some((x % 3) as u16);
+            let now = base + Duration::from_secs(u64::from(step) * 3);
+            let kind = match x % 4 {
+                0 => EventKind::Destroy,
+                1 => EventKind::Update,
+                _ => EventKind::New,
+            };
+            t.apply(kind, &ct, now, None);
+            held.push(ct);
+            if step % 1000 == 999 {
+                assert_census_matches(&t);
+                // A dump of some of what was seen, some of it new.
+                let dump: Vec<Conntrack> = held.iter().step_by(3).cloned().collect();
+                t.resync(dump, now);
+                assert_census_matches(&t);
+                assert!(t.census().tracks_talkers());
+            }
+        }
     }
 }

@@ -11,7 +11,9 @@
 //! entries, and what a listener costs the kernel's churn rate), `snapshot`
 //! (ctscope top --once vs iptstate -1, on a tmux tty) and `overhead` (what
 //! the eBPF tracer and conntrack -E cost the kernel's rate of new flows, in
-//! qemu guests; skipped by --quick).
+//! qemu guests; skipped by --quick), `serve` (ctscope serve's scrape
+//! latency on a large table while it resyncs, against node_exporter's
+//! conntrack collector) and `criterion` (the criterion benches).
 mod criterion;
 mod events;
 mod listing;
@@ -19,6 +21,7 @@ mod measure;
 mod netns;
 mod overhead;
 mod report;
+mod serve;
 mod snapshot;
 
 use std::{fmt::Write as _, fs, path::PathBuf, process::ExitCode};
@@ -51,8 +54,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub runs: Option<usize>,
     /// Run only these benchmarks (comma-separated: listing, events, snapshot,
-    /// overhead); all by
-    /// default. Sections of the others are left as they are.
+    /// overhead, serve, criterion); all by default. Sections of the others are left as they are.
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     pub only: Vec<String>,
     /// Measure this ctscope binary instead of building target/release/ctscope.
@@ -165,6 +167,7 @@ const BENCHES: &[Bench] = &[
     ("events", events),
     ("snapshot", snapshot),
     ("overhead", overhead),
+    ("serve", serve::serve),
     ("criterion", criterion),
 ];
 

@@ -110,6 +110,21 @@ impl Netns {
         command_in(&self.file, program)
     }
 
+    /// Runs `f` on a thread that has joined the namespace (setns affects
+    /// only the calling thread), e.g. to connect to its loopback.
+    pub(super) fn run_in<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::setns(&self.file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .context("setns into the bench namespace")?;
+                    Ok(f())
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the thread inside the namespace panicked"))?
+        })
+    }
+
     /// Sets a sysctl inside the namespace (per-netns ones only).
     pub(super) fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         run_quiet(

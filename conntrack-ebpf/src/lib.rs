@@ -133,6 +133,9 @@ pub struct Offsets {
     pub ext_acct_id: u32,
     /// `NF_CT_EXT_TSTAMP`.
     pub ext_tstamp_id: u32,
+    /// Bytes of `struct nf_conn` the programs copy (at most 512); every
+    /// `ct_*` field above lies below it.
+    pub ct_size: u32,
     /// Only report entries of this network namespace inode (0: all).
     pub filter_netns: u32,
 }
@@ -160,6 +163,7 @@ pub const UNSET_OFFSETS: Offsets = Offsets {
     ext_offset: ABSENT,
     ext_acct_id: ABSENT,
     ext_tstamp_id: ABSENT,
+    ct_size: 0,
     filter_netns: 0,
 };
 

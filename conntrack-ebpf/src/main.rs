@@ -1,5 +1,10 @@
-//! ctscope's eBPF programs: kprobes on nf_conntrack's insert and delete
+//! ctscope's eBPF programs: hooks on nf_conntrack's insert and delete
 //! functions that write `CtEvent` records into the `CT_EVENTS` ring buffer.
+//!
+//! Two sets, one chosen at start-up: an fentry on `__nf_conntrack_hash_insert`
+//! and an fexit on `nf_ct_delete` (no map, no return probe: the cheapest
+//! hooks), and the kprobe/kretprobe pairs, for kernels that refuse tracing
+//! programs or lack the functions' BTF.
 //!
 //! Struct offsets come from the running kernel's BTF through the load-time
 //! global `OFFSETS`: no offset is compiled in.
@@ -12,9 +17,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns,
         bpf_probe_read_kernel, generated,
     },
-    macros::{kprobe, kretprobe, map},
+    macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use conntrack_ebpf::{
     ABSENT, CtEvent, CtTuple, EVENT_DESTROY, EVENT_NEW, FLAG_COUNTERS, FLAG_TIMESTAMPS, Offsets,
@@ -25,7 +30,6 @@ const IPS_CONFIRMED: u64 = 1 << 3;
 /// Also IPS_NAT_CLASH: an entry inserted only to resolve a NAT clash.
 const IPS_UNTRACKED: u64 = 1 << 12;
 const NF_ACCEPT: i32 = 1;
-const AF_INET: u16 = 2;
 
 /// Set by user space at load time from BTF.
 #[unsafe(no_mangle)]
@@ -71,53 +75,90 @@ fn read<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T).ok() }
 }
 
-/// Reads `size_of::<T>()` kernel bytes straight into `dst` (ring buffer
-/// memory), leaving it as it was (zeroed) when the read faults.
+/// Bytes of `struct nf_conn` copied per record (user space checks that
+/// every field the programs use lies below `Offsets::ct_size` <= this).
+const CT_BYTES: u32 = 512;
+/// Bytes of `struct nf_ct_ext` copied for a DESTROY: its u8 offsets reach
+/// 255, and the counters behind the last one take 32 more.
+const EXT_BYTES: u32 = 320;
+/// Where the extension bytes start in the scratch buffer.
+const EXT_AT: usize = CT_BYTES as usize;
+
+/// Per-CPU copy of the entry (and of its extensions for a DESTROY): one
+/// kernel read per struct instead of one per field. Every field offset is
+/// masked into the buffer, so the verifier sees bounded accesses; the
+/// slack after the extensions keeps a masked read of the widest field in
+/// bounds.
+#[map(name = "CT_SCRATCH")]
+static CT_SCRATCH: PerCpuArray<[u8; 1024]> = PerCpuArray::with_max_entries(1, 0);
+
+/// A field of the copied entry at byte offset `off` (0 when absent).
 #[inline(always)]
-fn read_into<T>(dst: *mut T, base: u64, off: u32) {
-    if off == ABSENT || base == 0 {
-        return;
+fn field<T: Copy + Default>(buf: *const u8, off: u32) -> T {
+    if off == ABSENT {
+        return T::default();
     }
-    // SAFETY: dst points into our reserved ring buffer record; the helper
-    // checks the kernel address.
-    unsafe {
-        generated::bpf_probe_read_kernel(
-            dst.cast(),
-            core::mem::size_of::<T>() as u32,
-            (base + u64::from(off)) as *const core::ffi::c_void,
-        );
-    }
+    // SAFETY: (off & 0x1ff) + size_of::<T>() <= 511 + 32 < 1024.
+    unsafe { core::ptr::read_unaligned(buf.add((off & 0x1ff) as usize).cast::<T>()) }
 }
 
-/// Fills one tuple of the record in place. Returns (l3num, protonum).
+/// A field of the copied extension area at byte offset `off`.
 #[inline(always)]
-fn fill_tuple(o: &Offsets, ct: u64, dir: u32, t: *mut CtTuple) -> (u16, u8) {
-    let base = ct
-        + u64::from(o.ct_tuplehash)
-        + u64::from(dir * o.tuplehash_size)
-        + u64::from(o.hash_tuple);
+fn ext_field<T: Copy + Default>(buf: *const u8, off: u32) -> T {
+    // SAFETY: EXT_AT + (off & 0xff) + size_of::<T>() <= 512 + 255 + 32 < 1024.
+    unsafe { core::ptr::read_unaligned(buf.add(EXT_AT + (off & 0xff) as usize).cast::<T>()) }
+}
+
+/// Fills one tuple of the record from the copied entry. Returns (l3num,
+/// protonum).
+#[inline(always)]
+fn fill_tuple(o: &Offsets, buf: *const u8, dir: u32, t: *mut CtTuple) -> (u16, u8) {
+    let base = o.ct_tuplehash + dir * o.tuplehash_size + o.hash_tuple;
     // SAFETY: t points into the reserved record.
     unsafe {
-        read_into(&raw mut (*t).src, base, o.tuple_src_u3);
-        read_into(&raw mut (*t).dst, base, o.tuple_dst_u3);
+        (*t).src = field(buf, base + o.tuple_src_u3);
+        (*t).dst = field(buf, base + o.tuple_dst_u3);
         // Ports are stored in network order.
-        (*t).sport = u16::from_be(read::<u16>(base, o.tuple_src_u).unwrap_or(0));
-        let dst_u = read::<[u8; 2]>(base, o.tuple_dst_u).unwrap_or_default();
+        (*t).sport = u16::from_be(field::<u16>(buf, base + o.tuple_src_u));
+        let dst_u: [u8; 2] = field(buf, base + o.tuple_dst_u);
         (*t).dport = u16::from_be_bytes(dst_u);
         (*t).icmp_type = dst_u[0];
         (*t).icmp_code = dst_u[1];
     }
-    let l3 = read::<u16>(base, o.tuple_src_l3num).unwrap_or(AF_INET);
-    let l4 = read::<u8>(base, o.tuple_dst_protonum).unwrap_or(0);
+    let l3 = field::<u16>(buf, base + o.tuple_src_l3num);
+    let l4 = field::<u8>(buf, base + o.tuple_dst_protonum);
     (l3, l4)
 }
 
 /// Fills and submits one record for `ct`; counts a drop when the ring is
 /// full. The record is written in place: it is too large for the BPF stack.
+/// An entry whose status has a bit of `skip_if` is not reported;
+/// `status_or` is ORed into the status it reports.
 #[inline(always)]
-fn emit(ct: u64, event: u8) {
+fn emit(ct: u64, event: u8, status_or: u32, skip_if: u64) {
     let o = offsets();
-    let net = read::<u64>(ct, o.ct_net).unwrap_or(0);
+    let Some(scratch) = CT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let buf = scratch.cast::<u8>();
+    let len = if o.ct_size > CT_BYTES {
+        CT_BYTES
+    } else {
+        o.ct_size
+    };
+    // SAFETY: buf is our per-CPU scratch of 1024 bytes, len <= 512; the
+    // helper checks the kernel address. A fault leaves zeros, not the
+    // previous entry's bytes.
+    unsafe {
+        if generated::bpf_probe_read_kernel(buf.cast(), len, ct as *const core::ffi::c_void) != 0 {
+            core::ptr::write_bytes(buf, 0, CT_BYTES as usize);
+        }
+    }
+    let status = field::<u64>(buf, o.ct_status);
+    if status & skip_if != 0 {
+        return;
+    }
+    let net = field::<u64>(buf, o.ct_net);
     let netns = read::<u32>(net, o.net_inum).unwrap_or(0);
     if o.filter_netns != 0 && netns != o.filter_netns {
         return;
@@ -141,40 +182,49 @@ fn emit(ct: u64, event: u8) {
     // SAFETY: ev is our reserved record, zeroed first, then every field set.
     unsafe {
         core::ptr::write_bytes(ev, 0, 1);
-        let (l3, l4) = fill_tuple(&o, ct, 0, &raw mut (*ev).orig);
-        fill_tuple(&o, ct, 1, &raw mut (*ev).reply);
+        let (l3, l4) = fill_tuple(&o, buf, 0, &raw mut (*ev).orig);
+        fill_tuple(&o, buf, 1, &raw mut (*ev).reply);
         let jiffies = bpf_jiffies64();
-        let deadline = read::<u32>(ct, o.ct_timeout).unwrap_or(0);
+        let deadline = field::<u32>(buf, o.ct_timeout);
         (*ev).ktime_ns = bpf_ktime_get_ns();
         (*ev).seq = seq;
         (*ev).ct_ptr = ct;
         (*ev).netns = netns;
-        (*ev).status = read::<u64>(ct, o.ct_status).unwrap_or(0) as u32;
-        (*ev).mark = read::<u32>(ct, o.ct_mark).unwrap_or(0);
+        (*ev).status = status as u32 | status_or;
+        (*ev).mark = field::<u32>(buf, o.ct_mark);
         (*ev).timeout = deadline.wrapping_sub(jiffies as u32);
         (*ev).cpu = bpf_get_smp_processor_id();
-        (*ev).zone = read::<u16>(ct, o.ct_zone).unwrap_or(0);
+        (*ev).zone = field::<u16>(buf, o.ct_zone);
         (*ev).event = event;
         (*ev).l3proto = l3 as u8;
         (*ev).l4proto = l4;
         if l4 == 6 {
-            (*ev).proto_state = read::<u8>(ct, o.ct_tcp_state).unwrap_or(0);
+            (*ev).proto_state = field::<u8>(buf, o.ct_tcp_state);
         }
-        let ext = read::<u64>(ct, o.ct_ext).unwrap_or(0);
-        if ext != 0 && o.ext_offset != ABSENT {
-            if o.ext_acct_id != ABSENT {
-                let off = read::<u8>(ext, o.ext_offset + o.ext_acct_id).unwrap_or(0);
-                if off != 0 {
-                    read_into(&raw mut (*ev).counters, ext, u32::from(off));
-                    (*ev).flags |= FLAG_COUNTERS;
+        // Counters and timestamps are what a DESTROY reports (user space
+        // shows neither for NEW, as ctnetlink).
+        let ext = field::<u64>(buf, o.ct_ext);
+        if event == EVENT_DESTROY && ext != 0 && o.ext_offset != ABSENT {
+            let read = generated::bpf_probe_read_kernel(
+                buf.add(EXT_AT).cast(),
+                EXT_BYTES,
+                ext as *const core::ffi::c_void,
+            );
+            if read == 0 {
+                if o.ext_acct_id != ABSENT {
+                    let off = ext_field::<u8>(buf, o.ext_offset + o.ext_acct_id);
+                    if off != 0 {
+                        (*ev).counters = ext_field(buf, u32::from(off));
+                        (*ev).flags |= FLAG_COUNTERS;
+                    }
                 }
-            }
-            if o.ext_tstamp_id != ABSENT {
-                let off = read::<u8>(ext, o.ext_offset + o.ext_tstamp_id).unwrap_or(0);
-                if off != 0 {
-                    read_into(&raw mut (*ev).start_ns, ext, u32::from(off));
-                    read_into(&raw mut (*ev).stop_ns, ext, u32::from(off) + 8);
-                    (*ev).flags |= FLAG_TIMESTAMPS;
+                if o.ext_tstamp_id != ABSENT {
+                    let off = ext_field::<u8>(buf, o.ext_offset + o.ext_tstamp_id);
+                    if off != 0 {
+                        (*ev).start_ns = ext_field(buf, u32::from(off));
+                        (*ev).stop_ns = ext_field(buf, u32::from(off) + 8);
+                        (*ev).flags |= FLAG_TIMESTAMPS;
+                    }
                 }
             }
         }
@@ -220,7 +270,7 @@ pub fn ct_confirm_exit(ctx: RetProbeContext) -> u32 {
     }
     let status = read::<u64>(ct, offsets().ct_status).unwrap_or(0);
     if status & IPS_CONFIRMED != 0 && status & IPS_UNTRACKED == 0 {
-        emit(ct, EVENT_NEW);
+        emit(ct, EVENT_NEW, 0, 0);
     }
     0
 }
@@ -247,7 +297,7 @@ pub fn ct_insert_exit(ctx: RetProbeContext) -> u32 {
     let _ = CT_INSERTING.remove(&tid);
     let ret: i32 = ctx.ret();
     if ret == 0 {
-        emit(ct, EVENT_NEW);
+        emit(ct, EVENT_NEW, 0, 0);
     }
     0
 }
@@ -275,7 +325,33 @@ pub fn ct_delete_exit(ctx: RetProbeContext) -> u32 {
     let _ = CT_DELETING.remove(&tid);
     let removed: u8 = ctx.ret();
     if removed != 0 {
-        emit(ct, EVENT_DESTROY);
+        emit(ct, EVENT_DESTROY, 0, 0);
+    }
+    0
+}
+
+/// `static void __nf_conntrack_hash_insert(struct nf_conn *ct, ...)`: the
+/// one place both confirmation and ctnetlink/kfunc inserts put an entry in
+/// the table (NAT-clash entries are inserted elsewhere, and are not
+/// reported, as with ctnetlink). The timeout is already a deadline here;
+/// IPS_CONFIRMED is set before or just after the insert depending on the
+/// kernel, so a NEW record always carries it.
+#[fentry(function = "__nf_conntrack_hash_insert")]
+pub fn ct_insert_fentry(ctx: FEntryContext) -> u32 {
+    let ct: u64 = ctx.arg(0);
+    emit(ct, EVENT_NEW, IPS_CONFIRMED as u32, IPS_UNTRACKED);
+    0
+}
+
+/// Return of `bool nf_ct_delete(struct nf_conn *ct, u32 portid, int
+/// report)`: true only for the call that marked the entry dying. fexit sees
+/// the arguments and, after them, the return value.
+#[fexit(function = "nf_ct_delete")]
+pub fn ct_delete_fexit(ctx: FExitContext) -> u32 {
+    let ct: u64 = ctx.arg(0);
+    let removed: u64 = ctx.arg(3);
+    if removed & 0xff != 0 {
+        emit(ct, EVENT_DESTROY, 0, 0);
     }
     0
 }

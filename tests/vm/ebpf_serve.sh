@@ -49,7 +49,8 @@ expect() {
     grep -qx "$1" /tmp/metrics.txt || fail "no line '$1' in the scrape: $(grep "${1%% *}" /tmp/metrics.txt)"
 }
 expect 'ctscope_source_info{source="ebpf",requested="ebpf",version="0.1.0"} 1'
-expect 'ctscope_ebpf_probes_attached 6'
+# fentry/fexit in both guests: two programs.
+expect 'ctscope_ebpf_probes_attached 2'
 expect 'ctscope_ebpf_ring_buffer_bytes 33554432'
 expect 'ctscope_events_total{type="new"} 2000'
 expect 'ctscope_events_lost_total{reason="ring_buffer_full"} 0'

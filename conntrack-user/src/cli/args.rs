@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::{
+    ebpf::Hook,
     netlink::events::EventMask,
     source::{DEFAULT_RCVBUF, DEFAULT_RING_SIZE, SourceChoice, SourceConfig},
     ui::{app::parse_refresh, rows::SortKey},
@@ -240,6 +241,11 @@ pub struct SourceArgs {
     /// Show events of every network namespace (eBPF source), not only ours.
     #[arg(long = "all-netns")]
     pub all_netns: bool,
+    /// How the eBPF source attaches: fentry/fexit (cheapest; pins the
+    /// nf_conntrack module while attached), kprobes, or auto (fentry when
+    /// the kernel allows it, else kprobes).
+    #[arg(long = "ebpf-hook", value_enum, default_value_t = Hook::Auto)]
+    pub ebpf_hook: Hook,
 }
 
 impl Default for SourceArgs {
@@ -249,6 +255,7 @@ impl Default for SourceArgs {
             buffer_size: DEFAULT_RCVBUF,
             ring_size: DEFAULT_RING_SIZE,
             all_netns: false,
+            ebpf_hook: Hook::Auto,
         }
     }
 }
@@ -264,6 +271,7 @@ impl SourceArgs {
             reliable,
             ring_size: self.ring_size,
             all_netns: self.all_netns,
+            hook: self.ebpf_hook,
         }
     }
 }

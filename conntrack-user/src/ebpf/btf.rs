@@ -27,6 +27,8 @@ pub enum BtfError {
 }
 
 const BTF_MAGIC: u16 = 0xeb9f;
+/// The most of `struct nf_conn` the programs copy per record.
+const CT_COPY_MAX: u32 = 512;
 const KIND_INT: u32 = 1;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
@@ -36,6 +38,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -66,6 +69,8 @@ enum Type {
     },
     /// typedef, const, volatile...: refers to another type.
     Alias(u32),
+    /// A function (what fentry/fexit programs attach to), by name.
+    Func(u32),
     Other,
 }
 
@@ -75,6 +80,8 @@ pub struct KernelBtf {
     types: Vec<Type>,
     /// The string sections, base first (split BTF's offsets continue it).
     strings: Vec<u8>,
+    /// Type ids below this are vmlinux's (void included).
+    base_types: usize,
 }
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
@@ -114,7 +121,8 @@ impl KernelBtf {
     pub fn parse(&mut self, data: &[u8], what: &str) -> Result<(), BtfError> {
         let bad = || BtfError::Malformed(what.to_string());
         // Type ids count from 1: id 0 is void, in every blob's numbering.
-        if self.types.is_empty() {
+        let base = self.types.is_empty();
+        if base {
             self.types.push(Type::Other);
         }
         if u16_at(data, 0) != Some(BTF_MAGIC) {
@@ -206,13 +214,17 @@ impl KernelBtf {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     Type::Alias(size_or_type)
                 }
-                // PTR, FWD, FUNC, FLOAT: nothing follows the header.
-                2 | 7 | 12 | 16 => Type::Other,
+                KIND_FUNC => Type::Func(name_off),
+                // PTR, FWD, FLOAT: nothing follows the header.
+                2 | 7 | 16 => Type::Other,
                 _ => return Err(bad()),
             };
             self.types.push(ty);
         }
         self.strings.extend_from_slice(own_strings);
+        if base {
+            self.base_types = self.types.len();
+        }
         Ok(())
     }
 
@@ -285,6 +297,16 @@ impl KernelBtf {
         }
     }
 
+    /// The BTF id of a function, and whether it is in the module's split BTF
+    /// (ids past vmlinux's) rather than in vmlinux.
+    pub fn function(&self, name: &str) -> Option<(u32, bool)> {
+        let id = self
+            .types
+            .iter()
+            .position(|t| matches!(t, Type::Func(n) if self.name(*n) == name.as_bytes()))?;
+        Some((u32::try_from(id).ok()?, id >= self.base_types))
+    }
+
     /// The value of an enumerator, searched in every enum.
     pub fn enum_value(&self, variant: &str) -> Option<i64> {
         self.types.iter().find_map(|t| match t {
@@ -304,7 +326,7 @@ impl KernelBtf {
                 .and_then(|v| u32::try_from(v).ok())
                 .unwrap_or(ABSENT)
         };
-        Ok(Offsets {
+        let mut o = Offsets {
             skb_nfct: self.offset_of("sk_buff", &["_nfct"])?,
             ct_status: self.offset_of("nf_conn", &["status"])?,
             ct_timeout: self.offset_of("nf_conn", &["timeout"])?,
@@ -327,7 +349,32 @@ impl KernelBtf {
             ext_acct_id: ext_id("NF_CT_EXT_ACCT"),
             ext_tstamp_id: ext_id("NF_CT_EXT_TSTAMP"),
             ..Offsets::default()
-        })
+        };
+        // The programs copy the entry's first bytes in one read and take
+        // each field from the copy: every field must lie in the copy.
+        let tuple_end = o.ct_tuplehash + 2 * o.tuplehash_size;
+        let field_end = [
+            (o.ct_status, 8),
+            (o.ct_timeout, 4),
+            (o.ct_mark, 4),
+            (o.ct_zone, 2),
+            (o.ct_net, 8),
+            (o.ct_ext, 8),
+            (o.ct_tcp_state, 1),
+        ]
+        .into_iter()
+        .filter(|(off, _)| *off != ABSENT)
+        .map(|(off, width)| off + width)
+        .chain([tuple_end])
+        .max()
+        .unwrap_or(0);
+        o.ct_size = self.size_of("nf_conn")?.clamp(field_end, CT_COPY_MAX);
+        if field_end > CT_COPY_MAX {
+            return Err(BtfError::NoField(format!(
+                "struct nf_conn fields within its first {CT_COPY_MAX} bytes (they end at {field_end})"
+            )));
+        }
+        Ok(o)
     }
 }
 
@@ -413,5 +460,27 @@ mod tests {
         assert!(o.ct_tuplehash > 0 && o.tuplehash_size >= 40, "{o:?}");
         assert_eq!(o.tuple_src_u3, 0);
         assert_ne!(o.ext_acct_id, ABSENT);
+        // The whole entry fits the programs' one copy, fields included.
+        assert!(o.ct_size > o.ct_status && o.ct_size <= 512, "{o:?}");
+        assert_eq!(Ok(o.ct_size), btf.size_of("nf_conn"));
+    }
+
+    #[test]
+    fn the_fentry_targets_are_functions_of_the_running_kernel() {
+        // The host has nf_conntrack built in: its functions are in vmlinux
+        // BTF (in the guests they are in the module's split BTF, which the
+        // guest suite attaches to).
+        let btf = KernelBtf::load_running().expect("kernel BTF");
+        for name in ["__nf_conntrack_hash_insert", "nf_ct_delete"] {
+            let (id, in_module) = btf.function(name).expect(name);
+            assert!(id > 0, "{name}");
+            assert_eq!(
+                in_module,
+                std::path::Path::new("/sys/kernel/btf/nf_conntrack").exists()
+            );
+        }
+        assert_eq!(btf.function("no_such_function_here"), None);
+        // A struct is not a function.
+        assert_eq!(btf.function("nf_conn"), None);
     }
 }

@@ -1,10 +1,15 @@
 //! The eBPF tracer: loads the programs built from conntrack-ebpf with
-//! offsets from the running kernel's BTF ([`btf`]), attaches them as kprobes
-//! (the functions live in the nf_conntrack module on distribution kernels,
-//! where aya's fentry cannot find their BTF), and drains `CtEvent` records
-//! from the ring buffer ([`record`] decodes them). Waiting for the ring is
-//! the event source's business (`source`).
+//! offsets from the running kernel's BTF ([`btf`]), attaches them, and
+//! drains `CtEvent` records from the ring buffer ([`record`] decodes them).
+//! Waiting for the ring is the event source's business (`source`).
+//!
+//! Two ways to attach ([`Hook`]): an fentry and an fexit program (the
+//! cheapest hooks: no return trampoline, no map between entry and return),
+//! loaded against the nf_conntrack module's BTF object ([`btf_object`]) with
+//! a small aya patch (third_party/README.md); and, where the kernel refuses
+//! tracing programs or lacks the functions' BTF, kprobe/kretprobe pairs.
 pub mod btf;
+pub mod btf_object;
 pub mod record;
 
 use std::{
@@ -16,7 +21,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::KProbe,
+    programs::{FEntry, FExit, KProbe},
 };
 
 use self::{
@@ -27,6 +32,12 @@ use crate::ct::{Conntrack, EventKind};
 
 /// The eBPF object built by aya-build from conntrack-ebpf (build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/conntrack"));
+
+/// The fentry/fexit programs: (program, kernel function, fexit?).
+const TRACING: &[(&str, &str, bool)] = &[
+    ("ct_insert_fentry", "__nf_conntrack_hash_insert", false),
+    ("ct_delete_fexit", "nf_ct_delete", true),
+];
 
 /// (program, kernel function) pairs; `_exit` programs are kretprobes.
 const PROBES: &[(&str, &str)] = &[
@@ -62,6 +73,9 @@ pub enum TracerError {
     /// Not allowed to load eBPF programs.
     #[error("loading eBPF programs needs root, or CAP_BPF and CAP_PERFMON ({0})")]
     Privilege(String),
+    /// `--ebpf-hook fentry`, and the kernel has no BTF for a function.
+    #[error("no BTF for {0} (fentry needs the function in vmlinux or module BTF)")]
+    NoFunctionBtf(String),
     /// A hooked function is not in this kernel.
     #[error("cannot attach to {function}: {reason}")]
     Attach {
@@ -126,6 +140,18 @@ pub fn netns_inode(path: &str) -> Option<u32> {
         .and_then(|m| u32::try_from(m.ino()).ok())
 }
 
+/// How the programs attach (`--ebpf-hook`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Hook {
+    /// fentry/fexit when the kernel allows them, else kprobes.
+    #[default]
+    Auto,
+    /// fentry/fexit only (pins the nf_conntrack module while attached).
+    Fentry,
+    /// kprobes and kretprobes only.
+    Kprobe,
+}
+
 /// Settings of the tracer.
 #[derive(Clone, Copy, Debug)]
 pub struct TracerConfig {
@@ -133,12 +159,27 @@ pub struct TracerConfig {
     pub ring_size: u32,
     /// Only this namespace's entries (0: all namespaces).
     pub filter_netns: u32,
+    /// How to attach.
+    pub hook: Hook,
+}
+
+/// What [`Tracer::start`] attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// The fentry/fexit programs.
+    Fentry,
+    /// The kprobe pairs; why fentry was not used, when it was tried.
+    Kprobes {
+        /// The fentry attempt's error.
+        fentry_refused: Option<String>,
+    },
 }
 
 /// The loaded and attached tracer.
 pub struct Tracer {
     /// Keeps programs and links alive.
     _ebpf: Ebpf,
+    attached: Attached,
     ring: RingBuf<MapData>,
     drops: PerCpuArray<MapData, u64>,
     hz: u32,
@@ -148,45 +189,38 @@ pub struct Tracer {
 impl Tracer {
     /// Loads and attaches everything, or says what is missing.
     pub fn start(config: TracerConfig) -> Result<Self, TracerError> {
-        if !Path::new(KPROBE_PMU).exists() {
-            return Err(TracerError::NoKprobes);
-        }
         let btf = KernelBtf::load_running()?;
         let mut offsets = btf.conntrack_offsets()?;
         offsets.filter_netns = config.filter_netns;
+        // aya parses the kernel's BTF only for CO-RE relocations, which the
+        // programs do not have (offsets come in OFFSETS).
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .map_max_entries(conntrack_ebpf::RING_MAP, config.ring_size)
             .load(EBPF_OBJECT)
             .map_err(|e| refused(&e, e.to_string()))?;
-        // Read only when a plain name does not attach: /proc/kallsyms is
-        // ~200,000 lines the kernel formats on every read, seconds in a
-        // slow guest.
-        let mut kallsyms: Option<String> = None;
-        for (program, function) in PROBES {
-            let probe: &mut KProbe = ebpf
-                .program_mut(program)
-                .ok_or_else(|| TracerError::Missing(format!("program {program}")))?
-                .try_into()
-                .map_err(|e| TracerError::Load(format!("{program}: {e}")))?;
-            probe
-                .load()
-                .map_err(|e| refused(&e, format!("{program}: {e}")))?;
-            if probe.attach(function, 0).is_ok() {
-                continue;
+        let attached = match config.hook {
+            Hook::Fentry => {
+                attach_tracing(&mut ebpf, &btf)?;
+                Attached::Fentry
             }
-            let symbols = kallsyms.get_or_insert_with(|| {
-                std::fs::read_to_string("/proc/kallsyms").unwrap_or_default()
-            });
-            let symbol = attach_symbol(symbols, function).ok_or_else(|| TracerError::Attach {
-                function: function.to_string(),
-                reason: "not in /proc/kallsyms (is nf_conntrack loaded?)".into(),
-            })?;
-            probe.attach(&symbol, 0).map_err(|e| TracerError::Attach {
-                function: symbol.clone(),
-                reason: e.to_string(),
-            })?;
-        }
+            Hook::Kprobe => {
+                attach_kprobes(&mut ebpf)?;
+                Attached::Kprobes {
+                    fentry_refused: None,
+                }
+            }
+            Hook::Auto => match attach_tracing(&mut ebpf, &btf) {
+                Ok(()) => Attached::Fentry,
+                Err(e) => {
+                    detach_tracing(&mut ebpf);
+                    attach_kprobes(&mut ebpf)?;
+                    Attached::Kprobes {
+                        fentry_refused: Some(e.to_string()),
+                    }
+                }
+            },
+        };
         let ring = RingBuf::try_from(
             ebpf.take_map(conntrack_ebpf::RING_MAP)
                 .ok_or_else(|| TracerError::Missing("the ring buffer map".into()))?,
@@ -199,6 +233,7 @@ impl Tracer {
         .map_err(|e| TracerError::Load(e.to_string()))?;
         Ok(Self {
             _ebpf: ebpf,
+            attached,
             ring,
             drops,
             hz: kernel_hz(),
@@ -206,9 +241,17 @@ impl Tracer {
         })
     }
 
-    /// kprobes attached (a started tracer has them all).
+    /// Programs attached (a started tracer has all of its set).
     pub fn probes(&self) -> usize {
-        PROBES.len()
+        match self.attached {
+            Attached::Fentry => TRACING.len(),
+            Attached::Kprobes { .. } => PROBES.len(),
+        }
+    }
+
+    /// How the programs are attached.
+    pub fn attached(&self) -> &Attached {
+        &self.attached
     }
 
     /// Records the programs could not write because the ring was full.
@@ -238,6 +281,97 @@ impl Tracer {
         }
         drained
     }
+}
+
+/// Loads and attaches the fentry/fexit programs against the BTF object of
+/// the module (or vmlinux) that has each function.
+fn attach_tracing(ebpf: &mut Ebpf, btf: &KernelBtf) -> Result<(), TracerError> {
+    for (program, function, exit) in TRACING {
+        let (id, in_module) = btf
+            .function(function)
+            .ok_or_else(|| TracerError::NoFunctionBtf((*function).to_string()))?;
+        let object = if in_module { "nf_conntrack" } else { "vmlinux" };
+        let btf_fd = btf_object::kernel_btf_fd(object)
+            .map_err(|e| refused(&e, format!("cannot find the {object} BTF object: {e}")))?
+            .ok_or_else(|| {
+                TracerError::NoFunctionBtf(format!("{function} ({object} not loaded)"))
+            })?;
+        let prog = ebpf
+            .program_mut(program)
+            .ok_or_else(|| TracerError::Missing(format!("program {program}")))?;
+        let attach = |e: aya::programs::ProgramError| TracerError::Attach {
+            function: (*function).to_string(),
+            reason: e.to_string(),
+        };
+        if *exit {
+            let p: &mut FExit = prog
+                .try_into()
+                .map_err(|e| TracerError::Load(format!("{program}: {e}")))?;
+            p.load_in_module(id, btf_fd)
+                .map_err(|e| refused(&e, format!("{program}: {e}")))?;
+            p.attach().map_err(attach)?;
+        } else {
+            let p: &mut FEntry = prog
+                .try_into()
+                .map_err(|e| TracerError::Load(format!("{program}: {e}")))?;
+            p.load_in_module(id, btf_fd)
+                .map_err(|e| refused(&e, format!("{program}: {e}")))?;
+            p.attach().map_err(attach)?;
+        }
+    }
+    Ok(())
+}
+
+/// Undoes what a failed [`attach_tracing`] did (before kprobes take over,
+/// so no entry is reported twice).
+fn detach_tracing(ebpf: &mut Ebpf) {
+    for (program, _, exit) in TRACING {
+        let Some(prog) = ebpf.program_mut(program) else {
+            continue;
+        };
+        if *exit {
+            if let Ok(p) = <&mut FExit>::try_from(prog) {
+                let _ = p.unload();
+            }
+        } else if let Ok(p) = <&mut FEntry>::try_from(prog) {
+            let _ = p.unload();
+        }
+    }
+}
+
+/// Loads and attaches the kprobe/kretprobe pairs.
+fn attach_kprobes(ebpf: &mut Ebpf) -> Result<(), TracerError> {
+    if !Path::new(KPROBE_PMU).exists() {
+        return Err(TracerError::NoKprobes);
+    }
+    // Read only when a plain name does not attach: /proc/kallsyms is
+    // ~200,000 lines the kernel formats on every read, seconds in a
+    // slow guest.
+    let mut kallsyms: Option<String> = None;
+    for (program, function) in PROBES {
+        let probe: &mut KProbe = ebpf
+            .program_mut(program)
+            .ok_or_else(|| TracerError::Missing(format!("program {program}")))?
+            .try_into()
+            .map_err(|e| TracerError::Load(format!("{program}: {e}")))?;
+        probe
+            .load()
+            .map_err(|e| refused(&e, format!("{program}: {e}")))?;
+        if probe.attach(function, 0).is_ok() {
+            continue;
+        }
+        let symbols = kallsyms
+            .get_or_insert_with(|| std::fs::read_to_string("/proc/kallsyms").unwrap_or_default());
+        let symbol = attach_symbol(symbols, function).ok_or_else(|| TracerError::Attach {
+            function: function.to_string(),
+            reason: "not in /proc/kallsyms (is nf_conntrack loaded?)".into(),
+        })?;
+        probe.attach(&symbol, 0).map_err(|e| TracerError::Attach {
+            function: symbol.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 /// What one [`Tracer::drain`] took from the ring.
@@ -294,7 +428,11 @@ mod tests {
     #[test]
     fn the_build_embeds_the_conntrack_programs_and_ring() {
         let programs = object_programs().expect("object parses and has the ring map");
-        for (program, _) in PROBES {
+        let names = PROBES
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(TRACING.iter().map(|(p, _, _)| *p));
+        for program in names {
             assert!(
                 programs.iter().any(|p| p == program),
                 "{program} missing from {programs:?}"
@@ -338,6 +476,7 @@ mod tests {
         match Tracer::start(TracerConfig {
             ring_size: 1 << 20,
             filter_netns: 0,
+            hook: Hook::Auto,
         }) {
             Err(TracerError::NoKprobes) => assert!(!Path::new(KPROBE_PMU).exists()),
             Err(e) => assert!(!e.to_string().is_empty()),

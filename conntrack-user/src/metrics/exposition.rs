@@ -434,7 +434,7 @@ impl Scrape {
         gauge(
             enc,
             "ctscope_ebpf_probes_attached",
-            "kprobes the eBPF tracer has attached (0 with the ctnetlink source).",
+            "eBPF programs the tracer has attached: 2 fentry/fexit or 6 kprobes (0 with the ctnetlink source).",
             None,
             i.probes_attached,
         )?;

@@ -15,7 +15,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     ct::{Conntrack, EventKind},
-    ebpf::{Tracer, TracerConfig, TracerError},
+    ebpf::{Attached, Hook, Tracer, TracerConfig, TracerError},
     netlink::{
         CtSocket, NetlinkError,
         events::{EventConfig, EventMask, EventSocket},
@@ -50,6 +50,8 @@ pub struct SourceConfig {
     pub ring_size: u32,
     /// `--all-netns`: every network namespace (eBPF only).
     pub all_netns: bool,
+    /// `--ebpf-hook`: how the tracer attaches.
+    pub hook: Hook,
 }
 
 impl Default for SourceConfig {
@@ -61,6 +63,7 @@ impl Default for SourceConfig {
             reliable: false,
             ring_size: DEFAULT_RING_SIZE,
             all_netns: false,
+            hook: Hook::Auto,
         }
     }
 }
@@ -206,6 +209,7 @@ impl Source {
             let started = start_tracer(TracerConfig {
                 ring_size: config.ring_size,
                 filter_netns,
+                hook: config.hook,
             });
             match started {
                 Ok(tracer) => {
@@ -258,7 +262,7 @@ impl Source {
         }
     }
 
-    /// kprobes attached: the tracer's; none for ctnetlink.
+    /// eBPF programs attached: the tracer's; none for ctnetlink.
     pub fn probes_attached(&self) -> usize {
         match &self.kind {
             Kind::Ebpf(tracer) => tracer.probes(),
@@ -275,9 +279,19 @@ impl Source {
     /// nothing when ctnetlink was asked for.
     pub fn startup_line(&self) -> Option<String> {
         match (&self.kind, &self.fallback) {
-            (Kind::Ebpf(_), _) => {
-                Some("ctscope: event source: eBPF (kprobes on nf_conntrack)".into())
-            }
+            (Kind::Ebpf(tracer), _) => Some(match tracer.attached() {
+                Attached::Fentry => {
+                    "ctscope: event source: eBPF (fentry/fexit on nf_conntrack)".into()
+                }
+                Attached::Kprobes {
+                    fentry_refused: None,
+                } => "ctscope: event source: eBPF (kprobes on nf_conntrack)".into(),
+                Attached::Kprobes {
+                    fentry_refused: Some(why),
+                } => format!(
+                    "ctscope: event source: eBPF (kprobes on nf_conntrack; fentry unavailable: {why})"
+                ),
+            }),
             (Kind::Netlink(_), Some(note)) => Some(format!("ctscope: {note}")),
             (Kind::Netlink(_), None) => None,
         }

@@ -96,8 +96,8 @@ exact() {
         fail "the summary does not count $((2 * total)) events: $(cat /tmp/ebpf.err)"
     # NEW lines state what ctnetlink's NEW events do: confirmed entries
     # with a running timeout (fentry sees them at the hash insert).
-    grep '^ *\[NEW\] udp' /tmp/ebpf.txt | head -1
-    grep '^ *\[NEW\] udp' /tmp/ebpf.txt | grep -q ' 17 3[56][0-9][0-9] src=' ||
+    grep '^ *\[NEW\] ipv4 *2 udp ' /tmp/ebpf.txt | head -1
+    grep '^ *\[NEW\] ipv4 *2 udp ' /tmp/ebpf.txt | grep -q ' 17 3[56][0-9][0-9] src=' ||
         fail "$hook: NEW udp lines do not carry the 3600 s timeout set above"
 }
 

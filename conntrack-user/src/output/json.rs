@@ -1,5 +1,5 @@
 //! `-o json`: one JSON object per line, schema in the README.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use serde::{Serialize, Serializer};
 
@@ -17,30 +17,12 @@ impl Serialize for JsonIp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.0 {
             IpAddr::V4(v4) => {
-                let mut buf = [0u8; 15];
-                let len = write_ipv4(&mut buf, v4);
+                let (buf, len) = super::text::ipv4_text(v4);
                 serializer.serialize_str(std::str::from_utf8(&buf[..len]).unwrap_or_default())
             }
             IpAddr::V6(_) => self.0.serialize(serializer),
         }
     }
-}
-
-/// Dotted quad into `buf`; returns its length.
-fn write_ipv4(buf: &mut [u8; 15], a: Ipv4Addr) -> usize {
-    let mut len = 0;
-    let mut digits = itoa::Buffer::new();
-    for (i, octet) in a.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[len] = b'.';
-            len += 1;
-        }
-        for &d in digits.format(octet).as_bytes() {
-            buf[len] = d;
-            len += 1;
-        }
-    }
-    len
 }
 
 /// The names of the set status bits, as a JSON array, without collecting

@@ -6,7 +6,7 @@
 //! an empty label set prints `labels`).
 use std::{
     io::Write as _,
-    net::{IpAddr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use super::OutputOptions;
@@ -42,18 +42,37 @@ fn put_ipv6(out: &mut Vec<u8>, a: &Ipv6Addr) {
     }
 }
 
+/// An IPv4 address in dotted-quad form, in a stack buffer: (bytes, length).
+/// One digit loop per octet and no formatting machinery: event streams
+/// print four addresses per line.
+pub(crate) fn ipv4_text(a: Ipv4Addr) -> ([u8; 15], usize) {
+    let mut buf = [0u8; 15];
+    let mut len = 0;
+    for (i, o) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        if o >= 100 {
+            buf[len] = b'0' + o / 100;
+            len += 1;
+        }
+        if o >= 10 {
+            buf[len] = b'0' + (o / 10) % 10;
+            len += 1;
+        }
+        buf[len] = b'0' + o % 10;
+        len += 1;
+    }
+    (buf, len)
+}
+
 /// Writes an address as conntrack does (fast path for IPv4).
 pub(crate) fn put_ip(out: &mut Vec<u8>, a: &IpAddr) {
     match a {
         IpAddr::V4(v4) => {
-            let o = v4.octets();
-            let mut b = itoa::Buffer::new();
-            for (i, byte) in o.iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(b.format(*byte).as_bytes());
-            }
+            let (buf, len) = ipv4_text(*v4);
+            out.extend_from_slice(&buf[..len]);
         }
         IpAddr::V6(v6) => put_ipv6(out, v6),
     }
@@ -330,6 +349,23 @@ mod tests {
         assert!(line.starts_with(
             "[DESTROY] gre      47 99 src=1.2.3.4 dst=5.6.7.8 srckey=0x1234 dstkey=0x14"
         ));
+    }
+
+    #[test]
+    fn ipv4_is_the_dotted_quad_of_std() {
+        // Every octet value in every position, checked against std's
+        // Display (an independent formatter).
+        for o in 0..=255u8 {
+            for a in [
+                Ipv4Addr::new(o, 0, 9, 255),
+                Ipv4Addr::new(10, o, 100, 1),
+                Ipv4Addr::new(199, 99, o, 9),
+                Ipv4Addr::new(1, 22, 255, o),
+            ] {
+                let (buf, len) = ipv4_text(a);
+                assert_eq!(std::str::from_utf8(&buf[..len]), Ok(a.to_string().as_str()));
+            }
+        }
     }
 
     #[test]

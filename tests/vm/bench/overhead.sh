@@ -18,7 +18,7 @@
 # Lines for xtask (bench/overhead.rs parses them), all on stdout:
 #   CTSCOPE-OVERHEAD-GUEST release=R cpus=N clock=timer_list|uptime cputime=schedstat|stat buckets=B max=M
 #   CTSCOPE-OVERHEAD-CHURN <mode> <round> ctchurn: N flows in S s (R flows/s)
-#   CTSCOPE-OVERHEAD-RUN <mode> <round> key=value ... (see report_run)
+#   CTSCOPE-OVERHEAD-RUN <mode> <round> key=value ... (see the end of the loop)
 #   CTSCOPE-OVERHEAD-LISTENER <mode> <round> <a line of the listener's stderr>
 #   CTSCOPE-OVERHEAD-INVALID <mode> <round> <why>
 #   CTSCOPE-OVERHEAD-DONE
@@ -74,6 +74,16 @@ cpu_of() {
             CPU=$((CPU + t))
         fi
     done
+}
+
+# The CPU time of this shell's waited-for children (cutime + cstime, fields
+# 16 and 17 of /proc/PID/stat, 10 ms ticks) into CHILDREN_TICKS: around a
+# foreground ctchurn, its own CPU time (schedstat is gone once the shell
+# has reaped it).
+children_ticks() {
+    local cu cs
+    read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ cu cs _ <"/proc/$$/stat"
+    CHILDREN_TICKS=$((cu + cs))
 }
 
 # conntrack -S summed over CPUs: "early_drop drop insert_failed" into
@@ -234,6 +244,15 @@ count_events() {
         END { printf "new=%d destroy=%d lines=%d\n", n, d, NR }' /tmp/listener.out
 }
 
+# The first churn of a boot allocates the slab pages for its entries (and
+# faults ctchurn in), which later ones reuse: not measured, so that the
+# first mode of round 1 does not pay for it.
+step "warm-up: $flows flows, not measured"
+ctchurn --proto udp --count "$flows" --src-base 127.10.0.1 --dst 127.0.0.1 \
+    --dport-base 10000 >/dev/null 2>/tmp/churn.err ||
+    fail "ctchurn failed: $(tail -c 2000 /tmp/churn.err)"
+conntrack -F >/dev/null 2>&1 || fail "conntrack -F failed"
+
 run=0
 round=1
 while [ "$round" -le "$rounds" ]; do
@@ -263,20 +282,31 @@ while [ "$round" -le "$rounds" ]; do
             cpu_ready=$CPU stat_ready=$STAT_TICKS
             fields="startup_ns=$STARTUP_NS ready_ns=$READY_NS probes=$PROBES probe_ns=$PROBE_NS first_probe=$FIRST_PROBE probe_sent_ns=$PROBE_SENT_NS cpu_ready_ns=$cpu_ready stat_ready=$stat_ready"
         fi
+        children_ticks
+        churn_ticks=$CHILDREN_TICKS
         ctchurn --proto udp --count "$flows" --src-base "127.$net.0.1" \
             --dst 127.0.0.1 --dport-base 10000 >/dev/null 2>/tmp/churn.err ||
             fail "ctchurn failed: $(tail -c 2000 /tmp/churn.err)"
+        if [ "$mode" != none ]; then
+            # The listener's CPU while the churn ran (and its start-up):
+            # what it took from the churn. Read at once (no fork, no
+            # console write first): a listener with a backlog goes on
+            # working as soon as ctchurn is gone.
+            cpu_of "$listener"
+            cpu_churn=$CPU stat_churn=$STAT_TICKS
+        fi
+        children_ticks
+        churn_ticks=$((CHILDREN_TICKS - churn_ticks))
         # (Not the builtin read: a sysctl file read a byte at a time ends
         # after its first byte.)
         entries=$(cat /proc/sys/net/netfilter/nf_conntrack_count)
         echo "CTSCOPE-OVERHEAD-CHURN $mode $round $(grep '^ctchurn: ' /tmp/churn.err | tail -n 1)"
         if [ "$mode" != none ]; then
-            # The listener's CPU while the churn ran (and its start-up):
-            # what it took from the churn.
-            cpu_of "$listener"
-            cpu_churn=$CPU stat_churn=$STAT_TICKS
             wait_settled
+            cpu_of "$listener"
+            cpu_new=$CPU
             new_bytes=$SETTLED_BYTES
+            new_lines=$(wc -l </tmp/listener.out)
         fi
         conntrack -F >/dev/null 2>&1 || fail "conntrack -F failed"
         if [ "$mode" != none ]; then
@@ -290,8 +320,8 @@ while [ "$round" -le "$rounds" ]; do
             # Anything the listener wrote only on its way out was held in
             # a buffer: the start-up time would then be to the flush.
             final_bytes=$(stat -c %s /tmp/listener.out)
-            fields="$fields cpu_churn_ns=$cpu_churn stat_churn=$stat_churn cpu_total_ns=$cpu_total stat_total=$stat_total"
-            fields="$fields new_bytes=$new_bytes settled_bytes=$settled_bytes final_bytes=$final_bytes $(count_events "$net")"
+            fields="$fields cpu_churn_ns=$cpu_churn stat_churn=$stat_churn cpu_new_ns=$cpu_new cpu_total_ns=$cpu_total stat_total=$stat_total"
+            fields="$fields new_lines=$new_lines new_bytes=$new_bytes settled_bytes=$settled_bytes final_bytes=$final_bytes $(count_events "$net")"
             grep -v -i 'event source' /tmp/listener.err | while IFS= read -r line; do
                 echo "CTSCOPE-OVERHEAD-LISTENER $mode $round $line"
             done
@@ -300,7 +330,7 @@ while [ "$round" -le "$rounds" ]; do
         # shellcheck disable=SC2086 # three numbers
         set -- $stats_before $CT_STATS
         early_drop=$(($4 - $1)) drop=$(($5 - $2)) insert_failed=$(($6 - $3))
-        echo "CTSCOPE-OVERHEAD-RUN $mode $round flows=$flows entries=$entries" \
+        echo "CTSCOPE-OVERHEAD-RUN $mode $round flows=$flows entries=$entries churn_ticks=$churn_ticks" \
             "early_drop=$early_drop drop=$drop insert_failed=$insert_failed $fields"
         if [ $((early_drop + drop + insert_failed)) -ne 0 ]; then
             echo "CTSCOPE-OVERHEAD-INVALID $mode $round conntrack -S: early_drop=$early_drop drop=$drop insert_failed=$insert_failed"

@@ -24,8 +24,15 @@ pub(super) struct ModeFigures {
     /// The listener's CPU from its first event until it had written the
     /// flush's DESTROY events, per line it wrote (median over rounds).
     pub(super) consumer_us_per_event: Option<f64>,
+    /// The same split: CPU until the NEW events were written over the
+    /// lines then, and the rest over the DESTROY phase's lines.
+    pub(super) consumer_us_per_new: Option<f64>,
+    pub(super) consumer_us_per_destroy: Option<f64>,
     /// total extra - the consumer's CPU during the churn, per flow.
     pub(super) kernel_extra_us: f64,
+    /// ctchurn's own CPU per flow minus the same with no listener (medians;
+    /// 10 ms ticks, so ±1 µs at 20,000 flows).
+    pub(super) churn_extra_us: Option<f64>,
     /// kernel_extra_us as a percentage of a flow's cost with no listener.
     pub(super) kernel_extra_pct: f64,
     /// NEW and DESTROY lines of the churn's flows: min, max over rounds.
@@ -57,6 +64,8 @@ pub(super) struct KernelFigures {
     pub(super) rounds: usize,
     /// A flow's cost with no listener: 1e6 / median rate, µs.
     pub(super) base_us: f64,
+    /// ctchurn's own CPU per flow with no listener, µs.
+    pub(super) base_churn_us: Option<f64>,
     pub(super) modes: Vec<ModeFigures>,
 }
 
@@ -127,6 +136,14 @@ pub(super) fn figures(t: &Transcript, flows: u64, rounds: usize) -> Result<Kerne
         bail!("a rate of 0 flows/s without a listener");
     }
     let base_us = 1e6 / base.0;
+    let churn_us = |runs: &[&Run]| {
+        median(
+            runs.iter()
+                .filter_map(|r| r.churn_ticks)
+                .map(|ticks| ticks as f64 * 1e4 / flows as f64),
+        )
+    };
+    let base_churn_us = churn_us(&per_mode[0]);
     let mut modes = Vec::new();
     for runs in &per_mode {
         let rate = rates(runs).ok_or_else(|| anyhow!("no rate"))?;
@@ -141,6 +158,14 @@ pub(super) fn figures(t: &Transcript, flows: u64, rounds: usize) -> Result<Kerne
             median(listeners.iter().filter(|l| l.lines > 0).map(|l| {
                 l.cpu_total_ns.saturating_sub(l.cpu_ready_ns) as f64 / 1e3 / l.lines as f64
             }));
+        let consumer_us_per_new = median(listeners.iter().filter_map(|l| {
+            let (cpu, lines) = (l.cpu_new_ns?, l.new_lines?);
+            (lines > 0).then(|| cpu.saturating_sub(l.cpu_ready_ns) as f64 / 1e3 / lines as f64)
+        }));
+        let consumer_us_per_destroy = median(listeners.iter().filter_map(|l| {
+            let (cpu, lines) = (l.cpu_new_ns?, l.lines.checked_sub(l.new_lines?)?);
+            (lines > 0).then(|| l.cpu_total_ns.saturating_sub(cpu) as f64 / 1e3 / lines as f64)
+        }));
         let kernel_extra_us = total_extra_us - consumer_churn_us_per_flow.unwrap_or(0.0);
         let lost = runs.iter().fold(Lost::default(), |acc, r| {
             let l = lost_of(&r.stderr);
@@ -162,7 +187,10 @@ pub(super) fn figures(t: &Transcript, flows: u64, rounds: usize) -> Result<Kerne
             total_extra_us,
             consumer_churn_us_per_flow,
             consumer_us_per_event,
+            consumer_us_per_new,
+            consumer_us_per_destroy,
             kernel_extra_us,
+            churn_extra_us: churn_us(runs).zip(base_churn_us).map(|(m, b)| m - b),
             kernel_extra_pct: kernel_extra_us * 100.0 / base_us,
             new: min_max(listeners.iter().map(|l| l.new)),
             destroy: min_max(listeners.iter().map(|l| l.destroy)),
@@ -190,6 +218,7 @@ pub(super) fn figures(t: &Transcript, flows: u64, rounds: usize) -> Result<Kerne
         flows,
         rounds,
         base_us,
+        base_churn_us,
         modes,
     })
 }

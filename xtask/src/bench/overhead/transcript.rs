@@ -22,9 +22,9 @@ pub(super) struct Guest {
 
 /// What one listener did in one run (overhead.sh's `RUN` fields). CPU
 /// times are its threads' schedstat sums in ns, read when its first event
-/// was seen (`ready`), when the churn ended (`churn`) and once the flush's
-/// DESTROY events were written (`total`); `stat_*` are the same from
-/// /proc/PID/stat in 10 ms ticks.
+/// was seen (`ready`), when the churn ended (`churn`), once the NEW events
+/// were written (`new`) and once the flush's DESTROY events were
+/// (`total`); `stat_*` are the same from /proc/PID/stat in 10 ms ticks.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct ListenerRun {
     /// From its start to the first probe flow's line in its output.
@@ -40,10 +40,14 @@ pub(super) struct ListenerRun {
     pub(super) probe_sent_ns: Option<u64>,
     pub(super) cpu_ready_ns: u64,
     pub(super) cpu_churn_ns: u64,
+    /// Once the NEW events had settled, before the flush.
+    pub(super) cpu_new_ns: Option<u64>,
     pub(super) cpu_total_ns: u64,
     pub(super) stat_ready: u64,
     pub(super) stat_churn: u64,
     pub(super) stat_total: u64,
+    /// Lines written once the NEW events had settled.
+    pub(super) new_lines: Option<u64>,
     /// Output size once the NEW events had settled, once the DESTROY
     /// events had, and after the listener exited.
     pub(super) new_bytes: u64,
@@ -65,6 +69,9 @@ pub(super) struct Run {
     pub(super) flows: u64,
     /// nf_conntrack_count right after the churn.
     pub(super) entries: u64,
+    /// ctchurn's own CPU time (the shell's cutime + cstime around it, in
+    /// 10 ms ticks).
+    pub(super) churn_ticks: Option<u64>,
     /// conntrack -S's counters over the run.
     pub(super) early_drop: u64,
     pub(super) drop: u64,
@@ -129,10 +136,12 @@ fn parse_listener(fields: &BTreeMap<&str, &str>) -> Result<ListenerRun> {
         probe_sent_ns: optional_number(fields, "probe_sent_ns")?,
         cpu_ready_ns: number(fields, "cpu_ready_ns")?,
         cpu_churn_ns: number(fields, "cpu_churn_ns")?,
+        cpu_new_ns: optional_number(fields, "cpu_new_ns")?,
         cpu_total_ns: number(fields, "cpu_total_ns")?,
         stat_ready: number(fields, "stat_ready")?,
         stat_churn: number(fields, "stat_churn")?,
         stat_total: number(fields, "stat_total")?,
+        new_lines: optional_number(fields, "new_lines")?,
         new_bytes: number(fields, "new_bytes")?,
         settled_bytes: number(fields, "settled_bytes")?,
         final_bytes: number(fields, "final_bytes")?,
@@ -219,6 +228,7 @@ pub(super) fn parse_transcript(text: &str) -> Result<Transcript> {
                     let run = t.run_mut(mode, round);
                     run.flows = number(&f, "flows")?;
                     run.entries = number(&f, "entries")?;
+                    run.churn_ticks = optional_number(&f, "churn_ticks")?;
                     run.early_drop = number(&f, "early_drop")?;
                     run.drop = number(&f, "drop")?;
                     run.insert_failed = number(&f, "insert_failed")?;

@@ -4,13 +4,24 @@
 //! The same /proc walk as conntrack 1.4.7: find the socket inode of the
 //! port id in /proc/net/netlink, then the process holding that socket (the
 //! pid equal to the port id first, then every pid). The last answer is
-//! cached, so a flush of 500,000 entries costs one walk.
-use std::fs;
+//! cached, and trusted for [`RECHECK_AFTER`] before /proc/net/netlink is
+//! read again to see that the port id still names the same socket: a
+//! flush of 500,000 entries costs one walk, not one read per event (that
+//! read was ~500 µs of guest time an event, BENCHMARKS.md).
+use std::{
+    fs,
+    time::{Duration, Instant},
+};
+
+/// How long a cached port id answer is used before it is checked again (a
+/// port id is reused only once its socket is closed).
+pub const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// Caches the last port id lookup.
 #[derive(Debug, Default)]
 pub struct ProgName {
-    last: Option<(u32, u64, Option<String>)>,
+    /// (port id, socket inode, program name, when the inode was checked).
+    last: Option<(u32, u64, Option<String>, Instant)>,
 }
 
 fn socket_inode(portid: u32) -> Option<u64> {
@@ -47,9 +58,18 @@ fn holds_socket(pid: u32, inode: u64) -> bool {
 impl ProgName {
     /// The program name for a port id, if it can still be found.
     pub fn lookup(&mut self, portid: u32) -> Option<&str> {
+        let fresh = matches!(&self.last,
+            Some((p, _, _, at)) if *p == portid && at.elapsed() < RECHECK_AFTER);
+        if fresh {
+            return self.last.as_ref().and_then(|(_, _, n, _)| n.as_deref());
+        }
         let inode = socket_inode(portid)?;
-        let cached = matches!(&self.last, Some((p, i, _)) if *p == portid && *i == inode);
-        if !cached {
+        let cached = matches!(&self.last, Some((p, i, _, _)) if *p == portid && *i == inode);
+        if cached {
+            if let Some(last) = self.last.as_mut() {
+                last.3 = Instant::now();
+            }
+        } else {
             let name = if holds_socket(portid, inode) {
                 comm_of(portid)
             } else {
@@ -61,9 +81,9 @@ impl ProgName {
                         .and_then(comm_of)
                 })
             };
-            self.last = Some((portid, inode, name));
+            self.last = Some((portid, inode, name, Instant::now()));
         }
-        self.last.as_ref().and_then(|(_, _, n)| n.as_deref())
+        self.last.as_ref().and_then(|(_, _, n, _)| n.as_deref())
     }
 }
 
@@ -82,5 +102,22 @@ mod tests {
             .map(str::to_string);
         let me = comm_of(std::process::id()).expect("own comm");
         assert_eq!(name.as_deref(), Some(me.as_str()));
+    }
+
+    #[test]
+    fn a_cached_answer_is_checked_again_after_a_while() {
+        let Ok(mut sock) = netlink_sys::Socket::new(libc::NETLINK_NETFILTER as isize) else {
+            panic!("cannot open a NETLINK_NETFILTER socket");
+        };
+        let port = sock.bind_auto().expect("bind").port_number();
+        let mut names = ProgName::default();
+        assert!(names.lookup(port).is_some());
+        drop(sock);
+        // Within RECHECK_AFTER the answer comes from the cache, without
+        // reading /proc (the flush case: one port id, many events)...
+        assert!(names.lookup(port).is_some());
+        // ...and after it, the closed socket is noticed.
+        std::thread::sleep(RECHECK_AFTER + Duration::from_millis(50));
+        assert_eq!(names.lookup(port), None);
     }
 }

@@ -11,12 +11,14 @@
 # The whole script (so the listener, ctchurn and the probes) runs pinned to
 # CPU 0. Under -icount the vCPUs share one instruction counter: a task busy
 # on CPU 1 would make CPU 0's task look slower and each other's on-CPU time
-# would count the other's instructions too. On one CPU the listener's
-# schedstat time is its own and the churn's slowdown is the sum of the
-# kernel's extra work and the listener's.
+# would count the other's instructions too. On one CPU the churn's slowdown
+# is the sum of the kernel's extra work and the listener's. (These kernels
+# have no CONFIG_IRQ_TIME_ACCOUNTING: softirq work that runs while the
+# listener is on the CPU counts as the listener's; churn_ticks, ctchurn's
+# own CPU, is there to show it.)
 #
 # Lines for xtask (bench/overhead.rs parses them), all on stdout:
-#   CTSCOPE-OVERHEAD-GUEST release=R cpus=N clock=timer_list|uptime cputime=schedstat|stat buckets=B max=M
+#   CTSCOPE-OVERHEAD-GUEST release=R cpus=N clock=timer_list|uptime cputime=schedstat|stat buckets=B max=M pinned=MASK
 #   CTSCOPE-OVERHEAD-CHURN <mode> <round> ctchurn: N flows in S s (R flows/s)
 #   CTSCOPE-OVERHEAD-RUN <mode> <round> key=value ... (see the end of the loop)
 #   CTSCOPE-OVERHEAD-LISTENER <mode> <round> <a line of the listener's stderr>

@@ -10,8 +10,9 @@
 //! (ctscope events vs conntrack -E during bursts of new and destroyed
 //! entries, and what a listener costs the kernel's churn rate), `snapshot`
 //! (ctscope top --once vs iptstate -1, on a tmux tty) and `overhead` (what
-//! the eBPF tracer and conntrack -E cost the kernel's rate of new flows, in
-//! qemu guests; skipped by --quick), `serve` (ctscope serve's scrape
+//! a listener costs: ctscope's eBPF and netlink sources and conntrack -E,
+//! writing to files, in qemu guests under -icount; skipped by --quick;
+//! CTSCOPE_OVERHEAD_* variables set flows, rounds, kernels), `serve` (ctscope serve's scrape
 //! latency on a large table while it resyncs, against node_exporter's
 //! conntrack collector) and `criterion` (the criterion benches).
 mod criterion;

@@ -263,7 +263,7 @@ impl KernelBtf {
         let mut total_bits = 0u32;
         for field in path {
             let (bits, next) = self.find_member(id, field).ok_or_else(missing)?;
-            total_bits += bits;
+            total_bits = total_bits.saturating_add(bits);
             id = next;
         }
         Ok(total_bits / 8)
@@ -280,7 +280,7 @@ impl KernelBtf {
         }
         for m in members.iter().filter(|m| self.name(m.name).is_empty()) {
             if let Some((bits, ty)) = self.find_member(m.type_id, field) {
-                return Some((m.bit_offset + bits, ty));
+                return Some((m.bit_offset.saturating_add(bits), ty));
             }
         }
         None
@@ -352,7 +352,9 @@ impl KernelBtf {
         };
         // The programs copy the entry's first bytes in one read and take
         // each field from the copy: every field must lie in the copy.
-        let tuple_end = o.ct_tuplehash + 2 * o.tuplehash_size;
+        let tuple_end = o
+            .ct_tuplehash
+            .saturating_add(o.tuplehash_size.saturating_mul(2));
         let field_end = [
             (o.ct_status, 8),
             (o.ct_timeout, 4),
@@ -364,16 +366,16 @@ impl KernelBtf {
         ]
         .into_iter()
         .filter(|(off, _)| *off != ABSENT)
-        .map(|(off, width)| off + width)
+        .map(|(off, width)| off.saturating_add(width))
         .chain([tuple_end])
         .max()
         .unwrap_or(0);
-        o.ct_size = self.size_of("nf_conn")?.clamp(field_end, CT_COPY_MAX);
         if field_end > CT_COPY_MAX {
             return Err(BtfError::NoField(format!(
                 "struct nf_conn fields within its first {CT_COPY_MAX} bytes (they end at {field_end})"
             )));
         }
+        o.ct_size = self.size_of("nf_conn")?.clamp(field_end, CT_COPY_MAX);
         Ok(o)
     }
 }

@@ -2,7 +2,9 @@
 //! metrics` and agrees with `conntrack -C`/`-S` and with node_exporter's
 //! conntrack collector; a real Prometheus scraping it every second sees the
 //! table's count and the NEW events of the flows made, exactly, in the
-//! first scrape after them; `--netns` serves that namespace; a loss is
+//! first scrape after them, and the lifetimes of the flows flushed, as
+//! classic histograms or (asked for by Prometheus with native histograms
+//! on, in protobuf) as native ones; `--netns` serves that namespace; a loss is
 //! counted and the resync it starts puts the table right. (Bad input,
 //! hang-ups, 1,000 scrapes and contrib/: serve_input.rs.)
 use std::{
@@ -230,9 +232,21 @@ fn wall_secs() -> f64 {
 
 #[test]
 fn prometheus_sees_the_count_and_the_new_flows_in_the_next_scrape() {
+    prometheus_scrapes(false);
+}
+
+#[test]
+fn prometheus_with_native_histograms_reads_them_from_protobuf() {
+    prometheus_scrapes(true);
+}
+
+/// A real Prometheus scrapes serve every second (asking for protobuf when
+/// `native`); checks what it stored against conntrack and the flows made.
+fn prometheus_scrapes(native: bool) {
     let Some(ns) = quiet_netns() else {
         return;
     };
+    let started = wall_secs();
     let mut serve = start_serve(&ns, &["--resync", "2"]);
     let dir = TempDir(std::env::temp_dir().join(format!("{}-prometheus", ns.name())));
     std::fs::create_dir_all(dir.0.join("data")).expect("temp dir");
@@ -245,13 +259,17 @@ fn prometheus_sees_the_count_and_the_new_flows_in_the_next_scrape() {
         ),
     )
     .expect("prometheus.yml");
-    let mut prometheus = ns.spawn(&[
-        "prometheus",
-        &format!("--config.file={}", config.display()),
-        &format!("--storage.tsdb.path={}", dir.0.join("data").display()),
-        &format!("--web.listen-address={PROMETHEUS}"),
-        "--log.level=warn",
-    ]);
+    let mut args = vec![
+        "prometheus".to_string(),
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", dir.0.join("data").display()),
+        format!("--web.listen-address={PROMETHEUS}"),
+        "--log.level=warn".to_string(),
+    ];
+    if native {
+        args.push("--enable-feature=native-histograms".to_string());
+    }
+    let mut prometheus = ns.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
     if let Err(e) = wait_ready(&ns, &mut prometheus, PROMETHEUS, "/-/ready") {
         panic!("{e} (apt-get install prometheus)");
     }
@@ -314,6 +332,57 @@ fn prometheus_sees_the_count_and_the_new_flows_in_the_next_scrape() {
     let drift = query(&ns, "sum(ctscope_resync_drift_entries_total)");
     if !resyncs_ok || drift != Some(0.0) {
         failures.push(format!("resyncs {resyncs_ok}, drift {drift:?}"));
+    }
+    // Flushing the flows gives each a lifetime: Prometheus holds them as a
+    // native histogram when it asked for one, else as classic buckets.
+    let flushed = ns.conntrack(&["-F"]);
+    assert_eq!(flushed.code, 0, "conntrack -F\n{flushed}");
+    let lifetime = "ctscope_connection_lifetime_seconds{protocol=\"udp\"}";
+    let (count, other) = if native {
+        (
+            format!("histogram_count({lifetime})"),
+            "ctscope_connection_lifetime_seconds_count{protocol=\"udp\"}".to_string(),
+        )
+    } else {
+        (
+            "ctscope_connection_lifetime_seconds_count{protocol=\"udp\"}".to_string(),
+            format!("histogram_count({lifetime})"),
+        )
+    };
+    let counted = poll_until(Duration::from_secs(10), || {
+        query(&ns, &count) == Some(FLOWS as f64)
+    });
+    if !counted {
+        failures.push(format!(
+            "{count}: {:?} 10 s after the flush, {FLOWS} flows were flushed",
+            query(&ns, &count)
+        ));
+    }
+    // Stored one way only.
+    if let Some(v) = query(&ns, &other) {
+        failures.push(format!("{other}: {v}, want no series (native {native})"));
+    }
+    // Every lifetime is within the test's run; the median is a bucket's
+    // worth of one of them.
+    let elapsed = wall_secs() - started;
+    let quantile = if native {
+        format!("histogram_quantile(1, {lifetime})")
+    } else {
+        "histogram_quantile(1, ctscope_connection_lifetime_seconds_bucket{protocol=\"udp\"})"
+            .to_string()
+    };
+    match query(&ns, &quantile) {
+        Some(q) if q > 0.0 && q <= elapsed * 1.2 + 1.0 => {}
+        q => {
+            let path = format!(
+                "/api/v1/query?query={}",
+                url_encode("{__name__=~\"ctscope_connection_lifetime.*\"}")
+            );
+            failures.push(format!(
+                "{quantile}: {q:?}, the test ran {elapsed:.1} s; stored:\n{}",
+                get(&ns, PROMETHEUS, &path, None).body
+            ))
+        }
     }
     prometheus.stop(Signal::SIGTERM);
     let out = serve.stop(Signal::SIGTERM);

@@ -163,10 +163,13 @@ fn bench(c: &mut Criterion) {
         .expect("listen");
     let at = listener.local_addr().expect("address");
     runtime.spawn(serve(listener, Arc::clone(&shared)));
+    const PROTOBUF: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
     println!(
-        "serve scrape: {} bytes (Prometheus text), {} bytes (OpenMetrics), --top-talkers 10",
+        "serve scrape: {} bytes (Prometheus text), {} bytes (OpenMetrics), {} bytes (protobuf \
+         with native histograms), --top-talkers 10",
         scrape(at, "text/plain"),
-        scrape(at, "application/openmetrics-text; version=1.0.0")
+        scrape(at, "application/openmetrics-text; version=1.0.0"),
+        scrape(at, PROTOBUF)
     );
     group.bench_function("scrape/prometheus-text", |b| {
         b.iter(|| black_box(scrape(at, "text/plain;version=0.0.4")))
@@ -178,6 +181,9 @@ fn bench(c: &mut Criterion) {
                 "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
             ))
         })
+    });
+    group.bench_function("scrape/protobuf", |b| {
+        b.iter(|| black_box(scrape(at, PROTOBUF)))
     });
     group.finish();
     // The ctnetlink requests of a real scrape (the host's namespace).

@@ -1,18 +1,29 @@
 //! One scrape's metrics, encoded with prometheus-client (a collector built
 //! per scrape from the snapshot, the kernel's and the process's figures) in
-//! the Prometheus text format (0.0.4) or OpenMetrics 1.0, as the scraper's
-//! Accept header asks. Every metric has HELP text; label values are bounded
-//! (protocols, TCP states, zones, and `--top-talkers` addresses only).
+//! the Prometheus text format (0.0.4), OpenMetrics 1.0, or Prometheus's
+//! protobuf format, as the scraper's Accept header asks. Histograms carry
+//! classic buckets in every format and native buckets too in protobuf (the
+//! only format Prometheus reads native histograms from). Every metric has
+//! HELP text; label values are bounded (protocols, TCP states, zones, and
+//! `--top-talkers` addresses only).
 use std::{fmt, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric, NoLabelSet},
+    encoding::{
+        DescriptorEncoder, EncodeGaugeValue, EncodeMetric, NativeHistogram, NativeHistogramBuckets,
+        NoLabelSet,
+    },
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
 
-use super::{Buckets, Snapshot, kernel::KernelStats, process::ProcessStats};
+use super::{
+    Buckets, Snapshot,
+    kernel::KernelStats,
+    native::{SCHEMA, ZERO_THRESHOLD},
+    process::ProcessStats,
+};
 
 /// The exposition format of a response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,28 +32,70 @@ pub enum Format {
     Prometheus,
     /// OpenMetrics 1.0 text.
     OpenMetrics,
+    /// Length-delimited `io.prometheus.client.MetricFamily` messages, with
+    /// native histograms.
+    Protobuf,
 }
 
+/// The media type and parameters Prometheus asks for protobuf with.
+const PROTOBUF_MEDIA: &str = "application/vnd.google.protobuf";
+
 impl Format {
-    /// OpenMetrics when the Accept header offers it (with a q above 0),
-    /// else the Prometheus text format.
+    /// The format the Accept header prefers: the highest q among what it
+    /// offers (protobuf first, then OpenMetrics, on a tie); the text format
+    /// when it offers nothing else, or nothing at all.
     pub fn from_accept(accept: Option<&str>) -> Self {
-        let offered = accept.is_some_and(|a| {
-            a.split(',').any(|range| {
+        let mut best = (Self::Prometheus, 0.0f64);
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("");
+            let (mut q, mut proto, mut delimited) = (1.0f64, false, false);
+            for p in parts {
+                let Some((k, v)) = p.split_once('=') else {
+                    continue;
+                };
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = v.parse().unwrap_or(0.0),
+                    "proto" => proto = v == "io.prometheus.client.MetricFamily",
+                    "encoding" => delimited = v == "delimited",
+                    _ => {}
+                }
+            }
+            let format = if media.eq_ignore_ascii_case(PROTOBUF_MEDIA) && proto && delimited {
+                Self::Protobuf
+            } else if media.eq_ignore_ascii_case("application/openmetrics-text") {
+                Self::OpenMetrics
+            } else {
+                continue;
+            };
+            let rank = |f: Self| match f {
+                Self::Protobuf => 2,
+                Self::OpenMetrics => 1,
+                Self::Prometheus => 0,
+            };
+            if q > best.1 || (q == best.1 && q > 0.0 && rank(format) > rank(best.0)) {
+                best = (format, q);
+            }
+        }
+        // A text range offered above the best other one wins.
+        let text_q = accept
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|range| {
                 let mut parts = range.split(';').map(str::trim);
                 let media = parts.next().unwrap_or("");
-                media.eq_ignore_ascii_case("application/openmetrics-text")
-                    && !parts.any(|p| {
-                        p.strip_prefix("q=")
-                            .and_then(|q| q.parse::<f64>().ok())
-                            .is_some_and(|q| q <= 0.0)
-                    })
+                (media.eq_ignore_ascii_case("text/plain")).then(|| {
+                    parts
+                        .find_map(|p| p.strip_prefix("q="))
+                        .map_or(1.0, |q| q.parse().unwrap_or(0.0))
+                })
             })
-        });
-        if offered {
-            Self::OpenMetrics
-        } else {
+            .fold(0.0f64, f64::max);
+        if text_q > best.1 {
             Self::Prometheus
+        } else {
+            best.0
         }
     }
 
@@ -51,6 +104,10 @@ impl Format {
         match self {
             Self::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
             Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Protobuf => {
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; \
+                 encoding=delimited"
+            }
         }
     }
 }
@@ -113,20 +170,23 @@ fn stat_help(name: &str) -> &'static str {
 }
 
 impl Scrape {
-    /// The response body in `format`.
-    pub fn encode(self, format: Format) -> String {
+    /// The response body in `format`. Fails only if prometheus-client
+    /// refuses a metric (the collector never fails on its own).
+    pub fn encode(self, format: Format) -> Result<Vec<u8>, fmt::Error> {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(self));
         let mut out = String::with_capacity(16 << 10);
-        // Writing into a String cannot fail; the collector itself never
-        // returns an error of its own.
-        let _ = match format {
+        match format {
             Format::Prometheus => {
-                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?
             }
-            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
-        };
-        out
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry)?,
+            Format::Protobuf => {
+                return prometheus_client::encoding::prometheus_protobuf::encode_to_vec(&registry)
+                    .map_err(|_| fmt::Error);
+            }
+        }
+        Ok(out.into_bytes())
     }
 }
 
@@ -197,7 +257,8 @@ fn counter_rows(
 }
 
 /// A histogram in seconds, one series per label set (an empty set: the
-/// one series has no labels).
+/// one series has no labels): classic buckets, and native ones where the
+/// format has them.
 fn histograms<'a>(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -206,11 +267,32 @@ fn histograms<'a>(
 ) -> fmt::Result {
     let mut m = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
     for (labels, b) in rows {
+        let native = NativeHistogram {
+            schema: SCHEMA,
+            zero_threshold: ZERO_THRESHOLD,
+            zero_count: b.native.zero_count,
+            negative: NativeHistogramBuckets {
+                spans: &[],
+                deltas: &[],
+            },
+            positive: NativeHistogramBuckets {
+                spans: &b.native.spans,
+                deltas: &b.native.deltas,
+            },
+            created: None,
+        };
+        // The text encoders refuse a histogram without classic buckets
+        // (from_hdr always makes them).
+        if b.buckets.is_empty() {
+            continue;
+        }
         if labels.is_empty() {
-            m.encode_histogram::<NoLabelSet>(b.sum, b.count, &b.buckets, None)?;
+            m.encode_histogram_with_native::<NoLabelSet>(b.sum, b.count, &b.buckets, None, native)?;
         } else {
             m.encode_family(&labels)?
-                .encode_histogram::<NoLabelSet>(b.sum, b.count, &b.buckets, None)?;
+                .encode_histogram_with_native::<NoLabelSet>(
+                    b.sum, b.count, &b.buckets, None, native,
+                )?;
         }
     }
     Ok(())
@@ -522,36 +604,54 @@ impl Scrape {
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::{
+        MetricFamily, MetricType as PbType,
+    };
+    use prost::Message;
+
     use super::*;
-    use crate::metrics::{FeedCounters, Snapshot};
+    use crate::metrics::{FeedCounters, Snapshot, native::Native};
 
     #[test]
     fn accept_header_picks_the_format() {
-        let om = Some(Format::OpenMetrics);
+        const PROMETHEUS_2_CLASSIC: &str = "application/openmetrics-text;version=1.0.0,\
+            application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        // What Prometheus 2.42 sends with --enable-feature=native-histograms.
+        const PROMETHEUS_2_NATIVE: &str = "application/vnd.google.protobuf;\
+            proto=io.prometheus.client.MetricFamily;encoding=delimited,\
+            application/openmetrics-text;version=1.0.0;q=0.8,\
+            application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         for (accept, want) in [
             (None, Format::Prometheus),
             (Some("text/plain"), Format::Prometheus),
             (Some("*/*"), Format::Prometheus),
-            // Prometheus 2.x's own header.
-            (
-                Some(
-                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
-                     version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
-                ),
-                Format::OpenMetrics,
-            ),
+            (Some(PROMETHEUS_2_CLASSIC), Format::OpenMetrics),
+            (Some(PROMETHEUS_2_NATIVE), Format::Protobuf),
             (Some("Application/OpenMetrics-Text"), Format::OpenMetrics),
             (
                 Some("application/openmetrics-text; q=0, text/plain"),
                 Format::Prometheus,
             ),
+            // Text asked for above OpenMetrics.
+            (
+                Some("text/plain, application/openmetrics-text;q=0.5"),
+                Format::Prometheus,
+            ),
+            // Protobuf only as delimited MetricFamily messages.
+            (
+                Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily"),
+                Format::Prometheus,
+            ),
+            (
+                Some(
+                    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+                     encoding=delimited;q=0.2,application/openmetrics-text;q=0.9",
+                ),
+                Format::OpenMetrics,
+            ),
         ] {
             assert_eq!(Format::from_accept(accept), want, "{accept:?}");
         }
-        assert_eq!(
-            Some(Format::from_accept(Some("application/openmetrics-text"))),
-            om
-        );
     }
 
     fn scrape(node_names: bool, source: &'static str) -> Scrape {
@@ -566,12 +666,21 @@ mod tests {
             top_sources: vec![("10.0.0.1".parse().expect("address"), 2)],
             ..Snapshot::default()
         };
+        let empty = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+        snapshot.tcp_setup = Buckets::from_hdr(&empty, 1e-6, &crate::metrics::TCP_SETUP_BOUNDS);
+        snapshot.delivery = Buckets::from_hdr(&empty, 1e-9, &crate::metrics::DELIVERY_BOUNDS);
         snapshot.lifetime = vec![(
             "udp",
             Buckets {
-                buckets: vec![(1.0, 1), (10.0, 1)],
+                buckets: vec![(1.0, 1), (10.0, 1), (f64::INFINITY, 0)],
                 sum: 5.5,
                 count: 2,
+                // 1 s and 4.5 s: buckets 0 and 18 of schema 3.
+                native: Native {
+                    zero_count: 0,
+                    spans: vec![(0, 1), (17, 1)],
+                    deltas: vec![1, 0],
+                },
             },
         )];
         Scrape {
@@ -597,7 +706,8 @@ mod tests {
     #[test]
     fn both_formats_name_type_and_describe_every_family() {
         for format in [Format::Prometheus, Format::OpenMetrics] {
-            let body = scrape(false, "netlink").encode(format);
+            let body = String::from_utf8(scrape(false, "netlink").encode(format).expect("encoded"))
+                .expect("utf-8");
             for line in [
                 "ctscope_nf_conntrack_entries 2",
                 "ctscope_nf_conntrack_entries_limit 65536",
@@ -607,16 +717,19 @@ mod tests {
                 "ctscope_top_talker_entries{direction=\"source\",address=\"10.0.0.1\"} 2",
                 "ctscope_connection_lifetime_seconds_bucket{protocol=\"udp\",le=\"10.0\"} 2",
                 "ctscope_connection_lifetime_seconds_count{protocol=\"udp\"} 2",
+                "ctscope_connection_lifetime_seconds_bucket{protocol=\"udp\",le=\"+Inf\"} 2",
                 "ctscope_source_info{source=\"netlink\",requested=\"auto\",version=\"0.1.0\"} 1",
                 "ctscope_ebpf_probes_attached 0",
             ] {
                 // The text format writes le="10" where OpenMetrics writes
                 // "10.0", and OpenMetrics puts le first.
                 let text = line.replace("le=\"10.0\"", "le=\"10\"");
-                let om = line.replace(
-                    "{protocol=\"udp\",le=\"10.0\"}",
-                    "{le=\"10.0\",protocol=\"udp\"}",
-                );
+                let om = ["10.0", "+Inf"].iter().fold(line.to_string(), |l, le| {
+                    l.replace(
+                        &format!("{{protocol=\"udp\",le=\"{le}\"}}"),
+                        &format!("{{le=\"{le}\",protocol=\"udp\"}}"),
+                    )
+                });
                 assert!(
                     body.lines().any(|l| l == line || l == text || l == om),
                     "{format:?}: no `{line}` in\n{body}"
@@ -643,7 +756,12 @@ mod tests {
 
     #[test]
     fn node_exporter_names_and_ebpf_gauges() {
-        let body = scrape(true, "ebpf").encode(Format::Prometheus);
+        let body = String::from_utf8(
+            scrape(true, "ebpf")
+                .encode(Format::Prometheus)
+                .expect("encoded"),
+        )
+        .expect("utf-8");
         assert!(body.contains("\nnode_nf_conntrack_entries 2\n"), "{body}");
         assert!(body.contains("\nnode_nf_conntrack_stat_found 7\n"));
         assert!(!body.contains("ctscope_nf_conntrack"));
@@ -651,5 +769,104 @@ mod tests {
         assert!(body.contains("\nctscope_ebpf_ring_buffer_bytes 33554432\n"));
         assert!(body.contains("ctscope_event_delivery_seconds_count 0"));
         assert!(!body.contains("ctscope_netlink_receive_buffer"));
+    }
+
+    /// The families of a protobuf body, decoded as Prometheus does:
+    /// length-delimited messages back to back.
+    fn families(mut body: &[u8]) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        while !body.is_empty() {
+            out.push(MetricFamily::decode_length_delimited(&mut body).expect("a MetricFamily"));
+        }
+        out
+    }
+
+    #[test]
+    fn protobuf_carries_every_family_and_native_buckets() {
+        let text = String::from_utf8(
+            scrape(false, "ebpf")
+                .encode(Format::Prometheus)
+                .expect("encoded"),
+        )
+        .expect("utf-8");
+        let pb = families(
+            &scrape(false, "ebpf")
+                .encode(Format::Protobuf)
+                .expect("encoded"),
+        );
+        // The same families as the text format, by name and type.
+        let text_families: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        let pb_families: Vec<(&str, &str)> = pb
+            .iter()
+            .map(|f| {
+                let kind = match f.r#type() {
+                    PbType::Counter => "counter",
+                    PbType::Gauge => "gauge",
+                    PbType::Histogram => "histogram",
+                    _ => "other",
+                };
+                (f.name.as_str(), kind)
+            })
+            .collect();
+        // prometheus-client's text format names a counter's family without
+        // `_total` and an info metric's with `_info`; protobuf names the
+        // samples.
+        fn normal((n, k): (&str, &str)) -> (String, String) {
+            let n = if k == "counter" {
+                n.strip_suffix("_total").unwrap_or(n)
+            } else {
+                n
+            };
+            (n.to_string(), k.to_string())
+        }
+        let mut want: Vec<_> = text_families.into_iter().map(normal).collect();
+        let mut got: Vec<_> = pb_families.into_iter().map(normal).collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        let lifetime = pb
+            .iter()
+            .find(|f| f.name == "ctscope_connection_lifetime_seconds")
+            .expect("the lifetime family");
+        let h = lifetime.metric[0].histogram.as_ref().expect("a histogram");
+        assert_eq!(lifetime.metric[0].label[0].value, "udp");
+        assert_eq!((h.sample_count, h.sample_sum), (2, 5.5));
+        // Classic buckets stay, cumulative; native ones come beside them.
+        let classic: Vec<(f64, u64)> = h
+            .bucket
+            .iter()
+            .map(|b| (b.upper_bound, b.cumulative_count))
+            .collect();
+        assert_eq!(classic, [(1.0, 1), (10.0, 2), (f64::INFINITY, 2)]);
+        assert_eq!((h.schema, h.zero_threshold), (SCHEMA, ZERO_THRESHOLD));
+        let spans: Vec<(i32, u32)> = h
+            .positive_span
+            .iter()
+            .map(|s| (s.offset, s.length))
+            .collect();
+        assert_eq!(spans, [(0, 1), (17, 1)]);
+        assert_eq!(h.positive_delta, [1, 0]);
+        // An empty histogram is still native (a zero threshold above 0).
+        let delivery = pb
+            .iter()
+            .find(|f| f.name == "ctscope_event_delivery_seconds")
+            .expect("the delivery family");
+        let d = delivery.metric[0].histogram.as_ref().expect("a histogram");
+        assert_eq!(d.sample_count, 0);
+        assert!(d.zero_threshold > 0.0 && d.positive_span.is_empty());
+        let source = pb
+            .iter()
+            .find(|f| f.name == "ctscope_source_info")
+            .expect("the info metric");
+        assert!(
+            source.metric[0]
+                .label
+                .iter()
+                .any(|l| l.name == "source" && l.value == "ebpf")
+        );
     }
 }

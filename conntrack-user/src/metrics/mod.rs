@@ -2,7 +2,8 @@
 //! [`Snapshot`] of the live table and its own counters a few times a
 //! second; a scrape adds the kernel's figures ([`kernel`], over ctnetlink)
 //! and the process's ([`process`]) and encodes them all ([`exposition`])
-//! in the Prometheus text format or OpenMetrics. A scrape never touches
+//! in the Prometheus text format, OpenMetrics or protobuf (with native
+//! histograms, [`native`]). A scrape never touches
 //! the table, so it costs the same at 10 entries or 1,000,000.
 use std::net::IpAddr;
 
@@ -12,6 +13,7 @@ use crate::{ct::proto_name, table::Table};
 
 pub mod exposition;
 pub mod kernel;
+pub mod native;
 pub mod process;
 
 pub use exposition::{Format, Scrape};
@@ -32,17 +34,21 @@ pub const DELIVERY_BOUNDS: [f64; 16] = [
     0.1, 1.0,
 ];
 
-/// A histogram as classic buckets.
+/// A histogram as classic buckets, and as a native histogram's (served
+/// when the scraper asks for protobuf).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Buckets {
-    /// `(upper bound in seconds, observations in that bucket alone)`,
-    /// without `+Inf`: prometheus-client's encoder accumulates them.
+    /// `(upper bound in seconds, observations in that bucket alone)`, the
+    /// last one `+Inf` (the encoders accumulate them, and write `le="+Inf"`
+    /// only for a bucket given with an infinite bound).
     pub buckets: Vec<(f64, u64)>,
     /// Sum of the observations, seconds (from hdrhistogram's buckets, to
     /// its 3 significant digits).
     pub sum: f64,
     /// Observations.
     pub count: u64,
+    /// The same observations in native buckets.
+    pub native: native::Native,
 }
 
 impl Buckets {
@@ -50,7 +56,7 @@ impl Buckets {
     /// `unit` seconds. A value counts in the first bucket whose bound is
     /// at least the lowest value hdrhistogram holds as equal to it.
     pub fn from_hdr(h: &Histogram<u64>, unit: f64, bounds: &[f64]) -> Self {
-        let mut counts = vec![0u64; bounds.len()];
+        let mut counts = vec![0u64; bounds.len() + 1];
         let mut sum = 0.0;
         for v in h.iter_recorded() {
             let value = v.value_iterated_to();
@@ -63,9 +69,15 @@ impl Buckets {
             }
         }
         Self {
-            buckets: bounds.iter().copied().zip(counts).collect(),
+            buckets: bounds
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(counts)
+                .collect(),
             sum,
             count: h.len(),
+            native: native::Native::from_hdr(h, unit),
         }
     }
 }
@@ -209,11 +221,13 @@ mod tests {
             "{} vs {exact}",
             b.sum
         );
-        // Past the last bound: only in +Inf (the count).
+        assert_eq!(at(f64::INFINITY), Some(7));
+        // Past the last bound: only in +Inf.
         let mut big = Histogram::<u64>::new(3).expect("histogram");
         big.record(999_999_999).expect("record");
         let b = Buckets::from_hdr(&big, 1e-3, &LIFETIME_BOUNDS);
-        assert_eq!(b.buckets.iter().map(|(_, c)| c).sum::<u64>(), 0);
+        assert_eq!(b.buckets.last(), Some(&(f64::INFINITY, 1)));
+        assert_eq!(b.buckets.iter().map(|(_, c)| c).sum::<u64>(), 1);
         assert_eq!(b.count, 1);
     }
 

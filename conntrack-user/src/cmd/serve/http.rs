@@ -104,7 +104,7 @@ impl Shared {
 
     /// One scrape's body. Blocks briefly (a ctnetlink request, /proc reads):
     /// call on a blocking thread.
-    pub fn scrape(&self, format: Format) -> String {
+    pub fn scrape(&self, format: Format) -> Result<Vec<u8>, std::fmt::Error> {
         let kernel = match &self.kernel {
             KernelSource::Fixed(k) => Some(k.clone()),
             KernelSource::Netlink => match KernelStats::read() {
@@ -189,7 +189,7 @@ fn response(
 }
 
 const INDEX: &str = "ctscope serve: the Linux connection tracker's metrics\n\n\
-    /metrics  Prometheus text format, or OpenMetrics when the Accept header asks\n\
+    /metrics  Prometheus text format; OpenMetrics or protobuf (native histograms) when the Accept header asks\n\
     /healthz  ok while the event loop runs\n";
 
 async fn handle(
@@ -213,8 +213,8 @@ async fn handle(
             );
             let scraped = tokio::task::spawn_blocking(move || shared.scrape(format)).await;
             match scraped {
-                Ok(body) => response(StatusCode::OK, format.content_type(), body),
-                Err(_) => response(
+                Ok(Ok(body)) => response(StatusCode::OK, format.content_type(), body),
+                Ok(Err(_)) | Err(_) => response(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     text,
                     "the scrape failed\n",

@@ -1,6 +1,8 @@
 //! `ctscope serve` against bad input and rough scrapers: a bad `--listen`,
 //! a port in use and a missing privilege fail in one line; scrapers that
-//! hang up mid-response and 1,000 scrapes in a row leave it healthy; and
+//! hang up mid-response and 1,000 scrapes in a row leave it healthy;
+//! `/healthz` answers 503 while the event loop is stuck (injected) and 200
+//! again once it turns, with nothing lost; and
 //! contrib/ (alert rules, scrape configuration, dashboard) checks out with
 //! promtool and names only metrics a real scrape has.
 use std::{
@@ -13,7 +15,7 @@ use std::{
 
 use ctscope_e2e::{
     Netns, SERVE, addr, check_histograms, ctscope_bin_str, get, http_get, poll_until,
-    promtool_check, quiet_netns, report, sample, start_serve,
+    promtool_check, quiet_netns, report, sample, start_serve, udp_flows, wait_ready,
 };
 use nix::sys::signal::Signal;
 
@@ -98,6 +100,79 @@ fn hang_up_mid_response(at: SocketAddr) -> std::io::Result<()> {
     }
     drop(s);
     Ok(())
+}
+
+#[test]
+fn healthz_fails_while_the_event_loop_is_stuck_and_recovers() {
+    let Some(ns) = quiet_netns() else {
+        return;
+    };
+    // The test-only switch (fault-injection builds): the event loop blocks
+    // for 14 s after its first event; /healthz fails past 10 s of that.
+    let mut serve = ns.spawn(&[
+        "env",
+        "CTSCOPE_FAULT_STALL_SECS=14",
+        &ctscope_bin_str(),
+        "serve",
+    ]);
+    if let Err(e) = wait_ready(&ns, &mut serve, SERVE, "/healthz") {
+        panic!("{e}");
+    }
+    let mut failures = Vec::new();
+    let (made, _) = ns.in_netns(|| udp_flows(20));
+    assert_eq!(made, 20);
+    let stuck_at = Instant::now();
+    let mut unavailable = None;
+    let failed = poll_until(Duration::from_secs(20), || {
+        let r = get(&ns, SERVE, "/healthz", None);
+        let hit = r.status == 503;
+        if hit {
+            unavailable = Some(r.body);
+        }
+        hit
+    });
+    let waited = stuck_at.elapsed();
+    match unavailable {
+        Some(body) if failed && body.starts_with("the event loop has not run for 1") => {
+            // Not before the 10 s limit.
+            if waited < Duration::from_secs(9) {
+                failures.push(format!("503 after {waited:?}, before the 10 s limit"));
+            }
+        }
+        other => failures.push(format!("no 503 within 20 s of the stall: {other:?}")),
+    }
+    // Metrics keep answering meanwhile (the HTTP side is not stuck).
+    let r = get(&ns, SERVE, "/metrics", None);
+    if r.status != 200 {
+        failures.push(format!("/metrics during the stall: {}", r.status));
+    }
+    let recovered = poll_until(Duration::from_secs(15), || {
+        get(&ns, SERVE, "/healthz", None).status == 200
+    });
+    if !recovered {
+        failures.push("/healthz still failing 15 s into the stall's end".into());
+    }
+    // The events of the stall were read afterwards, none lost.
+    let counted = poll_until(Duration::from_secs(5), || {
+        sample(
+            &get(&ns, SERVE, "/metrics", None).body,
+            "ctscope_events_total{type=\"new\"}",
+        ) == Some(20.0)
+    });
+    if !counted {
+        failures.push(format!(
+            "NEW events after the stall: {:?}, 20 flows were made",
+            sample(
+                &get(&ns, SERVE, "/metrics", None).body,
+                "ctscope_events_total{type=\"new\"}"
+            )
+        ));
+    }
+    let out = serve.stop(Signal::SIGTERM);
+    if out.code != 0 {
+        failures.push(format!("serve on SIGTERM\n{out}"));
+    }
+    report(5, &failures);
 }
 
 #[test]

@@ -119,43 +119,71 @@ pub fn promtool_check(body: &str) -> Result<(), String> {
     }
 }
 
-/// `Err` unless every histogram's buckets only grow and its `+Inf` bucket
-/// equals its count (series told apart by their labels but `le`).
+/// `Err` unless every histogram's buckets only grow and end with a `+Inf`
+/// bucket equal to its count (series told apart by their labels but
+/// `le`; the count may come before or after the buckets). The number of
+/// histogram series.
 pub fn check_histograms(body: &str) -> Result<usize, String> {
-    let mut series: Vec<(String, Vec<f64>)> = Vec::new();
+    // (series, [(le, cumulative count)], count)
+    let mut series: Vec<(String, Vec<(String, f64)>, Option<f64>)> = Vec::new();
+    let entry = |series: &mut Vec<(String, Vec<(String, f64)>, Option<f64>)>, key: String| {
+        let at = match series.iter().position(|(k, _, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                series.push((key, Vec::new(), None));
+                series.len() - 1
+            }
+        };
+        at
+    };
     for l in body.lines().filter(|l| !l.starts_with('#')) {
         let Some((head, value)) = l.rsplit_once(' ') else {
             continue;
         };
         let value: f64 = value.parse().map_err(|_| format!("bad value in `{l}`"))?;
-        let key = if let Some(at) = head.find("_bucket{") {
+        if let Some(at) = head.find("_bucket{") {
             // The family and its labels without le="...".
+            let mut le = None;
             let labels: Vec<&str> = head[at + 8..]
                 .trim_end_matches('}')
                 .split(',')
-                .filter(|p| !p.starts_with("le="))
+                .filter(|p| match p.strip_prefix("le=") {
+                    Some(v) => {
+                        le = Some(v.trim_matches('"').to_string());
+                        false
+                    }
+                    None => true,
+                })
                 .collect();
-            format!("{}{{{}}}", &head[..at], labels.join(","))
+            let le = le.ok_or_else(|| format!("a bucket without le: {l}"))?;
+            let i = entry(
+                &mut series,
+                format!("{}{{{}}}", &head[..at], labels.join(",")),
+            );
+            let buckets = &mut series[i].1;
+            if buckets.last().is_some_and(|(_, last)| value < *last) {
+                return Err(format!("a bucket shrinks: {l}"));
+            }
+            buckets.push((le, value));
         } else if let Some(at) = head.find("_count") {
             let labels = head[at + 6..].trim_start_matches('{').trim_end_matches('}');
-            let key = format!("{}{{{labels}}}", &head[..at]);
-            match series.iter().find(|(k, _)| *k == key) {
-                Some((_, b)) if b.last() == Some(&value) => continue,
-                Some((_, b)) => return Err(format!("{key}: +Inf {:?} != count {value}", b.last())),
-                None => continue,
-            }
-        } else {
-            continue;
-        };
-        match series.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, b)) => {
-                if b.last().is_some_and(|last| value < *last) {
-                    return Err(format!("{key}: a bucket shrinks: {l}"));
-                }
-                b.push(value);
-            }
-            None => series.push((key, vec![value])),
+            let i = entry(&mut series, format!("{}{{{labels}}}", &head[..at]));
+            series[i].2 = Some(value);
         }
     }
-    Ok(series.len())
+    for (key, buckets, count) in &series {
+        // A `_count` without buckets is a summary's, or another counter's.
+        if buckets.is_empty() {
+            continue;
+        }
+        match (buckets.last(), count) {
+            (Some((le, n)), Some(count)) if le == "+Inf" && n == count => {}
+            (last, count) => {
+                return Err(format!(
+                    "{key}: the last bucket is {last:?}, the count {count:?}: want le=\"+Inf\" equal to the count"
+                ));
+            }
+        }
+    }
+    Ok(series.iter().filter(|(_, b, _)| !b.is_empty()).count())
 }

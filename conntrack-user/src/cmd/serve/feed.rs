@@ -125,6 +125,7 @@ pub async fn run(
     let mut last_resync = Instant::now();
     let mut last_publish: Option<Instant> = None;
     let mut last_talkers: Option<Instant> = None;
+    let mut stall = crate::fault::stall();
     while !stop.load(Ordering::Relaxed) {
         shared.beat();
         let mut now = None;
@@ -153,6 +154,12 @@ pub async fn run(
             Err(SourceError::NamespaceGone(msg)) => return Err(msg),
             Err(e) => return Err(e.to_string()),
         };
+        if feed.events.iter().any(|n| *n > 0)
+            && let Some(d) = stall.take()
+        {
+            // Test-only (fault-injection): a loop stuck in a blocking call.
+            std::thread::sleep(d);
+        }
         let lost = reader.lost();
         feed.netlink_overruns = lost.overruns;
         feed.ring_full = lost.ring_full;

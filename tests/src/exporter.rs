@@ -124,18 +124,25 @@ pub fn promtool_check(body: &str) -> Result<(), String> {
 /// `le`; the count may come before or after the buckets). The number of
 /// histogram series.
 pub fn check_histograms(body: &str) -> Result<usize, String> {
-    // (series, [(le, cumulative count)], count)
-    let mut series: Vec<(String, Vec<(String, f64)>, Option<f64>)> = Vec::new();
-    let entry = |series: &mut Vec<(String, Vec<(String, f64)>, Option<f64>)>, key: String| {
-        let at = match series.iter().position(|(k, _, _)| *k == key) {
+    /// One histogram series: its buckets' `(le, cumulative count)`, its count.
+    #[derive(Default)]
+    struct Series {
+        key: String,
+        buckets: Vec<(String, f64)>,
+        count: Option<f64>,
+    }
+    let mut series: Vec<Series> = Vec::new();
+    let entry =
+        |series: &mut Vec<Series>, key: String| match series.iter().position(|s| s.key == key) {
             Some(at) => at,
             None => {
-                series.push((key, Vec::new(), None));
+                series.push(Series {
+                    key,
+                    ..Series::default()
+                });
                 series.len() - 1
             }
         };
-        at
-    };
     for l in body.lines().filter(|l| !l.starts_with('#')) {
         let Some((head, value)) = l.rsplit_once(' ') else {
             continue;
@@ -160,7 +167,7 @@ pub fn check_histograms(body: &str) -> Result<usize, String> {
                 &mut series,
                 format!("{}{{{}}}", &head[..at], labels.join(",")),
             );
-            let buckets = &mut series[i].1;
+            let buckets = &mut series[i].buckets;
             if buckets.last().is_some_and(|(_, last)| value < *last) {
                 return Err(format!("a bucket shrinks: {l}"));
             }
@@ -168,10 +175,15 @@ pub fn check_histograms(body: &str) -> Result<usize, String> {
         } else if let Some(at) = head.find("_count") {
             let labels = head[at + 6..].trim_start_matches('{').trim_end_matches('}');
             let i = entry(&mut series, format!("{}{{{labels}}}", &head[..at]));
-            series[i].2 = Some(value);
+            series[i].count = Some(value);
         }
     }
-    for (key, buckets, count) in &series {
+    for Series {
+        key,
+        buckets,
+        count,
+    } in &series
+    {
         // A `_count` without buckets is a summary's, or another counter's.
         if buckets.is_empty() {
             continue;
@@ -185,5 +197,5 @@ pub fn check_histograms(body: &str) -> Result<usize, String> {
             }
         }
     }
-    Ok(series.iter().filter(|(_, b, _)| !b.is_empty()).count())
+    Ok(series.iter().filter(|s| !s.buckets.is_empty()).count())
 }

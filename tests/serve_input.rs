@@ -72,6 +72,93 @@ fn bad_listen_port_in_use_and_no_privilege_fail_in_one_line() {
     report(10, &failures);
 }
 
+/// The capabilities contrib/ctscope-serve.service grants, as setpriv
+/// names them (`net_admin`, ...).
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contrib/ctscope-serve.service"),
+    )
+    .expect("contrib/ctscope-serve.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("an AmbientCapabilities= line");
+    line.split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_ascii_lowercase())
+        .collect()
+}
+
+#[test]
+fn the_units_capabilities_are_enough_and_net_admin_is_needed() {
+    let Some(mut ns) = quiet_netns() else {
+        return;
+    };
+    ns.fill_varied_table();
+    let caps = unit_capabilities();
+    assert!(caps.contains(&"net_admin".to_string()), "{caps:?}");
+    let bin = ctscope_bin_str();
+    // As the unit runs it: an unprivileged user, no new privileges, only
+    // these capabilities (ambient, and the bounding set).
+    let setpriv = |caps: &[String]| -> Vec<String> {
+        let list = caps
+            .iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut argv: Vec<String> = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--no-new-privs",
+        ]
+        .map(String::from)
+        .to_vec();
+        if !caps.is_empty() {
+            argv.push(format!("--inh-caps=-all,{list}"));
+            argv.push(format!("--ambient-caps={list}"));
+            argv.push(format!("--bounding-set=-all,{list}"));
+        }
+        argv.extend([bin.clone(), "serve".into()]);
+        argv
+    };
+    let mut failures = Vec::new();
+    let argv = setpriv(&caps);
+    let mut serve = ns.spawn(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    if let Err(e) = wait_ready(&ns, &mut serve, SERVE, "/healthz") {
+        panic!("with the unit's capabilities {caps:?}: {e}");
+    }
+    let count: f64 = ns
+        .conntrack(&["-C"])
+        .stdout
+        .trim()
+        .parse()
+        .expect("conntrack -C");
+    let body = get(&ns, SERVE, "/metrics", None).body;
+    for series in ["ctscope_nf_conntrack_entries", "ctscope_table_entries"] {
+        if sample(&body, series) != Some(count) {
+            failures.push(format!(
+                "{series}: {:?}, conntrack -C {count}",
+                sample(&body, series)
+            ));
+        }
+    }
+    if sample(&body, "ctscope_kernel_read_errors_total") != Some(0.0) {
+        failures.push("the kernel's figures could not be read".into());
+    }
+    serve.stop(Signal::SIGTERM);
+    // Without CAP_NET_ADMIN: one line naming it, exit 1.
+    let fewer: Vec<String> = caps.iter().filter(|c| *c != "net_admin").cloned().collect();
+    let argv = setpriv(&fewer);
+    let out = ns.exec(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    if let Err(e) = out.one_line_error(1) {
+        failures.push(format!("without net_admin: {e}"));
+    } else if !out.stderr.contains("CAP_NET_ADMIN") {
+        failures.push(format!("the message does not name CAP_NET_ADMIN\n{out}"));
+    }
+    report(4, &failures);
+}
+
 /// A client that sends a request, reads a little of the answer and resets
 /// the connection.
 fn hang_up_mid_response(at: SocketAddr) -> std::io::Result<()> {

@@ -74,8 +74,14 @@ pub struct CtEvent {
     pub proto_state: u8,
     /// Bit 0: counters valid; bit 1: timestamps valid.
     pub flags: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+    /// UPDATE: the kernel's event bits (uapi `enum ip_conntrack_events`,
+    /// `1 << IPCT_*`), which say what ctnetlink puts in the message; 0
+    /// for NEW and DESTROY.
+    pub events: u16,
     /// Explicit padding to an 8-byte multiple.
-    pub _pad: [u8; 5],
+    pub _pad2: [u8; 2],
     /// Original tuple.
     pub orig: CtTuple,
     /// Reply tuple.
@@ -133,6 +139,8 @@ pub struct Offsets {
     pub ext_acct_id: u32,
     /// `NF_CT_EXT_TSTAMP`.
     pub ext_tstamp_id: u32,
+    /// `nf_ct_event.ct` (the entry an event is about).
+    pub event_ct: u32,
     /// Bytes of `struct nf_conn` the programs copy (at most 512); every
     /// `ct_*` field above lies below it.
     pub ct_size: u32,
@@ -163,6 +171,7 @@ pub const UNSET_OFFSETS: Offsets = Offsets {
     ext_offset: ABSENT,
     ext_acct_id: ABSENT,
     ext_tstamp_id: ABSENT,
+    event_ct: ABSENT,
     ct_size: 0,
     filter_netns: 0,
 };
@@ -178,10 +187,27 @@ pub const FLAG_COUNTERS: u8 = 1;
 /// `CtEvent::flags`: the timestamps are valid (tstamp extension present).
 pub const FLAG_TIMESTAMPS: u8 = 2;
 
+/// uapi `enum ip_conntrack_events` (linux/netfilter/nf_conntrack_common.h),
+/// as bits of `CtEvent::events`: a new entry.
+pub const IPCT_NEW: u16 = 1 << 0;
+/// An expected (related) entry.
+pub const IPCT_RELATED: u16 = 1 << 1;
+/// The entry is gone.
+pub const IPCT_DESTROY: u16 = 1 << 2;
+/// Its protocol state (TCP state) changed: ctnetlink adds the protoinfo.
+pub const IPCT_PROTOINFO: u16 = 1 << 5;
+/// Its helper changed.
+pub const IPCT_HELPER: u16 = 1 << 6;
+/// Its mark changed: ctnetlink adds the mark even when 0.
+pub const IPCT_MARK: u16 = 1 << 7;
+
 /// The size of one record in the ring buffer.
 pub const CT_EVENT_SIZE: usize = core::mem::size_of::<CtEvent>();
 
 const _: () = assert!(CT_EVENT_SIZE.is_multiple_of(8));
+// No padding of the compiler's: the tuples follow the explicit fields.
+const _: () = assert!(core::mem::offset_of!(CtEvent, orig) == 104);
+const _: () = assert!(CT_EVENT_SIZE == 104 + 2 * 40);
 const _: () = assert!(core::mem::size_of::<CtTuple>() == 40);
 
 #[cfg(feature = "user")]

@@ -4,7 +4,10 @@
 //! Two sets, one chosen at start-up: an fentry on `__nf_conntrack_hash_insert`
 //! and an fexit on `nf_ct_delete` (no map, no return probe: the cheapest
 //! hooks), and the kprobe/kretprobe pairs, for kernels that refuse tracing
-//! programs or lack the functions' BTF.
+//! programs or lack the functions' BTF. UPDATE events come, when asked
+//! for, from an fentry (or a kprobe) on nf_conntrack_netlink's
+//! `ctnetlink_conntrack_event`: the kernel calls it with the event bits
+//! it cached for an entry whether or not a ctnetlink socket listens.
 //!
 //! Struct offsets come from the running kernel's BTF through the load-time
 //! global `OFFSETS`: no offset is compiled in.
@@ -22,8 +25,8 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use conntrack_ebpf::{
-    ABSENT, CtEvent, CtTuple, EVENT_DESTROY, EVENT_NEW, FLAG_COUNTERS, FLAG_TIMESTAMPS, Offsets,
-    UNSET_OFFSETS,
+    ABSENT, CtEvent, CtTuple, EVENT_DESTROY, EVENT_NEW, EVENT_UPDATE, FLAG_COUNTERS,
+    FLAG_TIMESTAMPS, IPCT_DESTROY, IPCT_NEW, IPCT_RELATED, Offsets, UNSET_OFFSETS,
 };
 
 const IPS_CONFIRMED: u64 = 1 << 3;
@@ -133,9 +136,10 @@ fn fill_tuple(o: &Offsets, buf: *const u8, dir: u32, t: *mut CtTuple) -> (u16, u
 /// Fills and submits one record for `ct`; counts a drop when the ring is
 /// full. The record is written in place: it is too large for the BPF stack.
 /// An entry whose status has a bit of `skip_if` is not reported;
-/// `status_or` is ORed into the status it reports.
+/// `status_or` is ORed into the status it reports; `events` are an
+/// UPDATE's event bits.
 #[inline(always)]
-fn emit(ct: u64, event: u8, status_or: u32, skip_if: u64) {
+fn emit(ct: u64, event: u8, status_or: u32, skip_if: u64, events: u16) {
     let o = offsets();
     let Some(scratch) = CT_SCRATCH.get_ptr_mut(0) else {
         return;
@@ -196,6 +200,7 @@ fn emit(ct: u64, event: u8, status_or: u32, skip_if: u64) {
         (*ev).cpu = bpf_get_smp_processor_id();
         (*ev).zone = field::<u16>(buf, o.ct_zone);
         (*ev).event = event;
+        (*ev).events = events;
         (*ev).l3proto = l3 as u8;
         (*ev).l4proto = l4;
         if l4 == 6 {
@@ -270,7 +275,7 @@ pub fn ct_confirm_exit(ctx: RetProbeContext) -> u32 {
     }
     let status = read::<u64>(ct, offsets().ct_status).unwrap_or(0);
     if status & IPS_CONFIRMED != 0 && status & IPS_UNTRACKED == 0 {
-        emit(ct, EVENT_NEW, 0, 0);
+        emit(ct, EVENT_NEW, 0, 0, 0);
     }
     0
 }
@@ -297,7 +302,7 @@ pub fn ct_insert_exit(ctx: RetProbeContext) -> u32 {
     let _ = CT_INSERTING.remove(&tid);
     let ret: i32 = ctx.ret();
     if ret == 0 {
-        emit(ct, EVENT_NEW, 0, 0);
+        emit(ct, EVENT_NEW, 0, 0, 0);
     }
     0
 }
@@ -325,7 +330,7 @@ pub fn ct_delete_exit(ctx: RetProbeContext) -> u32 {
     let _ = CT_DELETING.remove(&tid);
     let removed: u8 = ctx.ret();
     if removed != 0 {
-        emit(ct, EVENT_DESTROY, 0, 0);
+        emit(ct, EVENT_DESTROY, 0, 0, 0);
     }
     0
 }
@@ -339,7 +344,7 @@ pub fn ct_delete_exit(ctx: RetProbeContext) -> u32 {
 #[fentry(function = "__nf_conntrack_hash_insert")]
 pub fn ct_insert_fentry(ctx: FEntryContext) -> u32 {
     let ct: u64 = ctx.arg(0);
-    emit(ct, EVENT_NEW, IPS_CONFIRMED as u32, IPS_UNTRACKED);
+    emit(ct, EVENT_NEW, IPS_CONFIRMED as u32, IPS_UNTRACKED, 0);
     0
 }
 
@@ -351,8 +356,44 @@ pub fn ct_delete_fexit(ctx: FExitContext) -> u32 {
     let ct: u64 = ctx.arg(0);
     let removed: u64 = ctx.arg(3);
     if removed & 0xff != 0 {
-        emit(ct, EVENT_DESTROY, 0, 0);
+        emit(ct, EVENT_DESTROY, 0, 0, 0);
     }
+    0
+}
+
+/// An UPDATE for the entry of `item` (a `struct nf_ct_event *`) unless
+/// the bits make ctnetlink report NEW or DESTROY (those come from the
+/// insert and delete hooks, which need no event cache) or are empty
+/// (ctnetlink sends nothing then).
+#[inline(always)]
+fn update(events: u64, item: u64) {
+    let events = events as u16;
+    if events == 0 || events & (IPCT_NEW | IPCT_RELATED | IPCT_DESTROY) != 0 {
+        return;
+    }
+    let ct = read::<u64>(item, offsets().event_ct).unwrap_or(0);
+    if ct != 0 {
+        emit(ct, EVENT_UPDATE, 0, 0, events);
+    }
+}
+
+/// `int ctnetlink_conntrack_event(unsigned int events, const struct
+/// nf_ct_event *item)`: the kernel delivering an entry's cached events.
+#[fentry(function = "ctnetlink_conntrack_event")]
+pub fn ct_update_fentry(ctx: FEntryContext) -> u32 {
+    let events: u64 = ctx.arg(0);
+    let item: u64 = ctx.arg(1);
+    update(events, item);
+    0
+}
+
+/// The same, as a kprobe.
+#[kprobe]
+pub fn ct_update_entry(ctx: ProbeContext) -> u32 {
+    let (Some(events), Some(item)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    update(events, item);
     0
 }
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # eBPF events print the lines conntrack -E prints for the same NEW and
-# DESTROY events (the eBPF source has no UPDATE yet), in the same guest at
+# DESTROY events (UPDATE: ebpf_updates.sh), in the same guest at
 # the same time. Normalised: the timeout countdown, delta-time, and the
 # " [USERSPACE] portid=N progname=X" suffix, which only netlink can know.
 set -eu

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::{
-    ebpf::Hook,
+    ebpf::{Hook, Updates},
     netlink::events::EventMask,
     source::{DEFAULT_RCVBUF, DEFAULT_RING_SIZE, SourceChoice, SourceConfig},
     ui::{app::parse_refresh, rows::SortKey},
@@ -261,12 +261,13 @@ impl Default for SourceArgs {
 }
 
 impl SourceArgs {
-    /// The source's settings, with the events wanted and whether delivery
-    /// must be reliable.
-    pub fn config(&self, mask: EventMask, reliable: bool) -> SourceConfig {
+    /// The source's settings, with the events wanted, whether the eBPF
+    /// source must report updates, and whether delivery must be reliable.
+    pub fn config(&self, mask: EventMask, updates: Updates, reliable: bool) -> SourceConfig {
         SourceConfig {
             choice: self.source,
             mask,
+            updates,
             rcvbuf: self.buffer_size,
             reliable,
             ring_size: self.ring_size,
@@ -284,9 +285,10 @@ pub struct EventArgs {
     /// Output: xml, save, json, extended, id, timestamp, labels (comma-separated).
     #[arg(short = 'o', long = "output", value_name = "FORMAT")]
     pub output: Vec<String>,
-    /// Events to show: NEW, UPDATE, DESTROY, ALL (comma-separated).
-    #[arg(short = 'e', long = "event-mask", value_parser = EventMask::parse, default_value = "ALL")]
-    pub event_mask: EventMask,
+    /// Events to show: NEW, UPDATE, DESTROY, ALL (comma-separated; default
+    /// ALL, where the eBPF source shows UPDATE only if the kernel gives it).
+    #[arg(short = 'e', long = "event-mask", value_parser = EventMask::parse)]
+    pub event_mask: Option<EventMask>,
     /// Stop after this many events.
     #[arg(long)]
     pub count: Option<u64>,

@@ -7,6 +7,7 @@ use std::{
 
 use crate::{
     cli::{CliError, Result, args::EventArgs, signals::stop_on_signals, usage},
+    ebpf::Updates,
     output::{OutputOptions, Printer, summary},
     source::{Lost, Source, SourceError, runtime},
 };
@@ -19,12 +20,19 @@ const WAIT: Duration = Duration::from_millis(100);
 pub fn run(args: &EventArgs) -> Result<()> {
     let filter = args.filter.to_filter()?;
     let opts = OutputOptions::parse(args.output.iter().map(String::as_str))?;
-    let mask = args.event_mask;
+    let mask = args.event_mask.unwrap_or_default();
     if !(mask.new || mask.update || mask.destroy) {
         return Err(usage("-e selects no event"));
     }
+    // UPDATE asked for by name must come; by default, where the kernel
+    // gives it to eBPF.
+    let updates = match args.event_mask {
+        Some(m) if m.update => Updates::Required,
+        Some(_) => Updates::Off,
+        None => Updates::IfAvailable,
+    };
     let stop = stop_on_signals(true)?;
-    let source = Source::open(&args.source.config(mask, args.reliable))?;
+    let source = Source::open(&args.source.config(mask, updates, args.reliable))?;
     if let Some(line) = source.startup_line() {
         eprintln!("{line}");
     }

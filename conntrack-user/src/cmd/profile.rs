@@ -9,6 +9,7 @@ use std::{
 use super::{dump_all, pressure_counters, read_sysctl};
 use crate::{
     cli::{CliError, Result, args::ProfileArgs, signals::stop_on_signals, usage},
+    ebpf::Updates,
     netlink::{CtSocket, events::EventMask},
     report::{self, Pressure},
     source::{Source, SourceError, runtime},
@@ -25,7 +26,11 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
     let stop = stop_on_signals(true)?;
     let mut sock = CtSocket::open()?;
     let before = pressure_counters(&mut sock)?;
-    let source = Source::open(&args.source.config(EventMask::default(), false))?;
+    let source = Source::open(&args.source.config(
+        EventMask::default(),
+        Updates::IfAvailable,
+        false,
+    ))?;
     if let Some(line) = source.startup_line() {
         eprintln!("{line}");
     }

@@ -16,6 +16,7 @@ use crate::{
     cli::{CliError, Result, args::TopArgs, signals::stop_on_signals, usage},
     cmd::table::delete_attrs,
     ct::{Conntrack, EventKind},
+    ebpf::Updates,
     netlink::{CtSocket, events::EventMask},
     source::{Reader, Source, SourceError, runtime},
     table::Table,
@@ -96,13 +97,18 @@ pub fn run(args: &TopArgs) -> Result<()> {
     // removed meanwhile may have sent no event.
     let (resumed_screen, resumed_feeder) = (on_sigcont()?, on_sigcont()?);
     // Subscribe before the first dump, so nothing falls between them.
-    let source = Source::open(&args.source.config(EventMask::default(), false))?;
+    let source = Source::open(&args.source.config(
+        EventMask::default(),
+        Updates::IfAvailable,
+        false,
+    ))?;
     let table = Arc::new(Mutex::new(Table::new()));
     if let Ok(mut t) = table.lock() {
         t.resync(dump_all()?, now);
     }
     let status = Arc::new(Mutex::new(screen::Status {
         source: source.name(),
+        updates: source.updates_from(),
         max: read_sysctl("nf_conntrack_max"),
         note: match (acct_note, source.fallback()) {
             (Some(a), Some(b)) => Some(format!("{a}; {b}")),

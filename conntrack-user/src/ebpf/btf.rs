@@ -82,6 +82,9 @@ pub struct KernelBtf {
     strings: Vec<u8>,
     /// Type ids below this are vmlinux's (void included).
     base_types: usize,
+    /// Bytes of vmlinux's string section (split BTF's offsets go on from
+    /// there).
+    base_strings: usize,
 }
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
@@ -224,6 +227,7 @@ impl KernelBtf {
         self.strings.extend_from_slice(own_strings);
         if base {
             self.base_types = self.types.len();
+            self.base_strings = self.strings.len();
         }
         Ok(())
     }
@@ -307,6 +311,41 @@ impl KernelBtf {
         Some((u32::try_from(id).ok()?, id >= self.base_types))
     }
 
+    /// The BTF id of a function of `module` (a kernel module, whose split
+    /// BTF continues vmlinux's ids), and whether it is in that module
+    /// rather than in vmlinux (a built-in module). The nf_conntrack module
+    /// is already read; another is read now, its types numbered after
+    /// vmlinux's as the kernel numbers them.
+    pub fn module_function(
+        &self,
+        module: &str,
+        name: &str,
+    ) -> Result<Option<(u32, bool)>, BtfError> {
+        match self.function(name) {
+            Some((id, false)) => return Ok(Some((id, false))),
+            Some((id, true)) if module == "nf_conntrack" => return Ok(Some((id, true))),
+            _ if module == "nf_conntrack" => return Ok(None),
+            _ => {}
+        }
+        let path = format!("/sys/kernel/btf/{module}");
+        let Ok(data) = std::fs::read(&path) else {
+            return Ok(None);
+        };
+        let mut split = Self {
+            // Placeholders: only the module's own types are looked at.
+            types: vec![Type::Other; self.base_types],
+            strings: self
+                .strings
+                .get(..self.base_strings)
+                .unwrap_or_default()
+                .to_vec(),
+            base_types: self.base_types,
+            base_strings: self.base_strings,
+        };
+        split.parse(&data, module)?;
+        Ok(split.function(name).filter(|(_, in_module)| *in_module))
+    }
+
     /// The value of an enumerator, searched in every enum.
     pub fn enum_value(&self, variant: &str) -> Option<i64> {
         self.types.iter().find_map(|t| match t {
@@ -348,6 +387,7 @@ impl KernelBtf {
             ext_offset: optional(self.offset_of("nf_ct_ext", &["offset"])),
             ext_acct_id: ext_id("NF_CT_EXT_ACCT"),
             ext_tstamp_id: ext_id("NF_CT_EXT_TSTAMP"),
+            event_ct: optional(self.offset_of("nf_ct_event", &["ct"])),
             ..Offsets::default()
         };
         // The programs copy the entry's first bytes in one read and take
@@ -484,5 +524,21 @@ mod tests {
         assert_eq!(btf.function("no_such_function_here"), None);
         // A struct is not a function.
         assert_eq!(btf.function("nf_conn"), None);
+        // The UPDATE hook, in nf_conntrack_netlink: built in here or a
+        // module with its own split BTF (the guests).
+        let module = std::path::Path::new("/sys/kernel/btf/nf_conntrack_netlink").exists();
+        let found = btf
+            .module_function("nf_conntrack_netlink", "ctnetlink_conntrack_event")
+            .expect("parses");
+        assert!(
+            matches!(found, Some((id, in_module)) if id > 0 && in_module == module),
+            "{found:?}"
+        );
+        assert_eq!(
+            btf.module_function("nf_conntrack_netlink", "no_such_function_here"),
+            Ok(None)
+        );
+        // The entry an event is about is nf_ct_event's first member.
+        assert_eq!(btf.conntrack_offsets().expect("offsets").event_ct, 0);
     }
 }

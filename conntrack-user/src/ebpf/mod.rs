@@ -8,6 +8,9 @@
 //! loaded against the nf_conntrack module's BTF object ([`btf_object`]) with
 //! a small aya patch (third_party/README.md); and, where the kernel refuses
 //! tracing programs or lacks the functions' BTF, kprobe/kretprobe pairs.
+//! UPDATE events ([`Updates`]) add one more program of the same kind, on
+//! nf_conntrack_netlink's `ctnetlink_conntrack_event`; they need the
+//! kernel's event cache (`net.netfilter.nf_conntrack_events=1`).
 pub mod btf;
 pub mod btf_object;
 pub mod record;
@@ -23,6 +26,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{FEntry, FExit, KProbe},
 };
+use conntrack_ebpf::ABSENT;
 
 use self::{
     btf::{BtfError, KernelBtf},
@@ -38,6 +42,14 @@ const TRACING: &[(&str, &str, bool)] = &[
     ("ct_insert_fentry", "__nf_conntrack_hash_insert", false),
     ("ct_delete_fexit", "nf_ct_delete", true),
 ];
+
+/// The UPDATE program as fentry, and as kprobe; the function, its module.
+const UPDATE_FENTRY: &str = "ct_update_fentry";
+const UPDATE_KPROBE: &str = "ct_update_entry";
+const UPDATE_FUNCTION: &str = "ctnetlink_conntrack_event";
+const UPDATE_MODULE: &str = "nf_conntrack_netlink";
+/// The sysctl that gives entries the event cache UPDATE events come from.
+const EVENTS_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_events";
 
 /// (program, kernel function) pairs; `_exit` programs are kretprobes.
 const PROBES: &[(&str, &str)] = &[
@@ -76,6 +88,9 @@ pub enum TracerError {
     /// `--ebpf-hook fentry`, and the kernel has no BTF for a function.
     #[error("no BTF for {0} (fentry needs the function in vmlinux or module BTF)")]
     NoFunctionBtf(String),
+    /// UPDATE events were asked for and cannot be had.
+    #[error("{0}")]
+    NoUpdates(String),
     /// A hooked function is not in this kernel.
     #[error("cannot attach to {function}: {reason}")]
     Attach {
@@ -152,6 +167,19 @@ pub enum Hook {
     Kprobe,
 }
 
+/// Whether the tracer reports UPDATE events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Updates {
+    /// Not wanted: the program is not attached.
+    #[default]
+    Off,
+    /// Wanted where the kernel gives them; NEW and DESTROY alone
+    /// otherwise (the start-up line says why).
+    IfAvailable,
+    /// Asked for (`-e UPDATE`): the tracer fails without them.
+    Required,
+}
+
 /// Settings of the tracer.
 #[derive(Clone, Copy, Debug)]
 pub struct TracerConfig {
@@ -161,6 +189,28 @@ pub struct TracerConfig {
     pub filter_netns: u32,
     /// How to attach.
     pub hook: Hook,
+    /// UPDATE events.
+    pub updates: Updates,
+}
+
+/// Why the kernel gives no UPDATE events to a tracer, or `None` when it
+/// does: the event cache must be on for every entry.
+fn updates_unavailable() -> Option<String> {
+    match std::fs::read_to_string(EVENTS_SYSCTL).map(|v| v.trim().to_string()) {
+        Ok(v) if v == "1" => None,
+        Ok(v) => Some(format!(
+            "UPDATE events from eBPF need net.netfilter.nf_conntrack_events=1 (it is {v}: {}); \
+             set it with sysctl, or use --source netlink",
+            if v == "0" {
+                "the kernel tracks no changes"
+            } else {
+                "the kernel tracks changes only while a ctnetlink listener exists"
+            }
+        )),
+        Err(_) => Some(format!(
+            "UPDATE events from eBPF need the kernel's conntrack events (no {EVENTS_SYSCTL})"
+        )),
+    }
 }
 
 /// What [`Tracer::start`] attached.
@@ -180,6 +230,8 @@ pub struct Tracer {
     /// Keeps programs and links alive.
     _ebpf: Ebpf,
     attached: Attached,
+    /// The UPDATE program is attached; else why not, when it was wanted.
+    updates: Result<bool, String>,
     ring: RingBuf<MapData>,
     drops: PerCpuArray<MapData, u64>,
     hz: u32,
@@ -192,6 +244,18 @@ impl Tracer {
         let btf = KernelBtf::load_running()?;
         let mut offsets = btf.conntrack_offsets()?;
         offsets.filter_netns = config.filter_netns;
+        let mut updates_refused = match config.updates {
+            Updates::Off => None,
+            _ => updates_unavailable().or_else(|| {
+                (offsets.event_ct == ABSENT)
+                    .then(|| "this kernel's BTF has no struct nf_ct_event".to_string())
+            }),
+        };
+        if config.updates == Updates::Required
+            && let Some(why) = &updates_refused
+        {
+            return Err(TracerError::NoUpdates(why.clone()));
+        }
         // aya parses the kernel's BTF only for CO-RE relocations, which the
         // programs do not have (offsets come in OFFSETS).
         let mut ebpf = EbpfLoader::new()
@@ -221,6 +285,19 @@ impl Tracer {
                 }
             },
         };
+        if config.updates != Updates::Off && updates_refused.is_none() {
+            let fentry = attached == Attached::Fentry;
+            if let Err(e) = attach_updates(&mut ebpf, &btf, fentry) {
+                if config.updates == Updates::Required {
+                    return Err(e);
+                }
+                updates_refused = Some(e.to_string());
+            }
+        }
+        let updates = match updates_refused {
+            Some(why) => Err(why),
+            None => Ok(config.updates != Updates::Off),
+        };
         let ring = RingBuf::try_from(
             ebpf.take_map(conntrack_ebpf::RING_MAP)
                 .ok_or_else(|| TracerError::Missing("the ring buffer map".into()))?,
@@ -234,6 +311,7 @@ impl Tracer {
         Ok(Self {
             _ebpf: ebpf,
             attached,
+            updates,
             ring,
             drops,
             hz: kernel_hz(),
@@ -241,12 +319,24 @@ impl Tracer {
         })
     }
 
-    /// Programs attached (a started tracer has all of its set).
+    /// Programs attached (a started tracer has all of its set, and the
+    /// UPDATE one when it reports updates).
     pub fn probes(&self) -> usize {
-        match self.attached {
+        let set = match self.attached {
             Attached::Fentry => TRACING.len(),
             Attached::Kprobes { .. } => PROBES.len(),
-        }
+        };
+        set + usize::from(self.reports_updates())
+    }
+
+    /// Whether UPDATE events come.
+    pub fn reports_updates(&self) -> bool {
+        self.updates == Ok(true)
+    }
+
+    /// Why UPDATE events were wanted and do not come.
+    pub fn updates_refused(&self) -> Option<&str> {
+        self.updates.as_ref().err().map(String::as_str)
     }
 
     /// How the programs are attached.
@@ -287,39 +377,95 @@ impl Tracer {
 /// the module (or vmlinux) that has each function.
 fn attach_tracing(ebpf: &mut Ebpf, btf: &KernelBtf) -> Result<(), TracerError> {
     for (program, function, exit) in TRACING {
-        let (id, in_module) = btf
-            .function(function)
-            .ok_or_else(|| TracerError::NoFunctionBtf((*function).to_string()))?;
-        let object = if in_module { "nf_conntrack" } else { "vmlinux" };
-        let btf_fd = btf_object::kernel_btf_fd(object)
-            .map_err(|e| refused(&e, format!("cannot find the {object} BTF object: {e}")))?
-            .ok_or_else(|| {
-                TracerError::NoFunctionBtf(format!("{function} ({object} not loaded)"))
-            })?;
-        let prog = ebpf
-            .program_mut(program)
-            .ok_or_else(|| TracerError::Missing(format!("program {program}")))?;
-        let attach = |e: aya::programs::ProgramError| TracerError::Attach {
-            function: (*function).to_string(),
-            reason: e.to_string(),
-        };
-        if *exit {
-            let p: &mut FExit = prog
-                .try_into()
-                .map_err(|e| TracerError::Load(format!("{program}: {e}")))?;
-            p.load_in_module(id, btf_fd)
-                .map_err(|e| refused(&e, format!("{program}: {e}")))?;
-            p.attach().map_err(attach)?;
-        } else {
-            let p: &mut FEntry = prog
-                .try_into()
-                .map_err(|e| TracerError::Load(format!("{program}: {e}")))?;
-            p.load_in_module(id, btf_fd)
-                .map_err(|e| refused(&e, format!("{program}: {e}")))?;
-            p.attach().map_err(attach)?;
-        }
+        attach_traced(ebpf, btf, program, function, "nf_conntrack", *exit)?;
     }
     Ok(())
+}
+
+/// An fentry program and an fexit one load and attach the same way.
+trait Traced {
+    fn load_in(
+        &mut self,
+        id: u32,
+        btf_fd: std::os::fd::OwnedFd,
+    ) -> Result<(), aya::programs::ProgramError>;
+    fn attach_now(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+impl Traced for FEntry {
+    fn load_in(
+        &mut self,
+        id: u32,
+        btf_fd: std::os::fd::OwnedFd,
+    ) -> Result<(), aya::programs::ProgramError> {
+        self.load_in_module(id, btf_fd)
+    }
+    fn attach_now(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.attach().map(drop)
+    }
+}
+
+impl Traced for FExit {
+    fn load_in(
+        &mut self,
+        id: u32,
+        btf_fd: std::os::fd::OwnedFd,
+    ) -> Result<(), aya::programs::ProgramError> {
+        self.load_in_module(id, btf_fd)
+    }
+    fn attach_now(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.attach().map(drop)
+    }
+}
+
+/// Loads `program` against the BTF of `function` (in `module`, or in
+/// vmlinux where the module is built in) and attaches it.
+fn attach_traced(
+    ebpf: &mut Ebpf,
+    btf: &KernelBtf,
+    program: &str,
+    function: &str,
+    module: &str,
+    exit: bool,
+) -> Result<(), TracerError> {
+    let (id, in_module) = btf
+        .module_function(module, function)?
+        .ok_or_else(|| TracerError::NoFunctionBtf(function.to_string()))?;
+    let object = if in_module { module } else { "vmlinux" };
+    let btf_fd = btf_object::kernel_btf_fd(object)
+        .map_err(|e| refused(&e, format!("cannot find the {object} BTF object: {e}")))?
+        .ok_or_else(|| TracerError::NoFunctionBtf(format!("{function} ({object} not loaded)")))?;
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| TracerError::Missing(format!("program {program}")))?;
+    let not_ours = |e: aya::programs::ProgramError| TracerError::Load(format!("{program}: {e}"));
+    let p: &mut dyn Traced = if exit {
+        <&mut FExit>::try_from(prog).map_err(not_ours)?
+    } else {
+        <&mut FEntry>::try_from(prog).map_err(not_ours)?
+    };
+    p.load_in(id, btf_fd)
+        .map_err(|e| refused(&e, format!("{program}: {e}")))?;
+    p.attach_now().map_err(|e| TracerError::Attach {
+        function: function.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Attaches the UPDATE program, of the kind the other programs are.
+fn attach_updates(ebpf: &mut Ebpf, btf: &KernelBtf, fentry: bool) -> Result<(), TracerError> {
+    if fentry {
+        attach_traced(
+            ebpf,
+            btf,
+            UPDATE_FENTRY,
+            UPDATE_FUNCTION,
+            UPDATE_MODULE,
+            false,
+        )
+    } else {
+        attach_kprobe(ebpf, UPDATE_KPROBE, UPDATE_FUNCTION, UPDATE_MODULE, &mut None)
+    }
 }
 
 /// Undoes what a failed [`attach_tracing`] did (before kprobes take over,
@@ -349,28 +495,42 @@ fn attach_kprobes(ebpf: &mut Ebpf) -> Result<(), TracerError> {
     // slow guest.
     let mut kallsyms: Option<String> = None;
     for (program, function) in PROBES {
-        let probe: &mut KProbe = ebpf
-            .program_mut(program)
-            .ok_or_else(|| TracerError::Missing(format!("program {program}")))?
-            .try_into()
-            .map_err(|e| TracerError::Load(format!("{program}: {e}")))?;
-        probe
-            .load()
-            .map_err(|e| refused(&e, format!("{program}: {e}")))?;
-        if probe.attach(function, 0).is_ok() {
-            continue;
-        }
-        let symbols = kallsyms
-            .get_or_insert_with(|| std::fs::read_to_string("/proc/kallsyms").unwrap_or_default());
-        let symbol = attach_symbol(symbols, function).ok_or_else(|| TracerError::Attach {
-            function: function.to_string(),
-            reason: "not in /proc/kallsyms (is nf_conntrack loaded?)".into(),
-        })?;
-        probe.attach(&symbol, 0).map_err(|e| TracerError::Attach {
-            function: symbol.clone(),
-            reason: e.to_string(),
-        })?;
+        attach_kprobe(ebpf, program, function, "nf_conntrack", &mut kallsyms)?;
     }
+    Ok(())
+}
+
+/// Loads one kprobe (or kretprobe) program and attaches it to `function`
+/// (of `module`), or to its compiler clone (`kallsyms`, read on first
+/// need).
+fn attach_kprobe(
+    ebpf: &mut Ebpf,
+    program: &str,
+    function: &str,
+    module: &str,
+    kallsyms: &mut Option<String>,
+) -> Result<(), TracerError> {
+    let probe: &mut KProbe = ebpf
+        .program_mut(program)
+        .ok_or_else(|| TracerError::Missing(format!("program {program}")))?
+        .try_into()
+        .map_err(|e| TracerError::Load(format!("{program}: {e}")))?;
+    probe
+        .load()
+        .map_err(|e| refused(&e, format!("{program}: {e}")))?;
+    if probe.attach(function, 0).is_ok() {
+        return Ok(());
+    }
+    let symbols = kallsyms
+        .get_or_insert_with(|| std::fs::read_to_string("/proc/kallsyms").unwrap_or_default());
+    let symbol = attach_symbol(symbols, function).ok_or_else(|| TracerError::Attach {
+        function: function.to_string(),
+        reason: format!("not in /proc/kallsyms (is {module} loaded?)"),
+    })?;
+    probe.attach(&symbol, 0).map_err(|e| TracerError::Attach {
+        function: symbol.clone(),
+        reason: e.to_string(),
+    })?;
     Ok(())
 }
 
@@ -431,7 +591,8 @@ mod tests {
         let names = PROBES
             .iter()
             .map(|(p, _)| *p)
-            .chain(TRACING.iter().map(|(p, _, _)| *p));
+            .chain(TRACING.iter().map(|(p, _, _)| *p))
+            .chain([UPDATE_FENTRY, UPDATE_KPROBE]);
         for program in names {
             assert!(
                 programs.iter().any(|p| p == program),
@@ -477,6 +638,7 @@ mod tests {
             ring_size: 1 << 20,
             filter_netns: 0,
             hook: Hook::Auto,
+            updates: Updates::Off,
         }) {
             Err(TracerError::NoKprobes) => assert!(!Path::new(KPROBE_PMU).exists()),
             Err(e) => assert!(!e.to_string().is_empty()),

@@ -4,7 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use conntrack_ebpf::{
-    CT_EVENT_SIZE, CtEvent, CtTuple, EVENT_DESTROY, EVENT_NEW, FLAG_COUNTERS, FLAG_TIMESTAMPS,
+    CT_EVENT_SIZE, CtEvent, CtTuple, EVENT_DESTROY, EVENT_NEW, EVENT_UPDATE, FLAG_COUNTERS,
+    FLAG_TIMESTAMPS, IPCT_MARK, IPCT_PROTOINFO,
 };
 
 use crate::ct::{Conntrack, Counters, EventKind, ProtoState, Tuple, is_icmp, proto};
@@ -13,6 +14,7 @@ use crate::ct::{Conntrack, Counters, EventKind, ProtoState, Tuple, is_icmp, prot
 pub fn event_kind(ev: &CtEvent) -> Option<EventKind> {
     match ev.event {
         EVENT_NEW => Some(EventKind::New),
+        EVENT_UPDATE => Some(EventKind::Update),
         EVENT_DESTROY => Some(EventKind::Destroy),
         _ => None,
     }
@@ -52,7 +54,9 @@ fn tuple(family: u8, l4: u8, t: &CtTuple) -> Tuple {
 }
 
 /// Converts a record into the entry ctnetlink would have reported for the
-/// same event (NEW: timeout and state; DESTROY: counters and timestamps).
+/// same event (NEW: timeout and state; UPDATE: timeout, and the state and
+/// mark as its event bits say, as ctnetlink_conntrack_event does; DESTROY:
+/// counters and timestamps).
 pub fn to_conntrack(ev: &CtEvent, kind: EventKind, hz: u32, ct: &mut Conntrack) {
     let timeout = if ev.timeout > i32::MAX as u32 {
         0
@@ -67,10 +71,14 @@ pub fn to_conntrack(ev: &CtEvent, kind: EventKind, hz: u32, ct: &mut Conntrack) 
         // ctnetlink leaves the timeout out of DESTROY events once it has run
         // out (ctnetlink_dump_timeout with skip_zero); so do we.
         timeout: (kind != EventKind::Destroy || timeout > 0).then_some(timeout),
-        // ctnetlink events carry the mark only when it is set.
-        mark: (ev.mark != 0).then_some(ev.mark),
+        // ctnetlink events carry the mark when it is set, or (UPDATE) when
+        // it is what changed.
+        mark: (ev.mark != 0 || ev.events & IPCT_MARK != 0).then_some(ev.mark),
         zone: (ev.zone != 0).then_some(ev.zone),
-        proto_state: (ev.l4proto == proto::TCP).then_some(ProtoState::Tcp(ev.proto_state)),
+        // An UPDATE carries the state only when the state changed.
+        proto_state: (ev.l4proto == proto::TCP
+            && (kind != EventKind::Update || ev.events & IPCT_PROTOINFO != 0))
+            .then_some(ProtoState::Tcp(ev.proto_state)),
         ..Conntrack::default()
     };
     if kind == EventKind::Destroy {
@@ -117,8 +125,7 @@ mod tests {
         let back = decode_record(&bytes).expect("decodes");
         assert_eq!(back, ev);
         assert_eq!(event_kind(&back), Some(EventKind::Destroy));
-        // No program emits any other kind: such a record is malformed, not
-        // an UPDATE.
+        // No program emits any other kind: such a record is malformed.
         let odd = CtEvent { event: 7, ..back };
         assert_eq!(event_kind(&odd), None);
         assert!(decode_record(&bytes[..CT_EVENT_SIZE - 1]).is_none());
@@ -141,5 +148,79 @@ mod tests {
         assert_eq!(ct.timeout, None);
         to_conntrack(&expired, EventKind::New, 250, &mut ct);
         assert_eq!(ct.timeout, Some(0));
+    }
+
+    #[test]
+    fn an_update_carries_what_its_event_bits_say() {
+        let ev = CtEvent {
+            event: EVENT_UPDATE,
+            l3proto: 2,
+            l4proto: 6,
+            status: 0xe,
+            timeout: 250 * 60,
+            proto_state: 3,
+            ..CtEvent::default()
+        };
+        assert_eq!(event_kind(&ev), Some(EventKind::Update));
+        let mut ct = Conntrack::default();
+        // ASSURED only (IPCT_ASSURED, bit 4): no state, no mark of 0.
+        to_conntrack(
+            &CtEvent {
+                events: 1 << 4,
+                ..ev
+            },
+            EventKind::Update,
+            250,
+            &mut ct,
+        );
+        assert_eq!(
+            (ct.proto_state, ct.mark, ct.timeout),
+            (None, None, Some(60))
+        );
+        assert_eq!(ct.status, Some(0xe));
+        // A state change carries the state.
+        to_conntrack(
+            &CtEvent {
+                events: IPCT_PROTOINFO,
+                ..ev
+            },
+            EventKind::Update,
+            250,
+            &mut ct,
+        );
+        assert_eq!(ct.proto_state, Some(ProtoState::Tcp(3)));
+        // A mark change carries the mark, even 0; a set mark always shows.
+        to_conntrack(
+            &CtEvent {
+                events: IPCT_MARK,
+                ..ev
+            },
+            EventKind::Update,
+            250,
+            &mut ct,
+        );
+        assert_eq!(ct.mark, Some(0));
+        to_conntrack(
+            &CtEvent {
+                events: 1 << 4,
+                mark: 9,
+                ..ev
+            },
+            EventKind::Update,
+            250,
+            &mut ct,
+        );
+        assert_eq!(ct.mark, Some(9));
+        // NEW keeps its state whatever the bits.
+        to_conntrack(
+            &CtEvent {
+                event: EVENT_NEW,
+                ..ev
+            },
+            EventKind::New,
+            250,
+            &mut ct,
+        );
+        assert_eq!(ct.proto_state, Some(ProtoState::Tcp(3)));
     }
 }

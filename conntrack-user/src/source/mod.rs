@@ -15,7 +15,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     ct::{Conntrack, EventKind},
-    ebpf::{Attached, Hook, Tracer, TracerConfig, TracerError},
+    ebpf::{Attached, Hook, Tracer, TracerConfig, TracerError, Updates},
     netlink::{
         CtSocket, NetlinkError,
         events::{EventConfig, EventMask, EventSocket},
@@ -42,6 +42,8 @@ pub struct SourceConfig {
     pub choice: SourceChoice,
     /// `-e`: the events wanted (ctnetlink joins only these groups).
     pub mask: EventMask,
+    /// Whether the eBPF source must report UPDATE events.
+    pub updates: Updates,
     /// `-b`: the netlink receive buffer in bytes.
     pub rcvbuf: usize,
     /// `--reliable`: ctnetlink's reliable delivery.
@@ -59,6 +61,7 @@ impl Default for SourceConfig {
         Self {
             choice: SourceChoice::Auto,
             mask: EventMask::default(),
+            updates: Updates::IfAvailable,
             rcvbuf: DEFAULT_RCVBUF,
             reliable: false,
             ring_size: DEFAULT_RING_SIZE,
@@ -210,6 +213,11 @@ impl Source {
                 ring_size: config.ring_size,
                 filter_netns,
                 hook: config.hook,
+                updates: if config.mask.update {
+                    config.updates
+                } else {
+                    Updates::Off
+                },
             });
             match started {
                 Ok(tracer) => {
@@ -270,6 +278,16 @@ impl Source {
         }
     }
 
+    /// Where state changes come from: `"events"` (ctnetlink, or eBPF with
+    /// its UPDATE program) or `"dumps"` (eBPF without: only resyncs see
+    /// them).
+    pub fn updates_from(&self) -> &'static str {
+        match &self.kind {
+            Kind::Ebpf(tracer) if !tracer.reports_updates() => "dumps",
+            _ => "events",
+        }
+    }
+
     /// Why eBPF is not used, when `auto` fell back to ctnetlink.
     pub fn fallback(&self) -> Option<&str> {
         self.fallback.as_deref()
@@ -279,19 +297,25 @@ impl Source {
     /// nothing when ctnetlink was asked for.
     pub fn startup_line(&self) -> Option<String> {
         match (&self.kind, &self.fallback) {
-            (Kind::Ebpf(tracer), _) => Some(match tracer.attached() {
-                Attached::Fentry => {
-                    "ctscope: event source: eBPF (fentry/fexit on nf_conntrack)".into()
-                }
-                Attached::Kprobes {
-                    fentry_refused: None,
-                } => "ctscope: event source: eBPF (kprobes on nf_conntrack)".into(),
-                Attached::Kprobes {
-                    fentry_refused: Some(why),
-                } => format!(
-                    "ctscope: event source: eBPF (kprobes on nf_conntrack; fentry unavailable: {why})"
-                ),
-            }),
+            (Kind::Ebpf(tracer), _) => {
+                let hooks = match tracer.attached() {
+                    Attached::Fentry => "fentry/fexit on nf_conntrack".to_string(),
+                    Attached::Kprobes {
+                        fentry_refused: None,
+                    } => "kprobes on nf_conntrack".into(),
+                    Attached::Kprobes {
+                        fentry_refused: Some(why),
+                    } => format!("kprobes on nf_conntrack; fentry unavailable: {why}"),
+                };
+                let updates = if tracer.reports_updates() {
+                    "; UPDATE events from ctnetlink_conntrack_event".to_string()
+                } else if let Some(why) = tracer.updates_refused() {
+                    format!("; no UPDATE events: {why}")
+                } else {
+                    String::new()
+                };
+                Some(format!("ctscope: event source: eBPF ({hooks}){updates}"))
+            }
             (Kind::Netlink(_), Some(note)) => Some(format!("ctscope: {note}")),
             (Kind::Netlink(_), None) => None,
         }

@@ -33,6 +33,8 @@ use crate::{
 pub struct Status {
     /// "netlink" or "ebpf".
     pub source: &'static str,
+    /// Where state changes come from: "events" or "dumps".
+    pub updates: &'static str,
     /// Events per second lately.
     pub events_per_sec: f64,
     /// NEW per second.
@@ -129,7 +131,11 @@ pub fn draw(frame: &mut Frame, app: &App, shown: Shown<'_>, table: &table::Table
     };
     let latency = format!(
         "tcp set-up: {}  delivery: {}",
-        quantiles(&s.tcp_setup_us, "us"),
+        if status.updates == "dumps" {
+            "needs UPDATE events (nf_conntrack_events=1)".to_string()
+        } else {
+            quantiles(&s.tcp_setup_us, "us")
+        },
         if s.delivery_ns.is_empty() {
             "needs the eBPF source".to_string()
         } else {

@@ -8,6 +8,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use crate::{
     cli::{CliError, Result, args::ServeArgs, signals::stop_on_signals, usage},
+    ebpf::Updates,
     metrics::{FeedCounters, Snapshot, exposition::ExporterInfo},
     netlink::events::EventMask,
     source::{Source, SourceChoice},
@@ -62,7 +63,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let local = listener.local_addr().unwrap_or(args.listen);
     let stop = stop_on_signals(true)?;
     // Subscribe before the first dump, so nothing falls between them.
-    let source = Source::open(&args.source.config(EventMask::default(), false))?;
+    let source = Source::open(&args.source.config(
+        EventMask::default(),
+        Updates::IfAvailable,
+        false,
+    ))?;
     if let Some(line) = source.startup_line() {
         eprintln!("{line}");
     }

@@ -107,6 +107,7 @@ fn frame_buffer(app: &mut App, t: &table::Table, width: u16, height: u16) -> Buf
     app.request_names(&shown);
     let totals = app.totals.then(|| Totals::count(t.entries(), total));
     let status = Status {
+        updates: "events",
         source: "netlink",
         ..Status::default()
     };

@@ -118,3 +118,179 @@ fn a_signal_ends_profile_early_with_its_report() {
         ns.conntrack(&["-F"]);
     }
 }
+
+/// One section of `profile -o hgrm`: its rows (value, percentile level,
+/// total count) and the footer's max and total count.
+struct HgrmSection {
+    rows: Vec<(f64, f64, u64)>,
+    max: f64,
+    total: u64,
+}
+
+impl HgrmSection {
+    /// The value HdrHistogram gives at quantile `q`: the first row whose
+    /// level reaches `q` (the last row is the 100 % one, the max).
+    fn value_at(&self, q: f64) -> f64 {
+        self.rows
+            .iter()
+            .find(|r| r.1 >= q - 1e-12)
+            .or(self.rows.last())
+            .map_or(0.0, |r| r.0)
+    }
+}
+
+/// Splits `-o hgrm` output at its `# NAME (UNIT)` lines and reads each
+/// section's table and footer.
+fn parse_hgrm(text: &str) -> std::collections::BTreeMap<String, HgrmSection> {
+    let mut sections = std::collections::BTreeMap::new();
+    let mut name: Option<String> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let n = rest.split(' ').next().expect("a name").to_string();
+            sections.insert(
+                n.clone(),
+                HgrmSection {
+                    rows: Vec::new(),
+                    max: f64::NAN,
+                    total: u64::MAX,
+                },
+            );
+            name = Some(n);
+            continue;
+        }
+        let section = sections
+            .get_mut(name.as_deref().expect("a section header first"))
+            .expect("section");
+        if let Some(rest) = line.strip_prefix("#[Max     =") {
+            let (max, total) = rest.split_once(", Total count    =").expect("max line");
+            section.max = max.trim().parse().expect("max");
+            section.total = total.trim_end_matches(']').trim().parse().expect("total");
+            continue;
+        }
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        if line.starts_with('#') || cells.is_empty() || cells[0] == "Value" {
+            continue;
+        }
+        assert!(
+            cells.len() == 4 || cells.len() == 3,
+            "a row of 4 (3 at 100 %) columns: {line:?}"
+        );
+        section.rows.push((
+            cells[0].parse().expect("value"),
+            cells[1].parse().expect("percentile"),
+            cells[2].parse().expect("total count"),
+        ));
+    }
+    sections
+}
+
+/// `-o hgrm` and `-o json` of the same run agree: two profiles watch the
+/// same churn in one namespace and, with nf_conntrack_timestamp=1, each
+/// lifetime is the kernel's stop - start from the DESTROY event, the same
+/// value for both. Totals, max and the JSON's percentiles all match the
+/// hgrm tables.
+#[test]
+fn hgrm_agrees_with_the_json_report_of_the_same_run() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    ns.exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=1"]);
+    let mut json = ns.spawn_ctscope(&["profile", "--duration", "6", "-o", "json"]);
+    let mut hgrm = ns.spawn_ctscope(&["profile", "--duration", "6", "-o", "hgrm"]);
+    ns.wait_for_listeners(2).expect("both profiles listening");
+    std::thread::sleep(Duration::from_millis(300));
+    // 24 UDP and 6 TCP entries, ended in batches 0.1 to 1.6 s apart, so the
+    // lifetimes spread over more than a decade.
+    let insert = |proto: &str, sport: u16| {
+        let sport = sport.to_string();
+        let mut args = vec![
+            "-I", "-p", proto, "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", &sport, "--dport",
+            "53", "-t", "600",
+        ];
+        if proto == "tcp" {
+            args.extend(["--state", "ESTABLISHED"]);
+        }
+        ns.conntrack(&args);
+    };
+    let delete = |proto: &str, sport: u16| {
+        let sport = sport.to_string();
+        ns.conntrack(&[
+            "-D", "-p", proto, "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", &sport, "--dport",
+            "53",
+        ]);
+    };
+    for i in 0..24 {
+        insert("udp", 5000 + i);
+    }
+    for i in 0..6 {
+        insert("tcp", 6000 + i);
+    }
+    for (batch, wait_ms) in [(0..8u16, 100), (8..16, 400), (16..24, 1600)] {
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        for i in batch {
+            delete("udp", 5000 + i);
+        }
+    }
+    for i in 0..6 {
+        delete("tcp", 6000 + i);
+    }
+    let json = json
+        .wait_timeout(Duration::from_secs(15))
+        .expect("json profile ends");
+    let hgrm = hgrm
+        .wait_timeout(Duration::from_secs(15))
+        .expect("hgrm profile ends");
+    assert_eq!(json.code, 0, "{json}");
+    assert_eq!(hgrm.code, 0, "{hgrm}");
+    let report: serde_json::Value = serde_json::from_str(&json.stdout).expect("one JSON object");
+    let sections = parse_hgrm(&hgrm.stdout);
+    let names: Vec<&str> = sections.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "delivery_ns",
+            "lifetime_ms/tcp",
+            "lifetime_ms/udp",
+            "tcp_lifetime_ms/ESTABLISHED",
+            "tcp_setup_us"
+        ],
+        "{}",
+        hgrm.stdout
+    );
+    let mut keyed = Vec::new();
+    for key in ["lifetime_ms", "tcp_lifetime_ms"] {
+        for pair in report[key].as_array().expect("a list") {
+            keyed.push((
+                format!("{key}/{}", pair[0].as_str().expect("name")),
+                &pair[1],
+            ));
+        }
+    }
+    assert_eq!(keyed[0].1["count"], 6, "{report}");
+    assert_eq!(keyed[1].1["count"], 24, "{report}");
+    // The UDP lifetimes span 100 ms to ~2 s: a real spread to compare.
+    assert!(keyed[1].1["max"].as_u64().expect("max") >= 1500, "{report}");
+    for (name, q) in keyed {
+        let s = &sections[&name];
+        assert_eq!(s.total, q["count"].as_u64().expect("count"), "{name}");
+        assert_eq!(s.rows.last().expect("rows").2, s.total, "{name}");
+        assert_eq!(s.max, q["max"].as_f64().expect("max"), "{name}");
+        for (key, level) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
+            assert_eq!(
+                s.value_at(level),
+                q[key].as_f64().expect("percentile"),
+                "{name} {key}\n{}",
+                hgrm.stdout
+            );
+        }
+    }
+    // The set-up and delivery times are measured by each process when it
+    // reads the events, so only their counts must agree.
+    for key in ["tcp_setup_us", "delivery_ns"] {
+        assert_eq!(
+            sections[key].total,
+            report[key]["count"].as_u64().expect("count"),
+            "{key}"
+        );
+    }
+}

@@ -3,11 +3,56 @@
 //! rates, lifetime / set-up / delivery histograms, top talkers and table
 //! pressure (count against nf_conntrack_max, and the kernel's early_drop,
 //! insert_failed and drop counters over the run).
+mod hgrm;
+
 use std::{collections::HashMap, fmt::Write as _, net::IpAddr};
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::table::{Table, summary};
+pub use self::hgrm::hgrm;
+use crate::table::{Stats, Table, summary};
+
+/// One of the run's histograms, named as the JSON report names it.
+#[derive(Clone, Debug)]
+pub struct NamedHistogram<'a> {
+    /// The JSON key, then `/` and the protocol or end state for the keyed
+    /// ones: `lifetime_ms/tcp`, `tcp_lifetime_ms/ESTABLISHED`,
+    /// `tcp_setup_us`, `delivery_ns`.
+    pub name: String,
+    /// The unit of its values: ms, us or ns.
+    pub unit: &'static str,
+    /// The histogram.
+    pub histogram: &'a Histogram<u64>,
+}
+
+/// Every histogram of the run, in the JSON report's order.
+pub fn histograms(stats: &Stats) -> Vec<NamedHistogram<'_>> {
+    let mut out = Vec::new();
+    for (key, map) in [
+        ("lifetime_ms", &stats.lifetime_ms),
+        ("tcp_lifetime_ms", &stats.tcp_lifetime_ms),
+    ] {
+        let mut keyed: Vec<_> = map.iter().collect();
+        keyed.sort_by(|a, b| a.0.cmp(b.0));
+        out.extend(keyed.into_iter().map(|(k, h)| NamedHistogram {
+            name: format!("{key}/{k}"),
+            unit: "ms",
+            histogram: h,
+        }));
+    }
+    out.push(NamedHistogram {
+        name: "tcp_setup_us".into(),
+        unit: "us",
+        histogram: &stats.tcp_setup_us,
+    });
+    out.push(NamedHistogram {
+        name: "delivery_ns".into(),
+        unit: "ns",
+        histogram: &stats.delivery_ns,
+    });
+    out
+}
 
 /// One histogram as count and quantiles.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]

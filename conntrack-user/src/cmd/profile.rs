@@ -74,12 +74,14 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
     let lost = lost.ring_full + lost.overruns;
     let report = report::report(&table, elapsed, source_name, lost, pressure, args.top);
     let mut out = io::stdout().lock();
-    if args.output == "json" {
-        let line =
-            serde_json::to_string(&report).map_err(|e| CliError::Failed(format!("json: {e}")))?;
-        writeln!(out, "{line}")?;
-    } else {
-        out.write_all(report::text(&report).as_bytes())?;
+    match args.output.as_str() {
+        "json" => {
+            let line = serde_json::to_string(&report)
+                .map_err(|e| CliError::Failed(format!("json: {e}")))?;
+            writeln!(out, "{line}")?;
+        }
+        "hgrm" => out.write_all(report::hgrm(&report::histograms(&table.stats)).as_bytes())?,
+        _ => out.write_all(report::text(&report).as_bytes())?,
     }
     out.flush()?;
     match gone {

@@ -3,7 +3,7 @@
 //! kernel's.
 use std::time::Duration;
 
-use ctscope_e2e::Netns;
+use ctscope_e2e::{Netns, Tmux};
 
 #[test]
 fn profile_counts_the_churn_of_the_run() {
@@ -59,6 +59,11 @@ fn profile_counts_the_churn_of_the_run() {
     let out = child.wait_with_output().expect("profile ends");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    // stderr is a pipe here: no progress line, not even an erased one.
+    assert!(
+        !stderr.contains("profile:") && !stderr.contains('\r') && !stderr.contains('\x1b'),
+        "{stderr:?}"
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(report["new"], 40, "{report}");
     assert_eq!(report["destroy"], 10, "{report}");
@@ -293,4 +298,85 @@ fn hgrm_agrees_with_the_json_report_of_the_same_run() {
             "{key}"
         );
     }
+}
+
+/// On a terminal, a running profile shows one stderr line rewritten in
+/// place (elapsed of total seconds, NEW, DESTROY and lost so far); Ctrl-C
+/// erases it and the report of what was seen follows.
+#[test]
+fn progress_line_on_a_terminal_then_ctrl_c_gives_the_report() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    let report = std::env::temp_dir().join(format!("{}-progress.json", ns.name()));
+    let tmux = Tmux::start(
+        &format!(
+            "ip netns exec {} {} profile --duration 60 -o json > {}; echo EXITED=$?; sleep 60",
+            ns.name(),
+            ctscope_e2e::ctscope_bin_str(),
+            report.display()
+        ),
+        120,
+    );
+    let (up, screen) = tmux.wait(Duration::from_secs(5), |s| {
+        progress_line(s).is_some_and(|l| l.ends_with("/60 s  NEW 0  DESTROY 0  lost 0"))
+    });
+    assert!(up, "no progress line\n{screen}");
+    for i in 0..3u16 {
+        let sport = (7000 + i).to_string();
+        ns.conntrack(&[
+            "-I", "-p", "udp", "-s", "10.6.0.1", "-d", "10.6.0.2", "--sport", &sport, "--dport",
+            "53", "-t", "600",
+        ]);
+    }
+    ns.conntrack(&[
+        "-D", "-p", "udp", "-s", "10.6.0.1", "-d", "10.6.0.2", "--sport", "7000", "--dport", "53",
+    ]);
+    let (counted, screen) = tmux.wait(Duration::from_secs(5), |s| {
+        progress_line(s).is_some_and(|l| l.ends_with("/60 s  NEW 3  DESTROY 1  lost 0"))
+    });
+    assert!(counted, "the line did not count the churn\n{screen}");
+    // Rewritten in place: its seconds move on, and it stays one line.
+    let first = progress_line(&screen).map_or(0, seconds);
+    let (moved, screen) = tmux.wait(Duration::from_secs(5), |s| {
+        progress_line(s).is_some_and(|l| seconds(l) > first)
+    });
+    assert!(moved, "the elapsed seconds did not move\n{screen}");
+    let lines = screen
+        .lines
+        .iter()
+        .filter(|l| l.contains("profile: "))
+        .count();
+    assert_eq!(lines, 1, "{screen}");
+    tmux.keys(&["C-c"]);
+    let (ended, screen) = tmux.wait(Duration::from_secs(5), |s| s.has_line_starting("EXITED="));
+    assert!(ended, "profile did not end on Ctrl-C\n{screen}");
+    assert!(screen.has_line_starting("EXITED=0"), "{screen}");
+    assert!(
+        !screen.lines.iter().any(|l| l.contains("profile: ")),
+        "the progress line was left behind\n{screen}"
+    );
+    let text = std::fs::read_to_string(&report).expect("the report file");
+    let _ = std::fs::remove_file(&report);
+    let report: serde_json::Value = serde_json::from_str(&text).expect("one JSON object");
+    assert_eq!(report["new"], 3, "{report}");
+    assert_eq!(report["destroy"], 1, "{report}");
+}
+
+/// The progress line on the screen, if there is one (the source's start-up
+/// line may come before it).
+fn progress_line(screen: &ctscope_e2e::Screen) -> Option<&str> {
+    screen
+        .lines
+        .iter()
+        .map(String::as_str)
+        .find(|l| l.starts_with("profile: "))
+}
+
+/// The elapsed seconds of a progress line (`profile: 12/60 s ...`).
+fn seconds(line: &str) -> u64 {
+    line.strip_prefix("profile: ")
+        .and_then(|l| l.split('/').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }

@@ -1,11 +1,15 @@
 //! profile: watches for `--duration`, then reports churn, lifetimes,
-//! latencies, top talkers and table pressure (text or JSON).
+//! latencies, top talkers and table pressure (text, JSON or hgrm), with a
+//! progress line on a terminal's stderr while it watches.
+mod progress;
+
 use std::{
     io::{self, Write},
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
+use self::progress::{Counts, Progress};
 use super::{dump_all, pressure_counters, read_sysctl};
 use crate::{
     cli::{CliError, Result, args::ProfileArgs, signals::stop_on_signals, usage},
@@ -38,11 +42,22 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
     // The churn counts only what happens during the run.
     table.stats.new_total = 0;
     table.stats.destroy_total = 0;
-    let (source_name, lost, gone) = runtime.block_on(async {
+    let mut progress = Progress::new(deadline.map(|_| args.duration));
+    let read = runtime.block_on(async {
         let mut reader = source.reader()?;
         let mut gone = None;
         while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
             let now = Instant::now();
+            let lost = reader.lost();
+            progress.tick(
+                now,
+                now.duration_since(start),
+                Counts {
+                    new: table.stats.new_total,
+                    destroy: table.stats.destroy_total,
+                    lost: lost.ring_full + lost.overruns,
+                },
+            );
             let read = reader
                 .read(Duration::from_millis(100), |ev| {
                     table.apply(ev.kind, ev.ct, now, ev.delivery_ns);
@@ -60,7 +75,9 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
             }
         }
         Ok::<_, SourceError>((reader.name(), reader.lost(), gone))
-    })?;
+    });
+    progress.clear();
+    let (source_name, lost, gone) = read?;
     let elapsed = start.elapsed().as_secs_f64();
     table.resync(dump_all()?, Instant::now());
     let after = pressure_counters(&mut sock)?;

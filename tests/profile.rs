@@ -204,41 +204,7 @@ fn hgrm_agrees_with_the_json_report_of_the_same_run() {
     let mut hgrm = ns.spawn_ctscope(&["profile", "--duration", "6", "-o", "hgrm"]);
     ns.wait_for_listeners(2).expect("both profiles listening");
     std::thread::sleep(Duration::from_millis(300));
-    // 24 UDP and 6 TCP entries, ended in batches 0.1 to 1.6 s apart, so the
-    // lifetimes spread over more than a decade.
-    let insert = |proto: &str, sport: u16| {
-        let sport = sport.to_string();
-        let mut args = vec![
-            "-I", "-p", proto, "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", &sport, "--dport",
-            "53", "-t", "600",
-        ];
-        if proto == "tcp" {
-            args.extend(["--state", "ESTABLISHED"]);
-        }
-        ns.conntrack(&args);
-    };
-    let delete = |proto: &str, sport: u16| {
-        let sport = sport.to_string();
-        ns.conntrack(&[
-            "-D", "-p", proto, "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", &sport, "--dport",
-            "53",
-        ]);
-    };
-    for i in 0..24 {
-        insert("udp", 5000 + i);
-    }
-    for i in 0..6 {
-        insert("tcp", 6000 + i);
-    }
-    for (batch, wait_ms) in [(0..8u16, 100), (8..16, 400), (16..24, 1600)] {
-        std::thread::sleep(Duration::from_millis(wait_ms));
-        for i in batch {
-            delete("udp", 5000 + i);
-        }
-    }
-    for i in 0..6 {
-        delete("tcp", 6000 + i);
-    }
+    churn_with_spread_lifetimes(&ns);
     let json = json
         .wait_timeout(Duration::from_secs(15))
         .expect("json profile ends");
@@ -379,4 +345,147 @@ fn seconds(line: &str) -> u64 {
         .and_then(|l| l.split('/').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// 24 UDP and 6 TCP entries, the UDP ones ended in batches 0.1 to 1.6 s
+/// apart, so their lifetimes spread over more than a decade.
+fn churn_with_spread_lifetimes(ns: &Netns) {
+    let insert = |proto: &str, sport: u16| {
+        let sport = sport.to_string();
+        let mut args = vec![
+            "-I", "-p", proto, "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", &sport, "--dport",
+            "53", "-t", "600",
+        ];
+        if proto == "tcp" {
+            args.extend(["--state", "ESTABLISHED"]);
+        }
+        ns.conntrack(&args);
+    };
+    let delete = |proto: &str, sport: u16| {
+        let sport = sport.to_string();
+        ns.conntrack(&[
+            "-D", "-p", proto, "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", &sport, "--dport",
+            "53",
+        ]);
+    };
+    for i in 0..24 {
+        insert("udp", 5000 + i);
+    }
+    for i in 0..6 {
+        insert("tcp", 6000 + i);
+    }
+    for (batch, wait_ms) in [(0..8u16, 100), (8..16, 400), (16..24, 1600)] {
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        for i in batch {
+            delete("udp", 5000 + i);
+        }
+    }
+    for i in 0..6 {
+        delete("tcp", 6000 + i);
+    }
+}
+
+/// "200 ms", "2 s", "50 us", "500 ns" in the chart's labels, as ms.
+fn label_ms(label: &str) -> f64 {
+    let (n, unit) = label.trim().split_once(' ').expect("NUMBER UNIT");
+    let n: f64 = n.parse().expect("a number");
+    n * match unit {
+        "ns" => 1e-6,
+        "us" => 1e-3,
+        "ms" => 1.0,
+        "s" => 1e3,
+        other => panic!("unit {other}"),
+    }
+}
+
+/// One chart line `LO .. HI  BAR  COUNT`: (lo ms, hi ms, the bar's length
+/// in eighths of a cell, count).
+fn chart_line(line: &str) -> (f64, f64, u64, u64) {
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    // LO UNIT .. HI UNIT [BAR] COUNT
+    assert_eq!(cells[2], "..", "{line:?}");
+    let lo = label_ms(&format!("{} {}", cells[0], cells[1]));
+    let hi = label_ms(&format!("{} {}", cells[3], cells[4]));
+    let count = cells.last().expect("count").parse().expect("a count");
+    let eighths = line
+        .chars()
+        .map(|c| match c {
+            '█' => 8,
+            '▉' => 7,
+            '▊' => 6,
+            '▋' => 5,
+            '▌' => 4,
+            '▍' => 3,
+            '▎' => 2,
+            '▏' => 1,
+            _ => 0,
+        })
+        .sum();
+    (lo, hi, eighths, count)
+}
+
+/// The text report draws each lifetime histogram under its percentile
+/// line: one line a 1-2-5 bucket (`LO .. HI  BAR  COUNT`) whose counts add
+/// up to the line's count, bars proportional to the counts in eighths of a
+/// cell (the largest 40 cells), the max in the last bucket and p50 in the
+/// bucket where the running count passes half.
+#[test]
+fn text_report_charts_each_lifetime_histogram() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    ns.exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=1"]);
+    let mut profile = ns.spawn_ctscope(&["profile", "--duration", "5"]);
+    ns.wait_for_listeners(1).expect("profile listening");
+    std::thread::sleep(Duration::from_millis(300));
+    churn_with_spread_lifetimes(&ns);
+    let out = profile
+        .wait_timeout(Duration::from_secs(15))
+        .expect("profile ends");
+    assert_eq!(out.code, 0, "{out}");
+    let text = &out.stdout;
+    let lines: Vec<&str> = text.lines().collect();
+    for (proto, expected) in [("udp", 24u64), ("tcp", 6)] {
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("  {proto} ")) && l.contains(" count "))
+            .unwrap_or_else(|| panic!("no {proto} lifetime line\n{text}"));
+        let cells: Vec<&str> = lines[at].split_whitespace().collect();
+        let field = |name: &str| -> u64 {
+            let i = cells.iter().position(|c| *c == name).expect("field");
+            cells[i + 1].trim_end_matches("ms").parse().expect("number")
+        };
+        assert_eq!(field("count"), expected, "{text}");
+        let chart: Vec<(f64, f64, u64, u64)> = lines[at + 1..]
+            .iter()
+            .take_while(|l| l.starts_with("      ") && l.contains(" .. "))
+            .map(|l| chart_line(l))
+            .collect();
+        assert!(!chart.is_empty(), "no chart under {proto}\n{text}");
+        assert_eq!(chart.iter().map(|b| b.3).sum::<u64>(), expected, "{text}");
+        let top = chart.iter().map(|b| b.3).max().expect("a bucket");
+        for &(lo, hi, eighths, count) in &chart {
+            assert!(lo < hi, "{text}");
+            // 40 cells of 8 eighths for the largest, rounded up; an eighth
+            // at least for any sample.
+            let want = (count * 320).div_ceil(top);
+            assert_eq!(eighths, want, "{proto} bucket {lo}..{hi}\n{text}");
+        }
+        assert!(chart.windows(2).all(|w| w[0].1 == w[1].0), "gap\n{text}");
+        let last = chart.last().expect("a bucket");
+        let max = field("max") as f64;
+        assert!(last.0 <= max && max < last.1, "max {max}\n{text}");
+        let p50 = field("p50") as f64;
+        let mut running = 0;
+        let half = chart
+            .iter()
+            .find(|b| {
+                running += b.3;
+                running * 2 >= expected
+            })
+            .expect("half");
+        assert!(half.0 <= p50 && p50 < half.1, "p50 {p50}\n{text}");
+    }
+    // The UDP lifetimes spread over several buckets.
+    assert!(text.matches(" .. ").count() >= 4, "{text}");
 }

@@ -204,7 +204,7 @@ fn hgrm_agrees_with_the_json_report_of_the_same_run() {
     let mut hgrm = ns.spawn_ctscope(&["profile", "--duration", "6", "-o", "hgrm"]);
     ns.wait_for_listeners(2).expect("both profiles listening");
     std::thread::sleep(Duration::from_millis(300));
-    churn_with_spread_lifetimes(&ns);
+    ctscope_e2e::spread_lifetimes(&ns);
     let json = json
         .wait_timeout(Duration::from_secs(15))
         .expect("json profile ends");
@@ -347,44 +347,6 @@ fn seconds(line: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// 24 UDP and 6 TCP entries, the UDP ones ended in batches 0.1 to 1.6 s
-/// apart, so their lifetimes spread over more than a decade.
-fn churn_with_spread_lifetimes(ns: &Netns) {
-    let insert = |proto: &str, sport: u16| {
-        let sport = sport.to_string();
-        let mut args = vec![
-            "-I", "-p", proto, "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", &sport, "--dport",
-            "53", "-t", "600",
-        ];
-        if proto == "tcp" {
-            args.extend(["--state", "ESTABLISHED"]);
-        }
-        ns.conntrack(&args);
-    };
-    let delete = |proto: &str, sport: u16| {
-        let sport = sport.to_string();
-        ns.conntrack(&[
-            "-D", "-p", proto, "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", &sport, "--dport",
-            "53",
-        ]);
-    };
-    for i in 0..24 {
-        insert("udp", 5000 + i);
-    }
-    for i in 0..6 {
-        insert("tcp", 6000 + i);
-    }
-    for (batch, wait_ms) in [(0..8u16, 100), (8..16, 400), (16..24, 1600)] {
-        std::thread::sleep(Duration::from_millis(wait_ms));
-        for i in batch {
-            delete("udp", 5000 + i);
-        }
-    }
-    for i in 0..6 {
-        delete("tcp", 6000 + i);
-    }
-}
-
 /// "200 ms", "2 s", "50 us", "500 ns" in the chart's labels, as ms.
 fn label_ms(label: &str) -> f64 {
     let (n, unit) = label.trim().split_once(' ').expect("NUMBER UNIT");
@@ -438,7 +400,7 @@ fn text_report_charts_each_lifetime_histogram() {
     let mut profile = ns.spawn_ctscope(&["profile", "--duration", "5"]);
     ns.wait_for_listeners(1).expect("profile listening");
     std::thread::sleep(Duration::from_millis(300));
-    churn_with_spread_lifetimes(&ns);
+    ctscope_e2e::spread_lifetimes(&ns);
     let out = profile
         .wait_timeout(Duration::from_secs(15))
         .expect("profile ends");

@@ -5,6 +5,9 @@
 //! insert_failed and drop counters over the run).
 pub mod chart;
 mod hgrm;
+pub mod html;
+mod plots;
+pub mod timeline;
 
 use std::{collections::HashMap, fmt::Write as _, net::IpAddr};
 

@@ -137,6 +137,10 @@ pub struct ProfileArgs {
     /// How many top talkers of each kind.
     #[arg(long = "top", default_value_t = 10)]
     pub top: usize,
+    /// Also write the report as one self-contained HTML page with charts
+    /// (inline SVG, nothing fetched).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub source: SourceArgs,
 }

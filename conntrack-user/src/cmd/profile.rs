@@ -4,6 +4,7 @@
 mod progress;
 
 use std::{
+    fs::File,
     io::{self, Write},
     sync::atomic::Ordering,
     time::{Duration, Instant},
@@ -14,7 +15,11 @@ use super::{dump_all, pressure_counters, read_sysctl};
 use crate::{
     cli::{CliError, Result, args::ProfileArgs, signals::stop_on_signals, usage},
     netlink::{CtSocket, events::EventMask},
-    report::{self, Pressure},
+    report::{
+        self, Pressure,
+        html::{self, Run},
+        timeline::{Sample, Timeline},
+    },
     source::{Source, SourceError, runtime},
     table::Table,
 };
@@ -26,6 +31,15 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
             "--all-netns is for `events`: profile reconciles its table with dumps of one namespace",
         ));
     }
+    // A file that cannot be written fails now, not after the run.
+    let mut html_file = match &args.html {
+        Some(path) => Some((
+            path,
+            File::create(path)
+                .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?,
+        )),
+        None => None,
+    };
     let stop = stop_on_signals(true)?;
     let mut sock = CtSocket::open()?;
     let before = pressure_counters(&mut sock)?;
@@ -43,15 +57,20 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
     table.stats.new_total = 0;
     table.stats.destroy_total = 0;
     let mut progress = Progress::new(deadline.map(|_| args.duration));
+    let mut timeline = Timeline::default();
     let read = runtime.block_on(async {
         let mut reader = source.reader()?;
         let mut gone = None;
         while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
             let now = Instant::now();
+            let elapsed = now.duration_since(start);
+            if timeline.due(elapsed) {
+                timeline.record(elapsed, sample(&table));
+            }
             let lost = reader.lost();
             progress.tick(
                 now,
-                now.duration_since(start),
+                elapsed,
                 Counts {
                     new: table.stats.new_total,
                     destroy: table.stats.destroy_total,
@@ -78,8 +97,10 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
     });
     progress.clear();
     let (source_name, lost, gone) = read?;
-    let elapsed = start.elapsed().as_secs_f64();
+    let elapsed = start.elapsed();
     table.resync(dump_all()?, Instant::now());
+    timeline.record(elapsed, sample(&table));
+    let elapsed = elapsed.as_secs_f64();
     let after = pressure_counters(&mut sock)?;
     let pressure = Pressure {
         count: table.len() as u64,
@@ -101,8 +122,34 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
         _ => out.write_all(report::text(&report).as_bytes())?,
     }
     out.flush()?;
+    if let Some((path, file)) = &mut html_file {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| "unknown".to_string(), |k| k.trim().to_string());
+        let page = html::page(&Run {
+            report: &report,
+            histograms: &report::histograms(&table.stats),
+            timeline: &timeline,
+            kernel: &kernel,
+        })
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+        file.write_all(page.as_bytes())
+            .and_then(|()| file.flush())
+            .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?;
+    }
     match gone {
         Some(msg) => Err(CliError::Failed(msg)),
         None => Ok(()),
+    }
+}
+
+/// A reading of the run for the timeline: counts so far and the table's
+/// size against nf_conntrack_max.
+fn sample(table: &Table) -> Sample {
+    Sample {
+        secs: 0.0,
+        new: table.stats.new_total,
+        destroy: table.stats.destroy_total,
+        entries: table.len() as u64,
+        max: read_sysctl("nf_conntrack_max"),
     }
 }

@@ -31,7 +31,12 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
             "--all-netns is for `events`: profile reconciles its table with dumps of one namespace",
         ));
     }
-    // A file that cannot be written fails now, not after the run.
+    let stop = stop_on_signals(true)?;
+    let mut sock = CtSocket::open()?;
+    let before = pressure_counters(&mut sock)?;
+    let source = Source::open(&args.source.config(EventMask::default(), false))?;
+    // A file that cannot be written fails now, not after the run (and
+    // after the privilege checks, so a refused run leaves no file).
     let mut html_file = match &args.html {
         Some(path) => Some((
             path,
@@ -40,10 +45,6 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
         )),
         None => None,
     };
-    let stop = stop_on_signals(true)?;
-    let mut sock = CtSocket::open()?;
-    let before = pressure_counters(&mut sock)?;
-    let source = Source::open(&args.source.config(EventMask::default(), false))?;
     if let Some(line) = source.startup_line() {
         eprintln!("{line}");
     }

@@ -2,7 +2,6 @@
 //! 20, 50...) as Unicode block bars, one line a bucket, for `profile`'s
 //! text report.
 use hdrhistogram::Histogram;
-use serde::Serialize;
 
 /// Bars of the largest bucket are this many cells wide.
 pub const BAR_WIDTH: usize = 40;
@@ -11,7 +10,7 @@ pub const BAR_WIDTH: usize = 40;
 const PARTIAL: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
 
 /// One log-spaced bucket: the samples with values in `[lo, hi)`.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bucket {
     /// Lowest value in the bucket.
     pub lo: u64,

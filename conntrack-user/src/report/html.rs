@@ -1,5 +1,5 @@
 //! `profile --html FILE`: the report as one self-contained HTML page. The
-//! charts are inline SVG drawn by plotters ([`super::plots`]), the style
+//! charts are inline SVG drawn by plotters (`report/plots.rs`), the style
 //! sheet is inline, and there is no script, link or image to fetch.
 use std::fmt::Write as _;
 

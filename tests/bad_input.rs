@@ -40,6 +40,8 @@ fn bad_flags_exit_2_with_one_line() {
         &["-L", "-D"],
         &["-F", "-L"],
         &["profile", "--duration", "0"],
+        &["profile", "-o", "svg"],
+        &["profile", "--html"],
         &["top", "--once", "--sort", "bogus"],
         // Values that overflow a duration, a buffer or a ring size: one
         // line, never a panic (1e99 used to panic converting to Duration).

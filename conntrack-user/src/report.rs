@@ -3,11 +3,60 @@
 //! rates, lifetime / set-up / delivery histograms, top talkers and table
 //! pressure (count against nf_conntrack_max, and the kernel's early_drop,
 //! insert_failed and drop counters over the run).
+pub mod chart;
+mod hgrm;
+pub mod html;
+mod plots;
+pub mod timeline;
+
 use std::{collections::HashMap, fmt::Write as _, net::IpAddr};
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::table::{Table, summary};
+pub use self::hgrm::hgrm;
+use crate::table::{Stats, Table, summary};
+
+/// One of the run's histograms, named as the JSON report names it.
+#[derive(Clone, Debug)]
+pub struct NamedHistogram<'a> {
+    /// The JSON key, then `/` and the protocol or end state for the keyed
+    /// ones: `lifetime_ms/tcp`, `tcp_lifetime_ms/ESTABLISHED`,
+    /// `tcp_setup_us`, `delivery_ns`.
+    pub name: String,
+    /// The unit of its values: ms, us or ns.
+    pub unit: &'static str,
+    /// The histogram.
+    pub histogram: &'a Histogram<u64>,
+}
+
+/// Every histogram of the run, in the JSON report's order.
+pub fn histograms(stats: &Stats) -> Vec<NamedHistogram<'_>> {
+    let mut out = Vec::new();
+    for (key, map) in [
+        ("lifetime_ms", &stats.lifetime_ms),
+        ("tcp_lifetime_ms", &stats.tcp_lifetime_ms),
+    ] {
+        let mut keyed: Vec<_> = map.iter().collect();
+        keyed.sort_by(|a, b| a.0.cmp(b.0));
+        out.extend(keyed.into_iter().map(|(k, h)| NamedHistogram {
+            name: format!("{key}/{k}"),
+            unit: "ms",
+            histogram: h,
+        }));
+    }
+    out.push(NamedHistogram {
+        name: "tcp_setup_us".into(),
+        unit: "us",
+        histogram: &stats.tcp_setup_us,
+    });
+    out.push(NamedHistogram {
+        name: "delivery_ns".into(),
+        unit: "ns",
+        histogram: &stats.delivery_ns,
+    });
+    out
+}
 
 /// One histogram as count and quantiles.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -24,6 +73,9 @@ pub struct Quantiles {
     pub p999: u64,
     /// Largest.
     pub max: u64,
+    /// Counts in log-spaced buckets, for the text report's chart.
+    #[serde(skip)]
+    pub buckets: Vec<chart::Bucket>,
 }
 
 impl Quantiles {
@@ -36,6 +88,7 @@ impl Quantiles {
             p99,
             p999,
             max,
+            buckets: chart::buckets(h),
         }
     }
 }
@@ -214,6 +267,14 @@ fn q_line(out: &mut String, name: &str, unit: &str, q: &Quantiles) {
     );
 }
 
+/// The percentile line, then the distribution as bars (none when empty).
+fn q_chart(out: &mut String, name: &str, unit: &str, q: &Quantiles) {
+    q_line(out, name, unit, q);
+    for line in chart::lines(&q.buckets, unit, "      ") {
+        let _ = writeln!(out, "{line}");
+    }
+}
+
 /// The text form of the report.
 pub fn text(r: &Report) -> String {
     let mut out = String::new();
@@ -248,7 +309,7 @@ pub fn text(r: &Report) -> String {
         let _ = writeln!(out, "  none ended");
     }
     for (proto, q) in &r.lifetime_ms {
-        q_line(&mut out, proto, "ms", q);
+        q_chart(&mut out, proto, "ms", q);
     }
     for (state, q) in &r.tcp_lifetime_ms {
         q_line(&mut out, &format!("tcp {state}"), "ms", q);
@@ -261,8 +322,8 @@ pub fn text(r: &Report) -> String {
              read the events, and delivery latency needs the eBPF source)"
         );
     }
-    q_line(&mut out, "tcp set-up", "us", &r.tcp_setup_us);
-    q_line(&mut out, "delivery", "ns", &r.delivery_ns);
+    q_chart(&mut out, "tcp set-up", "us", &r.tcp_setup_us);
+    q_chart(&mut out, "delivery", "ns", &r.delivery_ns);
     for (title, list) in [
         ("top sources", &r.top_sources),
         ("top destinations", &r.top_destinations),
@@ -327,7 +388,23 @@ mod tests {
             text.contains("churn: NEW 3 (2/s)  DESTROY 1 (0/s)"),
             "{text}"
         );
+        // The lifetime's chart: its one sample, in the 200-500 ms bucket,
+        // a full bar, right under the udp percentile line.
+        let lines: Vec<&str> = text.lines().collect();
+        let udp = lines
+            .iter()
+            .position(|l| l.starts_with("  udp ") && l.contains(" count "))
+            .expect("udp line");
+        let full = "█".repeat(chart::BAR_WIDTH);
+        assert_eq!(
+            lines[udp + 1],
+            format!("      200 ms .. 500 ms {full} 1"),
+            "{text}"
+        );
+        assert_eq!(lines[udp + 2], "latency:", "{text}");
         let json = serde_json::to_value(&r).expect("json");
+        // The buckets are for the chart only: the JSON keeps its fields.
+        assert!(json["lifetime_ms"][0][1].get("buckets").is_none(), "{json}");
         // One connection each: ties go to the one with more bytes.
         assert_eq!(json["top_dports"][0]["key"], "udp/54");
         assert_eq!(r.top_dports.len(), 2);

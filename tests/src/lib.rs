@@ -6,7 +6,7 @@
 //! same arguments.
 //!
 //! Needs: root (namespaces, nftables, ctnetlink), `ip`, `nft`, `sysctl`,
-//! `conntrack`, `setpriv`, and a built ctscope, taken from `CTSCOPE_BIN` or
+//! `conntrack`, `setpriv`, `tmux`, `chromium` (the HTML report's test), and a built ctscope, taken from `CTSCOPE_BIN` or
 //! else `<workspace>/target/debug/ctscope` (`cargo build -p conntrack-user`).
 //!
 //! Switch: `CTSCOPE_SKIP_NETNS=1` turns these tests off (for machines where
@@ -18,12 +18,14 @@
 //! `command` (a finished run's [`Output`]), `background` (programs left
 //! running), `http` (a tiny HTTP client), `exporter` (`serve`, Prometheus
 //! and node_exporter in a namespace),
-//! `traffic` (the table's entries), `compare` (ctscope's output against
+//! `traffic` (the table's entries), `browser` (headless Chromium for the
+//! HTML report), `compare` (ctscope's output against
 //! conntrack's), `tmux` (driving a terminal screen), `conntrack_max` (the
 //! host's limit) and `xtables` (a connlabel.conf for a test); everything
 //! the tests use is re-exported here.
 
 mod background;
+mod browser;
 mod command;
 mod compare;
 mod conntrack_max;
@@ -40,6 +42,7 @@ use std::{
 };
 
 pub use background::Background;
+pub use browser::{Chromium, LoadedPage, png_size};
 pub use command::{Output, ctscope_bin, ctscope_bin_str, host, run};
 pub use compare::{
     compare_list, compare_list_to, compare_outputs, events_diff, key_values, mask_element,
@@ -54,7 +57,7 @@ pub use exporter::{
 pub use http::{HttpResponse, http_get, sample, url_encode};
 pub use netns::{Netns, SKIP_SWITCH};
 pub use tmux::{Screen, Tmux};
-pub use traffic::{INSERTED, Kept, VARIED_RULESET, udp_flows};
+pub use traffic::{INSERTED, Kept, VARIED_RULESET, spread_lifetimes, udp_flows};
 pub use xtables::XtablesDir;
 
 /// Calls `done` every 10 ms until it returns true (true) or `timeout`

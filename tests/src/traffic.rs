@@ -316,3 +316,41 @@ pub fn udp_flows(flows: u64) -> (u64, Duration) {
     }
     (sent, start.elapsed())
 }
+
+/// 24 UDP and 6 TCP entries, the UDP ones ended in batches 0.1 to 1.6 s
+/// apart, so their lifetimes spread over more than a decade.
+pub fn spread_lifetimes(ns: &crate::Netns) {
+    let insert = |proto: &str, sport: u16| {
+        let sport = sport.to_string();
+        let mut args = vec![
+            "-I", "-p", proto, "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", &sport, "--dport",
+            "53", "-t", "600",
+        ];
+        if proto == "tcp" {
+            args.extend(["--state", "ESTABLISHED"]);
+        }
+        ns.conntrack(&args);
+    };
+    let delete = |proto: &str, sport: u16| {
+        let sport = sport.to_string();
+        ns.conntrack(&[
+            "-D", "-p", proto, "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", &sport, "--dport",
+            "53",
+        ]);
+    };
+    for i in 0..24 {
+        insert("udp", 5000 + i);
+    }
+    for i in 0..6 {
+        insert("tcp", 6000 + i);
+    }
+    for (batch, wait_ms) in [(0..8u16, 100), (8..16, 400), (16..24, 1600)] {
+        thread::sleep(Duration::from_millis(wait_ms));
+        for i in batch {
+            delete("udp", 5000 + i);
+        }
+    }
+    for i in 0..6 {
+        delete("tcp", 6000 + i);
+    }
+}

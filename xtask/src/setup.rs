@@ -49,6 +49,8 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-node-exporter",
     "systemd",
+    // profile --html's test: the page in a real browser (headless).
+    "chromium",
 ];
 
 /// PATH with ~/.cargo/bin first, where bpf-linker is installed.

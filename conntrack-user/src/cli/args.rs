@@ -130,12 +130,17 @@ pub struct ProfileArgs {
     /// How long to watch, in seconds.
     #[arg(long, value_parser = parse_duration, default_value = "10")]
     pub duration: Duration,
-    /// Output: text (default) or json.
-    #[arg(short = 'o', long = "output", value_parser = ["text", "json"], default_value = "text")]
+    /// Output: text (default), json, or hgrm (each histogram in
+    /// HdrHistogram's percentile-distribution text).
+    #[arg(short = 'o', long = "output", value_parser = ["text", "json", "hgrm"], default_value = "text")]
     pub output: String,
     /// How many top talkers of each kind.
     #[arg(long = "top", default_value_t = 10)]
     pub top: usize,
+    /// Also write the report as one self-contained HTML page with charts
+    /// (inline SVG, nothing fetched).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub source: SourceArgs,
 }

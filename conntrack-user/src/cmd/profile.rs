@@ -1,17 +1,26 @@
 //! profile: watches for `--duration`, then reports churn, lifetimes,
-//! latencies, top talkers and table pressure (text or JSON).
+//! latencies, top talkers and table pressure (text, JSON or hgrm), with a
+//! progress line on a terminal's stderr while it watches.
+mod progress;
+
 use std::{
+    fs::File,
     io::{self, Write},
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
+use self::progress::{Counts, Progress};
 use super::{dump_all, pressure_counters, read_sysctl};
 use crate::{
     cli::{CliError, Result, args::ProfileArgs, signals::stop_on_signals, usage},
     ebpf::Updates,
     netlink::{CtSocket, events::EventMask},
-    report::{self, Pressure},
+    report::{
+        self, Pressure,
+        html::{self, Run},
+        timeline::{Sample, Timeline},
+    },
     source::{Source, SourceError, runtime},
     table::Table,
 };
@@ -31,6 +40,16 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
         Updates::IfAvailable,
         false,
     ))?;
+    // A file that cannot be written fails now, not after the run (and
+    // after the privilege checks, so a refused run leaves no file).
+    let mut html_file = match &args.html {
+        Some(path) => Some((
+            path,
+            File::create(path)
+                .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?,
+        )),
+        None => None,
+    };
     if let Some(line) = source.startup_line() {
         eprintln!("{line}");
     }
@@ -43,11 +62,27 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
     // The churn counts only what happens during the run.
     table.stats.new_total = 0;
     table.stats.destroy_total = 0;
-    let (source_name, lost, gone) = runtime.block_on(async {
+    let mut progress = Progress::new(deadline.map(|_| args.duration));
+    let mut timeline = Timeline::default();
+    let read = runtime.block_on(async {
         let mut reader = source.reader()?;
         let mut gone = None;
         while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
             let now = Instant::now();
+            let elapsed = now.duration_since(start);
+            if timeline.due(elapsed) {
+                timeline.record(elapsed, sample(&table));
+            }
+            let lost = reader.lost();
+            progress.tick(
+                now,
+                elapsed,
+                Counts {
+                    new: table.stats.new_total,
+                    destroy: table.stats.destroy_total,
+                    lost: lost.ring_full + lost.overruns,
+                },
+            );
             let read = reader
                 .read(Duration::from_millis(100), |ev| {
                     table.apply(ev.kind, ev.ct, now, ev.delivery_ns);
@@ -65,9 +100,13 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
             }
         }
         Ok::<_, SourceError>((reader.name(), reader.lost(), gone))
-    })?;
-    let elapsed = start.elapsed().as_secs_f64();
+    });
+    progress.clear();
+    let (source_name, lost, gone) = read?;
+    let elapsed = start.elapsed();
     table.resync(dump_all()?, Instant::now());
+    timeline.record(elapsed, sample(&table));
+    let elapsed = elapsed.as_secs_f64();
     let after = pressure_counters(&mut sock)?;
     let pressure = Pressure {
         count: table.len() as u64,
@@ -79,16 +118,44 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
     let lost = lost.ring_full + lost.overruns;
     let report = report::report(&table, elapsed, source_name, lost, pressure, args.top);
     let mut out = io::stdout().lock();
-    if args.output == "json" {
-        let line =
-            serde_json::to_string(&report).map_err(|e| CliError::Failed(format!("json: {e}")))?;
-        writeln!(out, "{line}")?;
-    } else {
-        out.write_all(report::text(&report).as_bytes())?;
+    match args.output.as_str() {
+        "json" => {
+            let line = serde_json::to_string(&report)
+                .map_err(|e| CliError::Failed(format!("json: {e}")))?;
+            writeln!(out, "{line}")?;
+        }
+        "hgrm" => out.write_all(report::hgrm(&report::histograms(&table.stats)).as_bytes())?,
+        _ => out.write_all(report::text(&report).as_bytes())?,
     }
     out.flush()?;
+    if let Some((path, file)) = &mut html_file {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| "unknown".to_string(), |k| k.trim().to_string());
+        let page = html::page(&Run {
+            report: &report,
+            histograms: &report::histograms(&table.stats),
+            timeline: &timeline,
+            kernel: &kernel,
+        })
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+        file.write_all(page.as_bytes())
+            .and_then(|()| file.flush())
+            .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?;
+    }
     match gone {
         Some(msg) => Err(CliError::Failed(msg)),
         None => Ok(()),
+    }
+}
+
+/// A reading of the run for the timeline: counts so far and the table's
+/// size against nf_conntrack_max.
+fn sample(table: &Table) -> Sample {
+    Sample {
+        secs: 0.0,
+        new: table.stats.new_total,
+        destroy: table.stats.destroy_total,
+        entries: table.len() as u64,
+        max: read_sysctl("nf_conntrack_max"),
     }
 }

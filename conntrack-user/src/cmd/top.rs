@@ -22,6 +22,7 @@ use crate::{
     table::Table,
     ui::{
         app::{App, Settings},
+        charts::push_history,
         once,
         resolve::{Resolver, Services, SystemLookup},
         rows, screen,
@@ -255,6 +256,9 @@ async fn feed_loop(
                 s.events_per_sec = window.events as f64 / elapsed;
                 s.new_per_sec = window.new as f64 / elapsed;
                 s.destroy_per_sec = window.destroy as f64 / elapsed;
+                let (new, destroy) = (s.new_per_sec.round(), s.destroy_per_sec.round());
+                push_history(&mut s.new_history, new as u64);
+                push_history(&mut s.destroy_history, destroy as u64);
                 s.lost = lost.ring_full + lost.overruns;
             }
             window = Rates::default();

@@ -464,7 +464,13 @@ fn attach_updates(ebpf: &mut Ebpf, btf: &KernelBtf, fentry: bool) -> Result<(), 
             false,
         )
     } else {
-        attach_kprobe(ebpf, UPDATE_KPROBE, UPDATE_FUNCTION, UPDATE_MODULE, &mut None)
+        attach_kprobe(
+            ebpf,
+            UPDATE_KPROBE,
+            UPDATE_FUNCTION,
+            UPDATE_MODULE,
+            &mut None,
+        )
     }
 }
 

@@ -117,6 +117,9 @@ pub struct App {
     pub confirm_delete: Option<Box<Conntrack>>,
     /// `h`.
     pub show_help: bool,
+    /// `H`: histogram charts in the table's place, rate sparklines in the
+    /// header.
+    pub charts: bool,
     /// A one-line message (errors, results).
     pub message: Option<String>,
     /// Where names come from (asked only while `lookup` is on).
@@ -145,6 +148,7 @@ impl App {
             prompt: None,
             confirm_delete: None,
             show_help: false,
+            charts: false,
             message: None,
             resolver,
         }
@@ -153,6 +157,11 @@ impl App {
     /// Lines above the table: the status panel, and the totals when shown.
     pub fn head_lines(&self) -> u16 {
         5 + u16::from(self.totals)
+            + if self.charts {
+                super::charts::SPARKLINE_LINES
+            } else {
+                0
+            }
     }
 
     /// Rows that fit a terminal `height` lines high.
@@ -208,6 +217,7 @@ impl App {
             format!("i invert {}", on(self.view.invert)),
             format!("m mark cut {}", on(self.mark_truncated)),
             format!("R rate {}s", self.refresh.as_secs_f64()),
+            format!("H charts {}", on(self.charts)),
         ]);
         v
     }
@@ -378,6 +388,7 @@ impl App {
             KeyCode::Char('C') => self.counters = !self.counters,
             KeyCode::Char('p') => self.paused = !self.paused,
             KeyCode::Char('h') => self.show_help = !self.show_help,
+            KeyCode::Char('H') => self.charts = !self.charts,
             KeyCode::Char(' ') => return Action::Refresh,
             KeyCode::Char(c @ ('c' | 't' | 'l' | 'L' | 'f' | 'i' | 'm')) => self.toggle(c),
             // Opens empty, as iptstate does: Enter on nothing clears the filter.

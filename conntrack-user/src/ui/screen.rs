@@ -4,6 +4,7 @@
 //! (event source + periodic dumps); a frame selects and sorts only the
 //! rows it shows.
 use std::{
+    collections::VecDeque,
     io,
     sync::{
         Arc, Mutex,
@@ -22,7 +23,7 @@ use ratatui::{
 };
 
 pub use super::app::{Action, App, Prompt};
-use super::{fit, rows as top, view::Totals};
+use super::{charts, fit, rows as top, view::Totals};
 use crate::{
     ct::{Conntrack, has_ports, is_icmp, proto},
     table::{self, Tracked},
@@ -47,6 +48,10 @@ pub struct Status {
     pub max: Option<u64>,
     /// A note to show once (e.g. why rates are empty).
     pub note: Option<String>,
+    /// NEW per second, a value a second, the last minute, oldest first.
+    pub new_history: VecDeque<u64>,
+    /// DESTROY per second, likewise.
+    pub destroy_history: VecDeque<u64>,
 }
 
 /// The help entries packed into lines of at most `width` columns, never
@@ -99,7 +104,6 @@ pub struct Shown<'a> {
 /// Renders one frame.
 pub fn draw(frame: &mut Frame, app: &App, shown: Shown<'_>, table: &table::Table, status: &Status) {
     let total = shown.total;
-    let shown_rows = shown.rows;
     if app.show_help {
         // The keys over the whole screen, wrapped to its width, so a
         // narrow or short terminal shows them all.
@@ -121,6 +125,17 @@ pub fn draw(frame: &mut Frame, app: &App, shown: Shown<'_>, table: &table::Table
         Constraint::Length(1),
     ])
     .areas(frame.area());
+    // `H`: sparklines under the header's text, charts in the table's place.
+    let (head, sparks) = if app.charts {
+        let [text, sparks] = Layout::vertical([
+            Constraint::Min(1),
+            Constraint::Length(charts::SPARKLINE_LINES),
+        ])
+        .areas(head);
+        (text, Some(sparks))
+    } else {
+        (head, None)
+    };
     let s = &table.stats;
     let lifetimes: Vec<String> = {
         let mut v: Vec<_> = s.lifetime_ms.iter().collect();
@@ -175,6 +190,18 @@ pub fn draw(frame: &mut Frame, app: &App, shown: Shown<'_>, table: &table::Table
         header.push(Line::from(t.to_string()));
     }
     frame.render_widget(Paragraph::new(header), head);
+    if let Some(sparks) = sparks {
+        charts::sparklines(frame, sparks, status);
+        charts::histograms(frame, body, s, status.source);
+    } else {
+        draw_table(frame, app, shown, body);
+    }
+    draw_footer(frame, app, foot);
+}
+
+/// The table of entries in `body`.
+fn draw_table(frame: &mut Frame, app: &App, shown: Shown<'_>, body: ratatui::layout::Rect) {
+    let shown_rows = shown.rows;
 
     let titles = top::titles(app.counters);
     let mut cells: Vec<Vec<String>> = shown_rows
@@ -242,7 +269,10 @@ pub fn draw(frame: &mut Frame, app: &App, shown: Shown<'_>, table: &table::Table
     let mut state =
         TableState::default().with_selected(Some(app.selected.saturating_sub(app.offset)));
     frame.render_stateful_widget(widget, body, &mut state);
+}
 
+/// The last line: a question, a prompt, a message or the key hint.
+fn draw_footer(frame: &mut Frame, app: &App, foot: ratatui::layout::Rect) {
     let footer = if let Some(ct) = &app.confirm_delete {
         format!(
             "Delete {} -> {}? (y/n)",

@@ -549,3 +549,39 @@ fn r_sets_the_refresh_rate() {
         "{s}"
     );
 }
+
+/// `H` swaps the table for the histogram charts, with the rate sparklines
+/// under the header; `H` again brings the rows back.
+#[test]
+fn h_swaps_the_table_for_charts() {
+    let mut t = table::Table::new();
+    let now = Instant::now();
+    for sport in 1..=3 {
+        t.apply(EventKind::New, &entry("10.0.0.1", sport), now, None);
+    }
+    t.apply(
+        EventKind::Destroy,
+        &entry("10.0.0.1", 1),
+        now + Duration::from_millis(300),
+        None,
+    );
+    let mut app = app(false);
+    let rows = screen_sized(&mut app, &t, 100, 30);
+    assert!(rows.contains("\nSource"), "{rows}");
+    let before = app.page(30);
+    app.on_key(key(KeyCode::Char('H')), &[], 2, 7);
+    assert!(app.charts);
+    let charts = screen_sized(&mut app, &t, 100, 30);
+    assert!(!charts.contains("\nSource"), "{charts}");
+    assert!(charts.contains("\nNEW/s     last 60 s"), "{charts}");
+    assert!(charts.contains("\nDESTROY/s last 60 s"), "{charts}");
+    assert!(charts.contains(" lifetime udp, ms (n=1) "), "{charts}");
+    assert!(charts.contains("│200ms..500ms 1█"), "{charts}");
+    // The sparklines take two header lines from the page.
+    assert_eq!(app.page(30), before - 2);
+    app.on_key(key(KeyCode::Char('h')), &[], 2, 7);
+    assert!(screen(&mut app, &t).contains("H charts on"));
+    app.on_key(key(KeyCode::Char('h')), &[], 2, 7);
+    app.on_key(key(KeyCode::Char('H')), &[], 2, 7);
+    assert!(screen_sized(&mut app, &t, 100, 30).contains("\nSource"));
+}

@@ -119,6 +119,30 @@ pub struct Pressure {
     pub drop: u64,
 }
 
+/// What was lost, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LostByReason {
+    /// eBPF records that found the ring buffer full.
+    pub ring_buffer_full: u64,
+    /// ctnetlink receive buffer overruns (ENOBUFS), each an unknown number
+    /// of events.
+    pub netlink_overrun: u64,
+    /// Runs of the eBPF programs the kernel skipped; `null` where it does
+    /// not count them (kprobes before 6.7) or with ctnetlink.
+    pub skipped_by_kernel: Option<u64>,
+}
+
+impl LostByReason {
+    /// From a source's counters.
+    pub fn of(lost: &crate::source::Lost) -> Self {
+        Self {
+            ring_buffer_full: lost.ring_full,
+            netlink_overrun: lost.overruns,
+            skipped_by_kernel: lost.skipped,
+        }
+    }
+}
+
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -126,6 +150,9 @@ pub struct Report {
     pub duration_secs: f64,
     /// "netlink" or "ebpf".
     pub source: &'static str,
+    /// Where state changes (and so TCP set-up times) came from: "events",
+    /// or "dumps" (the eBPF source without UPDATE events).
+    pub updates: &'static str,
     /// NEW events.
     pub new: u64,
     /// DESTROY events.
@@ -134,8 +161,10 @@ pub struct Report {
     pub new_per_sec: f64,
     /// DESTROY per second.
     pub destroy_per_sec: f64,
-    /// Events lost (overruns or ring drops).
+    /// Events lost, all reasons together (an overrun counts once).
     pub lost: u64,
+    /// The same by reason.
+    pub lost_by_reason: LostByReason,
     /// NEW and DESTROY per protocol: (protocol, new, destroy, new/s, destroy/s).
     pub churn_by_proto: Vec<(String, u64, u64, f64, f64)>,
     /// Lifetime in ms per protocol, for connections that ended.
@@ -242,11 +271,13 @@ pub fn report(
     Report {
         duration_secs,
         source,
+        updates: "events",
         new: s.new_total,
         destroy: s.destroy_total,
         new_per_sec: s.new_total as f64 / secs,
         destroy_per_sec: s.destroy_total as f64 / secs,
         lost,
+        lost_by_reason: LostByReason::default(),
         churn_by_proto,
         lifetime_ms,
         tcp_lifetime_ms,
@@ -288,6 +319,18 @@ pub fn text(r: &Report) -> String {
         "churn: NEW {} ({:.0}/s)  DESTROY {} ({:.0}/s)  lost {}",
         r.new, r.new_per_sec, r.destroy, r.destroy_per_sec, r.lost
     );
+    if r.lost > 0 || r.lost_by_reason.skipped_by_kernel.is_none() && r.source == "ebpf" {
+        let l = &r.lost_by_reason;
+        let _ = writeln!(
+            out,
+            "  lost by reason: ring buffer full {}, netlink overruns {}, skipped by the kernel {}",
+            l.ring_buffer_full,
+            l.netlink_overrun,
+            l.skipped_by_kernel
+                .map_or("(not counted by this kernel)".to_string(), |n| n
+                    .to_string())
+        );
+    }
     let max = r
         .pressure
         .max
@@ -320,6 +363,13 @@ pub fn text(r: &Report) -> String {
             out,
             "  (ctnetlink events carry no kernel timestamp: set-up times are measured when ctscope \
              read the events, and delivery latency needs the eBPF source)"
+        );
+    }
+    if r.updates == "dumps" {
+        let _ = writeln!(
+            out,
+            "  (no UPDATE events: TCP set-up times need them; the eBPF source has them with \
+             net.netfilter.nf_conntrack_events=1)"
         );
     }
     q_chart(&mut out, "tcp set-up", "us", &r.tcp_setup_us);

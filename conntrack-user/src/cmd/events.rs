@@ -96,4 +96,10 @@ fn report_lost(lost: &Lost) {
             lost.overruns
         );
     }
+    if let Some(n) = lost.skipped.filter(|n| *n > 0) {
+        eprintln!(
+            "ctscope: {n} events may be lost: the kernel skipped the eBPF programs {n} times \
+             (another BPF program was running on that CPU)"
+        );
+    }
 }

@@ -50,6 +50,7 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
         )),
         None => None,
     };
+    let updates = source.updates_from();
     if let Some(line) = source.startup_line() {
         eprintln!("{line}");
     }
@@ -80,7 +81,7 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
                 Counts {
                     new: table.stats.new_total,
                     destroy: table.stats.destroy_total,
-                    lost: lost.ring_full + lost.overruns,
+                    lost: lost.total(),
                 },
             );
             let read = reader
@@ -89,6 +90,13 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
                 })
                 .await;
             match read {
+                // A loss leaves the table short: a dump puts it right, as
+                // top does (the churn counts stay what the events said).
+                Ok(stats) if stats.lost.any() => {
+                    if let Ok(dump) = dump_all() {
+                        table.resync(dump, Instant::now());
+                    }
+                }
                 Ok(_) => {}
                 // The report of what was seen still comes (ctscope's own
                 // sockets keep the namespace alive), then the reason, exit 1.
@@ -115,8 +123,11 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
         insert_failed: after[1].saturating_sub(before[1]),
         drop: after[2].saturating_sub(before[2]),
     };
-    let lost = lost.ring_full + lost.overruns;
-    let report = report::report(&table, elapsed, source_name, lost, pressure, args.top);
+    let by_reason = report::LostByReason::of(&lost);
+    let lost = lost.total();
+    let mut report = report::report(&table, elapsed, source_name, lost, pressure, args.top);
+    report.updates = updates;
+    report.lost_by_reason = by_reason;
     let mut out = io::stdout().lock();
     match args.output.as_str() {
         "json" => {

@@ -259,7 +259,7 @@ async fn feed_loop(
                 let (new, destroy) = (s.new_per_sec.round(), s.destroy_per_sec.round());
                 push_history(&mut s.new_history, new as u64);
                 push_history(&mut s.destroy_history, destroy as u64);
-                s.lost = lost.ring_full + lost.overruns;
+                s.lost = lost.total();
             }
             window = Rates::default();
             window_start = now;

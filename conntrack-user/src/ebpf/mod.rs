@@ -122,6 +122,25 @@ fn attach_symbol(kallsyms: &str, function: &str) -> Option<String> {
     clone
 }
 
+/// Whether the running kernel's version is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    version_at_least(&release, major, minor)
+}
+
+/// Whether a kernel release string (`6.12.117+deb12-cloud-amd64`) is at
+/// least `major.minor`; false when it does not parse.
+fn version_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let (Some(Ok(a)), Some(Ok(b))) = (
+        parts.next().map(str::parse::<u32>),
+        parts.next().map(str::parse::<u32>),
+    ) else {
+        return false;
+    };
+    (a, b) >= (major, minor)
+}
+
 /// The kernel's HZ: CLOCK_MONOTONIC_COARSE ticks once per jiffy.
 fn kernel_hz() -> u32 {
     let mut ts = libc::timespec {
@@ -227,9 +246,13 @@ pub enum Attached {
 
 /// The loaded and attached tracer.
 pub struct Tracer {
-    /// Keeps programs and links alive.
-    _ebpf: Ebpf,
+    /// Keeps programs and links alive; asked for their skipped runs.
+    ebpf: Ebpf,
     attached: Attached,
+    /// The programs attached, by name.
+    programs: Vec<&'static str>,
+    /// Whether this kernel counts the runs it skips of these programs.
+    skips_counted: bool,
     /// The UPDATE program is attached; else why not, when it was wanted.
     updates: Result<bool, String>,
     ring: RingBuf<MapData>,
@@ -298,6 +321,18 @@ impl Tracer {
             Some(why) => Err(why),
             None => Ok(config.updates != Updates::Off),
         };
+        let fentry = attached == Attached::Fentry;
+        let mut programs: Vec<&'static str> = if fentry {
+            TRACING.iter().map(|(p, _, _)| *p).collect()
+        } else {
+            PROBES.iter().map(|(p, _)| *p).collect()
+        };
+        if updates == Ok(true) {
+            programs.push(if fentry { UPDATE_FENTRY } else { UPDATE_KPROBE });
+        }
+        // Tracing programs' skips are counted since 5.11 (older kernels
+        // cannot load them against a module anyway); a kprobe's since 6.7.
+        let skips_counted = fentry || kernel_at_least(6, 7);
         let ring = RingBuf::try_from(
             ebpf.take_map(conntrack_ebpf::RING_MAP)
                 .ok_or_else(|| TracerError::Missing("the ring buffer map".into()))?,
@@ -309,8 +344,10 @@ impl Tracer {
         )
         .map_err(|e| TracerError::Load(e.to_string()))?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             attached,
+            programs,
+            skips_counted,
             updates,
             ring,
             drops,
@@ -342,6 +379,23 @@ impl Tracer {
     /// How the programs are attached.
     pub fn attached(&self) -> &Attached {
         &self.attached
+    }
+
+    /// Runs of the attached programs the kernel skipped since they were
+    /// loaded (each might have been an event): a program already running
+    /// on that CPU, or for kprobes another BPF program running there.
+    /// `None` where this kernel does not count them (kprobes before 6.7).
+    pub fn skipped(&self) -> Option<u64> {
+        if !self.skips_counted {
+            return None;
+        }
+        let mut n = 0;
+        for name in &self.programs {
+            if let Some(info) = self.ebpf.program(name).and_then(|p| p.info().ok()) {
+                n += info.recursion_misses();
+            }
+        }
+        Some(n)
     }
 
     /// Records the programs could not write because the ring was full.
@@ -624,6 +678,17 @@ mod tests {
         ));
         let einval = io::Error::from_raw_os_error(libc::EINVAL);
         assert!(matches!(refused(&einval, "x".into()), TracerError::Load(_)));
+    }
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(version_at_least("6.12.117+deb12-cloud-amd64", 6, 7));
+        assert!(!version_at_least("6.1.0-56-cloud-amd64", 6, 7));
+        assert!(version_at_least("6.7", 6, 7));
+        assert!(version_at_least("7.0.1", 6, 7));
+        assert!(!version_at_least("5.19.3", 6, 7));
+        assert!(!version_at_least("garbage", 6, 7));
+        assert!(!version_at_least("", 0, 0));
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub struct FeedCounters {
     pub netlink_overruns: u64,
     /// Records the eBPF programs could not write: the ring was full.
     pub ring_full: u64,
+    /// Runs of the eBPF programs the kernel skipped (0 where it does not
+    /// count them).
+    pub skipped: u64,
     /// Events dropped while a resync ran, past the backlog's bound.
     pub backlog_lost: u64,
     /// Messages or records that could not be decoded.

@@ -136,6 +136,10 @@ pub struct Event<'a> {
 pub struct Lost {
     /// Records the eBPF programs could not write: the ring was full.
     pub ring_full: u64,
+    /// Runs of the eBPF programs the kernel skipped (each might have been
+    /// an event); `None` where the kernel does not count them, or with
+    /// ctnetlink.
+    pub skipped: Option<u64>,
     /// ctnetlink receive buffer overruns (ENOBUFS); each lost an unknown
     /// number of events.
     pub overruns: u64,
@@ -146,13 +150,22 @@ pub struct Lost {
 impl Lost {
     /// Whether anything was lost (a reason to resync a table).
     pub fn any(&self) -> bool {
-        self.ring_full > 0 || self.overruns > 0
+        self.ring_full > 0 || self.overruns > 0 || self.skipped.unwrap_or(0) > 0
+    }
+
+    /// Events known lost, whatever the reason: records dropped and runs
+    /// skipped (an overrun's count is unknown: it counts once).
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.overruns + self.skipped.unwrap_or(0)
     }
 
     /// What was lost after `earlier`.
     pub fn since(&self, earlier: &Self) -> Self {
         Self {
             ring_full: self.ring_full.saturating_sub(earlier.ring_full),
+            skipped: self
+                .skipped
+                .map(|n| n.saturating_sub(earlier.skipped.unwrap_or(0))),
             overruns: self.overruns.saturating_sub(earlier.overruns),
             malformed: self.malformed.saturating_sub(earlier.malformed),
         }
@@ -314,7 +327,14 @@ impl Source {
                 } else {
                     String::new()
                 };
-                Some(format!("ctscope: event source: eBPF ({hooks}){updates}"))
+                let skips = if tracer.skipped().is_none() {
+                    "; runs the kernel skips are not counted (kprobes before 6.7)"
+                } else {
+                    ""
+                };
+                Some(format!(
+                    "ctscope: event source: eBPF ({hooks}){updates}{skips}"
+                ))
             }
             (Kind::Netlink(_), Some(note)) => Some(format!("ctscope: {note}")),
             (Kind::Netlink(_), None) => None,
@@ -466,6 +486,7 @@ fn drain(
             });
             lost.malformed += drained.malformed;
             lost.ring_full = tracer.lost();
+            lost.skipped = tracer.skipped();
             Ok((events, true))
         }
         Kind::Netlink(sock) => {
@@ -496,4 +517,38 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .enable_io()
         .enable_time()
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_runs_are_a_loss_and_count_since_a_point() {
+        let earlier = Lost {
+            ring_full: 1,
+            skipped: Some(2),
+            ..Lost::default()
+        };
+        let now = Lost {
+            ring_full: 1,
+            skipped: Some(5),
+            overruns: 1,
+            ..Lost::default()
+        };
+        let since = now.since(&earlier);
+        assert_eq!(since.skipped, Some(3));
+        assert!(since.any());
+        assert_eq!(now.total(), 7);
+        // Skips alone are a loss (a reason to resync).
+        let skips_only = Lost {
+            skipped: Some(1),
+            ..Lost::default()
+        };
+        assert!(skips_only.any());
+        // Not counted is not a loss, and not a number.
+        let uncounted = Lost::default();
+        assert!(!uncounted.any());
+        assert_eq!(uncounted.since(&earlier).skipped, None);
+    }
 }

@@ -163,6 +163,7 @@ pub async fn run(
         let lost = reader.lost();
         feed.netlink_overruns = lost.overruns;
         feed.ring_full = lost.ring_full;
+        feed.skipped = lost.skipped.unwrap_or(0);
         feed.malformed = lost.malformed;
         if read.lost.any() || feed.backlog_lost > backlog_lost_before {
             want_resync = true;

@@ -189,6 +189,16 @@ impl ProgramInfo {
         self.0.run_cnt
     }
 
+    /// The number of times the kernel skipped the program: a tracing
+    /// program already running on that CPU (recursion), or, for kprobes
+    /// since v6.7, another BPF program running there. Always counted, with
+    /// or without [`enable_stats`](crate::sys::enable_stats).
+    ///
+    /// Introduced in kernel v5.11.
+    pub const fn recursion_misses(&self) -> u64 {
+        self.0.recursion_misses
+    }
+
     /// The number of verified instructions in the program.
     ///
     /// This may be less than the total number of instructions in the compiled program due to dead

@@ -67,24 +67,24 @@ counts() {
 
 step "nf_conntrack_events=2: UPDATE from eBPF is refused, and said why"
 set_sysctl net.netfilter.nf_conntrack_events 2 || fail "events sysctl"
-if ctscope events --source ebpf -e NEW,UPDATE --duration 1 >/dev/null 2>/tmp/refused.err; then
+if ctscope events --source ebpf -e NEW,UPDATE --duration 1 >/dev/null 2>/tmp/upd.refused.err; then
     fail "-e UPDATE --source ebpf ran with nf_conntrack_events=2"
 else
     code=$?
 fi
-cat /tmp/refused.err
+cat /tmp/upd.refused.err
 [ "$code" -eq 1 ] || fail "exit $code, want 1"
-[ "$(wc -l </tmp/refused.err)" -eq 1 ] || fail "not one line"
-grep -q 'nf_conntrack_events=1 (it is 2' /tmp/refused.err || fail "the sysctl is not named"
-ctscope events --source auto -e UPDATE --duration 1 >/dev/null 2>/tmp/auto.err ||
-    fail "--source auto: $(cat /tmp/auto.err)"
-head -1 /tmp/auto.err
-grep -q 'nf_conntrack_events=1.*using ctnetlink events' /tmp/auto.err ||
-    fail "--source auto did not say why it uses ctnetlink: $(cat /tmp/auto.err)"
-ctscope events --source ebpf --duration 1 >/dev/null 2>/tmp/default.err ||
-    fail "--source ebpf without -e: $(cat /tmp/default.err)"
+[ "$(wc -l </tmp/upd.refused.err)" -eq 1 ] || fail "not one line"
+grep -q 'nf_conntrack_events=1 (it is 2' /tmp/upd.refused.err || fail "the sysctl is not named"
+ctscope events --source auto -e UPDATE --duration 1 >/dev/null 2>/tmp/upd.auto.err ||
+    fail "--source auto: $(cat /tmp/upd.auto.err)"
+head -1 /tmp/upd.auto.err
+grep -q 'nf_conntrack_events=1.*using ctnetlink events' /tmp/upd.auto.err ||
+    fail "--source auto did not say why it uses ctnetlink: $(cat /tmp/upd.auto.err)"
+ctscope events --source ebpf --duration 1 >/dev/null 2>/tmp/upd.default.err ||
+    fail "--source ebpf without -e: $(cat /tmp/upd.default.err)"
 grep -q 'event source: eBPF (fentry/fexit on nf_conntrack); no UPDATE events: .*nf_conntrack_events=1' \
-    /tmp/default.err || fail "the start-up line does not say why no UPDATE: $(cat /tmp/default.err)"
+    /tmp/upd.default.err || fail "the start-up line does not say why no UPDATE: $(cat /tmp/upd.default.err)"
 
 set_sysctl net.netfilter.nf_conntrack_events 1 || fail "events sysctl"
 

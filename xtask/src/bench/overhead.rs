@@ -49,7 +49,7 @@ struct Mode {
 }
 
 /// The modes, in the order of the report; `none` first (the base).
-const MODES: [Mode; 5] = [
+const MODES: [Mode; 6] = [
     Mode {
         name: "none",
         command: "no listener",
@@ -69,6 +69,11 @@ const MODES: [Mode; 5] = [
     Mode {
         name: "conntrack",
         command: "`conntrack -E -e NEW,DESTROY > FILE`",
+    },
+    Mode {
+        name: "ebpf-updates",
+        command: "`ctscope events --source ebpf -e NEW,UPDATE,DESTROY > FILE` with \
+                  `nf_conntrack_events=1` for this run (the event cache's kernel cost included)",
     },
 ];
 
@@ -208,7 +213,7 @@ fn kernel_table(k: &KernelFigures) -> String {
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         thousands(k.flows)
     );
-    for (mode, m) in MODES.iter().zip(&k.modes) {
+    for (mode, m) in MODES.iter().zip(&k.modes).filter(|(_, m)| !m.absent) {
         let (med, lo, hi) = m.rate;
         let rate = format!(
             "{} ({}-{})",
@@ -295,7 +300,13 @@ fn kernel_notes(k: &KernelFigures, t: &Transcript, wall: Duration) -> String {
         thousands(k.guest.max),
         thousands(k.guest.buckets)
     );
-    for (i, (mode, m)) in MODES.iter().zip(&k.modes).enumerate().skip(1) {
+    for (i, (mode, m)) in MODES
+        .iter()
+        .zip(&k.modes)
+        .enumerate()
+        .skip(1)
+        .filter(|(_, (_, m))| !m.absent)
+    {
         let mut said = Vec::new();
         if let Some(extra) = m.churn_extra_us {
             said.push(format!(

@@ -12,6 +12,9 @@ use crate::bench::measure::spread_f64;
 /// second of guest time; µs are guest µs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct ModeFigures {
+    /// The transcript has no run of this mode (one made before the mode
+    /// existed): nothing below is measured, and no table shows it.
+    pub(super) absent: bool,
     /// Median, min, max over the rounds.
     pub(super) rate: (f64, f64, f64),
     /// Median rate over the median rate with no listener.
@@ -116,6 +119,11 @@ pub(super) fn figures(t: &Transcript, flows: u64, rounds: usize) -> Result<Kerne
     }
     let per_mode: Vec<Vec<&Run>> = (0..MODES.len()).map(|m| t.runs_of(m)).collect();
     for (mode, runs) in MODES.iter().zip(&per_mode) {
+        // A mode with no run at all is one this transcript predates; one
+        // with some runs must have them all.
+        if runs.is_empty() && mode.name != "none" {
+            continue;
+        }
         let complete = runs
             .iter()
             .filter(|r| r.rate.is_some() && r.flows == flows)
@@ -146,6 +154,13 @@ pub(super) fn figures(t: &Transcript, flows: u64, rounds: usize) -> Result<Kerne
     let base_churn_us = churn_us(&per_mode[0]);
     let mut modes = Vec::new();
     for runs in &per_mode {
+        if runs.is_empty() {
+            modes.push(ModeFigures {
+                absent: true,
+                ..ModeFigures::default()
+            });
+            continue;
+        }
         let rate = rates(runs).ok_or_else(|| anyhow!("no rate"))?;
         let total_extra_us = 1e6 / rate.0.max(1e-9) - base_us;
         let listeners: Vec<&ListenerRun> =
@@ -182,6 +197,7 @@ pub(super) fn figures(t: &Transcript, flows: u64, rounds: usize) -> Result<Kerne
         let schedstat: u64 = listeners.iter().map(|l| l.cpu_total_ns).sum();
         let stat_ns: u64 = listeners.iter().map(|l| l.stat_total * 10_000_000).sum();
         modes.push(ModeFigures {
+            absent: false,
             rate,
             ratio: rate.0 / base.0,
             total_extra_us,

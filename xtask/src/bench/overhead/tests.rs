@@ -121,6 +121,10 @@ fn real_transcript_figures() {
     let k = figures(&t, 20_000, 1).expect("figures");
     // A flow with no listener: 1.233 s / 20,000.
     assert_close!(k.base_us, 61.65);
+    // Recorded before the ebpf-updates mode: absent, and in no table.
+    assert!(k.modes[5].absent && !k.modes[1].absent);
+    assert!(!kernel_table(&k).contains("ebpf-updates"));
+    assert!(kernel_table(&k).contains("ebpf-json"));
 
     let ebpf = &k.modes[1];
     assert_close!(ebpf.ratio, 1.233 / 1.553);

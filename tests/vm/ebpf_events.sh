@@ -58,6 +58,9 @@ exact() {
     hook=$1 words=$2
     conntrack -F 2>/dev/null
     step "ctscope events --source ebpf --ebpf-hook $hook attaches"
+    # The last round's files go first: the shell truncates them in the
+    # child, maybe after wait_for_line has read the old start-up line.
+    rm -f /tmp/ebpf.txt /tmp/ebpf.err
     ctscope events --source ebpf --ebpf-hook "$hook" -o extended >/tmp/ebpf.txt 2>/tmp/ebpf.err &
     tracer=$!
     wait_for_line /tmp/ebpf.err 'event source: eBPF' "the tracer did not start" "$tracer"

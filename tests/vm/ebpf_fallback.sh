@@ -61,6 +61,9 @@ expect_one_line() {
 # Starts `ctscope events ARGS` in the background and waits for its
 # fallback line on stderr.
 start_auto_events() {
+    # An earlier run's lines must not satisfy the wait below: the shell
+    # truncates the file in the child, which may run late.
+    rm -f /tmp/auto.out /tmp/auto.err
     # shellcheck disable=SC2086
     ctscope events $1 >/tmp/auto.out 2>/tmp/auto.err &
     auto=$!

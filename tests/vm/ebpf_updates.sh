@@ -75,15 +75,16 @@ fi
 cat /tmp/upd.refused.err
 [ "$code" -eq 1 ] || fail "exit $code, want 1"
 [ "$(wc -l </tmp/upd.refused.err)" -eq 1 ] || fail "not one line"
-grep -q 'nf_conntrack_events=1 (it is 2' /tmp/upd.refused.err || fail "the sysctl is not named"
+grep -q 'UPDATE events from eBPF: net.netfilter.nf_conntrack_events is 2, they need 1' /tmp/upd.refused.err ||
+    fail "the sysctl is not named"
 ctscope events --source auto -e UPDATE --duration 1 >/dev/null 2>/tmp/upd.auto.err ||
     fail "--source auto: $(cat /tmp/upd.auto.err)"
 head -1 /tmp/upd.auto.err
-grep -q 'nf_conntrack_events=1.*using ctnetlink events' /tmp/upd.auto.err ||
+grep -q 'nf_conntrack_events is 2, they need 1.*using ctnetlink events' /tmp/upd.auto.err ||
     fail "--source auto did not say why it uses ctnetlink: $(cat /tmp/upd.auto.err)"
 ctscope events --source ebpf --duration 1 >/dev/null 2>/tmp/upd.default.err ||
     fail "--source ebpf without -e: $(cat /tmp/upd.default.err)"
-grep -q 'event source: eBPF (fentry/fexit on nf_conntrack); no UPDATE events: .*nf_conntrack_events=1' \
+grep -q 'event source: eBPF (fentry/fexit on nf_conntrack); no UPDATE events (net.netfilter.nf_conntrack_events is 2, they need 1)' \
     /tmp/upd.default.err || fail "the start-up line does not say why no UPDATE: $(cat /tmp/upd.default.err)"
 
 set_sysctl net.netfilter.nf_conntrack_events 1 || fail "events sysctl"

@@ -213,23 +213,25 @@ pub struct TracerConfig {
 }
 
 /// Why the kernel gives no UPDATE events to a tracer, or `None` when it
-/// does: the event cache must be on for every entry.
+/// does: the event cache must be on for every entry. The short reason,
+/// for the start-up line.
 fn updates_unavailable() -> Option<String> {
     match std::fs::read_to_string(EVENTS_SYSCTL).map(|v| v.trim().to_string()) {
         Ok(v) if v == "1" => None,
         Ok(v) => Some(format!(
-            "UPDATE events from eBPF need net.netfilter.nf_conntrack_events=1 (it is {v}: {}); \
-             set it with sysctl, or use --source netlink",
-            if v == "0" {
-                "the kernel tracks no changes"
-            } else {
-                "the kernel tracks changes only while a ctnetlink listener exists"
-            }
+            "net.netfilter.nf_conntrack_events is {v}, they need 1"
         )),
-        Err(_) => Some(format!(
-            "UPDATE events from eBPF need the kernel's conntrack events (no {EVENTS_SYSCTL})"
-        )),
+        Err(_) => Some(format!("no {EVENTS_SYSCTL}")),
     }
+}
+
+/// The error of a tracer that must report updates and cannot: `why`, and
+/// what to do.
+fn updates_required(why: &str) -> TracerError {
+    TracerError::NoUpdates(format!(
+        "UPDATE events from eBPF: {why} (with the default, 2, the kernel tracks changes only \
+         while a ctnetlink listener exists); set it with sysctl, or use --source netlink"
+    ))
 }
 
 /// What [`Tracer::start`] attached.
@@ -277,7 +279,7 @@ impl Tracer {
         if config.updates == Updates::Required
             && let Some(why) = &updates_refused
         {
-            return Err(TracerError::NoUpdates(why.clone()));
+            return Err(updates_required(why));
         }
         // aya parses the kernel's BTF only for CO-RE relocations, which the
         // programs do not have (offsets come in OFFSETS).

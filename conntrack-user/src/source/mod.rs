@@ -323,7 +323,7 @@ impl Source {
                 let updates = if tracer.reports_updates() {
                     "; UPDATE events from ctnetlink_conntrack_event".to_string()
                 } else if let Some(why) = tracer.updates_refused() {
-                    format!("; no UPDATE events: {why}")
+                    format!("; no UPDATE events ({why})")
                 } else {
                     String::new()
                 };

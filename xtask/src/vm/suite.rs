@@ -28,9 +28,13 @@ const BOOT_SECS: u64 = 120;
 /// takes about 55 s, most of it waiting for the kernel's gc worker.
 const SCRIPT_TIMEOUT_SECS: u64 = 240;
 const FULL_SCRIPT_TIMEOUT_SECS: u64 = 900;
-/// ebpf_events.sh's acceptance volume, set by `--full`; the script's own
-/// defaults are a twentieth of it.
-const FULL_VOLUME_ENV: [&str; 2] = ["EBPF_UDP_FLOWS=100000", "EBPF_TCP_FLOWS=20000"];
+/// The acceptance volumes of ebpf_events.sh and ebpf_updates.sh, set by
+/// `--full`; the scripts' own defaults are a twentieth and a half of them.
+const FULL_VOLUME_ENV: [&str; 3] = [
+    "EBPF_UDP_FLOWS=100000",
+    "EBPF_TCP_FLOWS=20000",
+    "EBPF_UPDATE_CONNS=2000",
+];
 
 /// Options of `cargo xtask vm-test`.
 #[derive(clap::Args, Debug, Clone)]
@@ -44,8 +48,9 @@ pub struct VmTestArgs {
     #[arg(long, value_name = "SECS")]
     pub script_timeout: Option<u64>,
     /// The acceptance volumes: ebpf_events.sh churns 100,000 UDP flows and
-    /// 20,000 TCP connections (default: 5,000 and 1,000). An --env
-    /// EBPF_UDP_FLOWS=N or EBPF_TCP_FLOWS=N still wins.
+    /// 20,000 TCP connections (default: 5,000 and 1,000), ebpf_updates.sh
+    /// 2,000 TCP connections (default 1,000). An --env EBPF_UDP_FLOWS=N,
+    /// EBPF_TCP_FLOWS=N or EBPF_UPDATE_CONNS=N still wins.
     #[arg(long)]
     pub full: bool,
     /// Only these scripts of tests/vm/ (file names); default: every *.sh.

@@ -17,14 +17,14 @@ pub mod record;
 
 use std::{
     io,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
     path::Path,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, KProbe},
+    programs::{FEntry, FExit, KProbe, ProgramError},
 };
 use conntrack_ebpf::ABSENT;
 
@@ -440,39 +440,24 @@ fn attach_tracing(ebpf: &mut Ebpf, btf: &KernelBtf) -> Result<(), TracerError> {
 
 /// An fentry program and an fexit one load and attach the same way.
 trait Traced {
-    fn load_in(
-        &mut self,
-        id: u32,
-        btf_fd: std::os::fd::OwnedFd,
-    ) -> Result<(), aya::programs::ProgramError>;
-    fn attach_now(&mut self) -> Result<(), aya::programs::ProgramError>;
+    fn load_in(&mut self, id: u32, btf_fd: OwnedFd) -> Result<(), ProgramError>;
+    fn attach_now(&mut self) -> Result<(), ProgramError>;
 }
 
-impl Traced for FEntry {
-    fn load_in(
-        &mut self,
-        id: u32,
-        btf_fd: std::os::fd::OwnedFd,
-    ) -> Result<(), aya::programs::ProgramError> {
-        self.load_in_module(id, btf_fd)
-    }
-    fn attach_now(&mut self) -> Result<(), aya::programs::ProgramError> {
-        self.attach().map(drop)
-    }
+/// [`Traced`] for program types with aya's `load_in_module` and `attach`.
+macro_rules! traced {
+    ($($kind:ty),*) => {$(
+        impl Traced for $kind {
+            fn load_in(&mut self, id: u32, btf_fd: OwnedFd) -> Result<(), ProgramError> {
+                self.load_in_module(id, btf_fd)
+            }
+            fn attach_now(&mut self) -> Result<(), ProgramError> {
+                self.attach().map(drop)
+            }
+        }
+    )*};
 }
-
-impl Traced for FExit {
-    fn load_in(
-        &mut self,
-        id: u32,
-        btf_fd: std::os::fd::OwnedFd,
-    ) -> Result<(), aya::programs::ProgramError> {
-        self.load_in_module(id, btf_fd)
-    }
-    fn attach_now(&mut self) -> Result<(), aya::programs::ProgramError> {
-        self.attach().map(drop)
-    }
-}
+traced!(FEntry, FExit);
 
 /// Loads `program` against the BTF of `function` (in `module`, or in
 /// vmlinux where the module is built in) and attaches it.
@@ -494,7 +479,7 @@ fn attach_traced(
     let prog = ebpf
         .program_mut(program)
         .ok_or_else(|| TracerError::Missing(format!("program {program}")))?;
-    let not_ours = |e: aya::programs::ProgramError| TracerError::Load(format!("{program}: {e}"));
+    let not_ours = |e: ProgramError| TracerError::Load(format!("{program}: {e}"));
     let p: &mut dyn Traced = if exit {
         <&mut FExit>::try_from(prog).map_err(not_ours)?
     } else {

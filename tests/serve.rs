@@ -66,12 +66,7 @@ fn a_scrape_passes_promtool_and_agrees_with_conntrack() {
     if let Err(e) = promtool_check(body) {
         failures.push(e);
     }
-    let count: f64 = ns
-        .conntrack(&["-C"])
-        .stdout
-        .trim()
-        .parse()
-        .expect("conntrack -C");
+    let count = ns.count_entries();
     let mut expect = |series: &str, want: f64| match sample(body, series) {
         Some(got) if got == want => {}
         got => failures.push(format!("{series}: {got:?}, want {want}")),
@@ -282,12 +277,7 @@ fn prometheus_scrapes(native: bool) {
     const FLOWS: u64 = 300;
     let (made, _) = ns.in_netns(|| udp_flows(FLOWS));
     assert_eq!(made, FLOWS);
-    let count: f64 = ns
-        .conntrack(&["-C"])
-        .stdout
-        .trim()
-        .parse()
-        .expect("conntrack -C");
+    let count = ns.count_entries();
     assert_eq!(
         count, FLOWS as f64,
         "the namespace holds only the flows made"
@@ -410,12 +400,7 @@ fn with_netns_it_serves_that_namespace_and_ends_when_it_is_deleted() {
     }
     let mut failures = Vec::new();
     let body = get(&target, SERVE, "/metrics", None).body;
-    let count: f64 = target
-        .conntrack(&["-C"])
-        .stdout
-        .trim()
-        .parse()
-        .expect("conntrack -C");
+    let count = target.count_entries();
     for series in ["ctscope_nf_conntrack_entries", "ctscope_table_entries"] {
         let got = sample(&body, series);
         if got != Some(count) {
@@ -450,12 +435,7 @@ fn a_loss_is_counted_and_the_resync_it_starts_puts_the_table_right() {
     let (made, took) = ns.in_netns(|| udp_flows(FLOWS));
     assert_eq!(made, FLOWS);
     eprintln!("{FLOWS} flows in {took:?}");
-    let count: f64 = ns
-        .conntrack(&["-C"])
-        .stdout
-        .trim()
-        .parse()
-        .expect("conntrack -C");
+    let count = ns.count_entries();
     let mut last = String::new();
     let settled = poll_until(Duration::from_secs(20), || {
         last = get(&ns, SERVE, "/metrics", None).body;
@@ -498,12 +478,7 @@ fn filters_select_what_the_table_counts_not_the_kernel_gauges() {
     // Events pass the same filter: one UDP and one TCP entry made now.
     ns.insert("-p udp -s 10.9.0.1 -d 10.9.0.2 --sport 1 --dport 2");
     ns.insert("-p tcp -s 10.9.0.1 -d 10.9.0.2 --sport 1 --dport 2 --state ESTABLISHED");
-    let total: f64 = ns
-        .conntrack(&["-C"])
-        .stdout
-        .trim()
-        .parse()
-        .expect("conntrack -C");
+    let total = ns.count_entries();
     let tcp = ns.conntrack(&["-L", "-p", "tcp"]);
     let tcp = tcp.entries_reported("shown").expect("a count") as f64;
     let mut body = String::new();

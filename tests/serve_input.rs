@@ -128,12 +128,7 @@ fn the_units_capabilities_are_enough_and_net_admin_is_needed() {
     if let Err(e) = wait_ready(&ns, &mut serve, SERVE, "/healthz") {
         panic!("with the unit's capabilities {caps:?}: {e}");
     }
-    let count: f64 = ns
-        .conntrack(&["-C"])
-        .stdout
-        .trim()
-        .parse()
-        .expect("conntrack -C");
+    let count = ns.count_entries();
     let body = get(&ns, SERVE, "/metrics", None).body;
     for series in ["ctscope_nf_conntrack_entries", "ctscope_table_entries"] {
         if sample(&body, series) != Some(count) {

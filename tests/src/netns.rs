@@ -162,6 +162,16 @@ impl Netns {
         self.exec(&[&["conntrack"], args].concat())
     }
 
+    /// `conntrack -C`: the number of entries the kernel holds here.
+    #[track_caller]
+    pub fn count_entries(&self) -> f64 {
+        let out = self.conntrack(&["-C"]);
+        out.stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("conntrack -C\n{out}"))
+    }
+
     /// `conntrack -I ENTRY -t 3600`, which must succeed: an entry that
     /// outlives the test. ENTRY is written as conntrack takes it and split
     /// on spaces (`-p udp -s 10.0.0.1 ...`).

@@ -14,22 +14,12 @@ set -eu
 udp_flows=${EBPF_UDP_FLOWS:-5000}
 tcp_flows=${EBPF_TCP_FLOWS:-1000}
 
-nft -f - <<'NFT' || fail "nft could not load the ct rule"
-table inet ebpf {
-    chain input {
-        type filter hook input priority 0; policy accept;
-        ct state new counter
-    }
-}
-NFT
-at_exit "nft delete table inet ebpf 2>/dev/null"
+ct_counter_table ebpf
 set_sysctl net.netfilter.nf_conntrack_max 1048576 || true
 set_sysctl net.netfilter.nf_conntrack_udp_timeout 3600 || fail "udp timeout"
 # Every flow must still be listed before the flush: connections that end
 # with a reset sit in CLOSE for only 10 s, less than a slow guest needs.
-for state in close time_wait fin_wait close_wait last_ack syn_sent syn_recv; do
-    set_sysctl "net.netfilter.nf_conntrack_tcp_timeout_$state" 3600 || fail "tcp $state timeout"
-done
+long_tcp_timeouts
 set_sysctl net.netfilter.nf_conntrack_acct 1 || fail "acct"
 set_sysctl net.netfilter.nf_conntrack_timestamp 1 || fail "timestamp"
 

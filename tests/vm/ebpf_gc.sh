@@ -5,15 +5,7 @@
 set -eu
 . /vm/harness/lib.sh
 
-nft -f - <<'NFT' || fail "nft could not load the ct rule"
-table inet gc {
-    chain input {
-        type filter hook input priority 0; policy accept;
-        ct state new counter
-    }
-}
-NFT
-at_exit "nft delete table inet gc 2>/dev/null"
+ct_counter_table gc
 set_sysctl net.netfilter.nf_conntrack_udp_timeout 2 || fail "udp timeout"
 
 ctscope events --source ebpf -e DESTROY >/tmp/gc.ebpf 2>/tmp/gc.err &

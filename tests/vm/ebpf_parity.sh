@@ -6,27 +6,11 @@
 set -eu
 . /vm/harness/lib.sh
 
-nft -f - <<'NFT' || fail "nft could not load the ct rule"
-table inet parity {
-    chain input {
-        type filter hook input priority 0; policy accept;
-        ct state new counter
-    }
-}
-NFT
-at_exit "nft delete table inet parity 2>/dev/null"
+ct_counter_table parity
 set_sysctl net.netfilter.nf_conntrack_acct 1 || fail "acct"
 set_sysctl net.netfilter.nf_conntrack_timestamp 1 || fail "timestamp"
-for state in close time_wait fin_wait close_wait last_ack syn_sent syn_recv; do
-    set_sysctl "net.netfilter.nf_conntrack_tcp_timeout_$state" 3600 || fail "tcp $state timeout"
-done
+long_tcp_timeouts
 
-normalise_event() {
-    sed -E \
-        -e 's/ \[USERSPACE\] portid=[0-9]+( progname=.*)?$//' \
-        -e 's/^( *\[[A-Z]+\] +)((ipv4|ipv6) +[0-9]+ +)?([a-z0-9-]+ +[0-9]+ +)[0-9]+ /\1\2\4<t> /' \
-        -e 's/delta-time=[0-9]+/delta-time=<d>/'
-}
 
 round=0
 for opts in "" "-o extended"; do

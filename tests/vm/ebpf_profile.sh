@@ -5,15 +5,7 @@
 set -eu
 . /vm/harness/lib.sh
 
-nft -f - <<'NFT' || fail "nft could not load the ct rule"
-table inet prof {
-    chain input {
-        type filter hook input priority 0; policy accept;
-        ct state new counter
-    }
-}
-NFT
-at_exit "nft delete table inet prof 2>/dev/null"
+ct_counter_table prof
 set_sysctl net.netfilter.nf_conntrack_udp_timeout 3600 || fail "udp timeout"
 
 step "profile --source ebpf during 2000 new flows and their flush"

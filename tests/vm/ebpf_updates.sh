@@ -30,25 +30,10 @@ set -eu
 
 conns=${EBPF_UPDATE_CONNS:-1000}
 
-nft -f - <<'NFT' || fail "nft could not load the ct rule"
-table inet updates {
-    chain input {
-        type filter hook input priority 0; policy accept;
-        ct state new counter
-    }
-}
-NFT
-at_exit "nft delete table inet updates 2>/dev/null"
+ct_counter_table updates
 set_sysctl net.netfilter.nf_conntrack_max 1048576 || true
-for state in close time_wait fin_wait close_wait last_ack syn_sent syn_recv; do
-    set_sysctl "net.netfilter.nf_conntrack_tcp_timeout_$state" 3600 || fail "tcp $state timeout"
-done
+long_tcp_timeouts
 
-normalise_event() {
-    sed -E \
-        -e 's/ \[USERSPACE\] portid=[0-9]+( progname=.*)?$//' \
-        -e 's/^( *\[[A-Z]+\] +)((ipv4|ipv6) +[0-9]+ +)?([a-z0-9-]+ +[0-9]+ +)[0-9]+ /\1\2\4<t> /'
-}
 
 # Waits until FILE has stopped growing for a second (at most SECS).
 wait_quiet() {

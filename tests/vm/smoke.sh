@@ -19,15 +19,7 @@ conntrack -L >/tmp/empty.txt 2>/tmp/empty.err || fail "conntrack -L: $(cat /tmp/
 [ "$(conntrack -C)" -eq 0 ] || fail "the table is not empty before any rule: $(cat /tmp/empty.txt)"
 
 step "an nft 'ct state new' rule makes loopback traffic tracked"
-nft -f - <<'NFT' || fail "nft could not load the ct rule"
-table inet smoke {
-    chain input {
-        type filter hook input priority 0; policy accept;
-        ct state new counter
-    }
-}
-NFT
-at_exit "nft delete table inet smoke 2>/dev/null"
+ct_counter_table smoke
 # UDP: busybox nc has no -u; traceroute's probes are UDP to 33434 and up.
 traceroute -n -q 1 -m 1 -w 1 127.0.0.1 >/dev/null 2>&1 || true
 # ICMP and TCP.

@@ -127,15 +127,7 @@ fi
 # when the guest idles under -icount sleep=off).
 set_sysctl net.netfilter.nf_conntrack_udp_timeout 3600 || fail "cannot set the UDP timeout"
 set_sysctl net.netfilter.nf_conntrack_udp_timeout_stream 3600 || true
-nft -f - <<'NFT' || fail "nft could not load the ct rule"
-table inet ctbench {
-    chain input {
-        type filter hook input priority 0; policy accept;
-        ct state new counter
-    }
-}
-NFT
-at_exit "nft delete table inet ctbench"
+ct_counter_table ctbench
 echo "CTSCOPE-OVERHEAD-GUEST release=$(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo) clock=$clock cputime=$cputime" \
     "buckets=$(cat /sys/module/nf_conntrack/parameters/hashsize)" \
     "max=$(sysctl -n net.netfilter.nf_conntrack_max) pinned=$(taskset -p $$ | sed 's/.*: //')"

@@ -58,6 +58,40 @@ set_sysctl() {
     at_exit "sysctl -qw '$1=$old'"
 }
 
+# Loads an nft table NAME whose input chain counts new entries (a rule
+# that needs conntrack, so the kernel tracks the guest's loopback
+# traffic), deleted when the script ends.
+ct_counter_table() {
+    nft -f - <<NFT || fail "nft could not load the ct rule"
+table inet $1 {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        ct state new counter
+    }
+}
+NFT
+    at_exit "nft delete table inet $1 2>/dev/null"
+}
+
+# Keeps every TCP connection listed until the script ends: the states a
+# connection ends in time out after 3600 s instead of seconds.
+long_tcp_timeouts() {
+    local state
+    for state in close time_wait fin_wait close_wait last_ack syn_sent syn_recv; do
+        set_sysctl "net.netfilter.nf_conntrack_tcp_timeout_$state" 3600 || fail "tcp $state timeout"
+    done
+}
+
+# An event line of conntrack -E or ctscope events with what two listeners
+# cannot agree on replaced: the timeout countdown, delta-time, and the
+# " [USERSPACE] portid=N progname=X" suffix, which only netlink can know.
+normalise_event() {
+    sed -E \
+        -e 's/ \[USERSPACE\] portid=[0-9]+( progname=.*)?$//' \
+        -e 's/^( *\[[A-Z]+\] +)((ipv4|ipv6) +[0-9]+ +)?([a-z0-9-]+ +[0-9]+ +)[0-9]+ /\1\2\4<t> /' \
+        -e 's/delta-time=[0-9]+/delta-time=<d>/'
+}
+
 # Stops the script with a message naming what failed.
 fail() {
     echo "FAIL: $*" >&2

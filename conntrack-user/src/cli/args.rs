@@ -10,6 +10,7 @@ use ipnet::IpNet;
 
 use crate::{
     ebpf::Hook,
+    expect::Table,
     netlink::events::EventMask,
     source::{DEFAULT_RCVBUF, DEFAULT_RING_SIZE, SourceChoice, SourceConfig},
     ui::{app::parse_refresh, rows::SortKey},
@@ -58,7 +59,7 @@ pub enum Command {
     Flush(FlushArgs),
     /// Print the number of entries in the table (conntrack -C).
     #[command(short_flag = 'C', long_flag = "count")]
-    Count,
+    Count(CountArgs),
     /// Print per-CPU statistics (conntrack -S).
     #[command(short_flag = 'S', long_flag = "stats")]
     Stats(StatsArgs),
@@ -279,14 +280,18 @@ impl SourceArgs {
 /// Arguments of events.
 #[derive(Args, Debug, Clone)]
 pub struct EventArgs {
+    /// The table: conntrack (the default) or expect.
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Output: xml, save, json, extended, id, timestamp, labels (comma-separated).
     #[arg(short = 'o', long = "output", value_name = "FORMAT")]
     pub output: Vec<String>,
-    /// Events to show: NEW, UPDATE, DESTROY, ALL (comma-separated).
-    #[arg(short = 'e', long = "event-mask", value_parser = EventMask::parse, default_value = "ALL")]
-    pub event_mask: EventMask,
+    /// Events to show: NEW, UPDATE, DESTROY, ALL (comma-separated; default
+    /// ALL).
+    #[arg(short = 'e', long = "event-mask", value_parser = EventMask::parse)]
+    pub event_mask: Option<EventMask>,
     /// Stop after this many events.
     #[arg(long)]
     pub count: Option<u64>,
@@ -406,6 +411,10 @@ pub struct FilterArgs {
 /// Arguments of list, get and delete.
 #[derive(Args, Debug, Default, Clone)]
 pub struct ListArgs {
+    /// The table: conntrack (the default), expect, dying or unconfirmed
+    /// (any prefix, as conntrack reads it).
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Output: xml, save, json, extended, id, ktimestamp, labels (comma-separated).
@@ -421,10 +430,16 @@ pub struct ListArgs {
 /// `-p` and its ports or ICMP fields) and what to set.
 #[derive(Args, Debug, Default, Clone)]
 pub struct CreateArgs {
+    /// The table: conntrack (the default) or expect.
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
     /// The tuple (filters' flags), and the values of -m, -u, -w,
-    /// --orig-zone, --reply-zone, --state, -n, -g.
+    /// --orig-zone, --reply-zone, --state, -n, -g. With `expect`: the
+    /// master connection's original tuple.
     #[command(flatten)]
     pub entry: FilterArgs,
+    #[command(flatten)]
+    pub expect: ExpectArgs,
     /// Seconds to live (required).
     #[arg(short = 't', long = "timeout", value_parser = parse_u32_arg)]
     pub timeout: Option<u32>,
@@ -452,6 +467,9 @@ pub struct CreateArgs {
 /// except -m, -u and --state, which are the new values.
 #[derive(Args, Debug, Default, Clone)]
 pub struct UpdateArgs {
+    /// The table (only conntrack can be updated).
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
     /// Filters, and the new -m MARK[/MASK], -u STATUS, --state.
     #[command(flatten)]
     pub filter: FilterArgs,
@@ -472,14 +490,58 @@ pub struct UpdateArgs {
 /// Arguments of flush.
 #[derive(Args, Debug, Default, Clone)]
 pub struct FlushArgs {
+    /// The table: conntrack (the default) or expect.
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
     /// Only this family: ipv4 or ipv6.
     #[arg(short = 'f', long = "family", value_parser = parse_family)]
     pub family: Option<u8>,
 }
 
+/// Arguments of count.
+#[derive(Args, Debug, Default, Clone)]
+pub struct CountArgs {
+    /// The table: conntrack (the default) or expect.
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
+}
+
+/// What `-I expect` takes besides the master tuple (`-s -d -p --sport
+/// --dport`): the expected tuple and its mask, as conntrack names them.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ExpectArgs {
+    /// Source address of the expected tuple.
+    #[arg(long = "tuple-src", value_parser = parse_net)]
+    pub tuple_src: Option<IpNet>,
+    /// Destination address of the expected tuple.
+    #[arg(long = "tuple-dst", value_parser = parse_net)]
+    pub tuple_dst: Option<IpNet>,
+    /// Source address mask of the expectation (an address, e.g. 255.255.255.255).
+    #[arg(long = "mask-src", value_parser = parse_net)]
+    pub mask_src: Option<IpNet>,
+    /// Destination address mask of the expectation.
+    #[arg(long = "mask-dst", value_parser = parse_net)]
+    pub mask_dst: Option<IpNet>,
+    /// Source port of the expected tuple.
+    #[arg(long = "tuple-port-src")]
+    pub tuple_port_src: Option<u16>,
+    /// Destination port of the expected tuple.
+    #[arg(long = "tuple-port-dst")]
+    pub tuple_port_dst: Option<u16>,
+    /// Source port mask (0: any port).
+    #[arg(long = "mask-port-src")]
+    pub mask_port_src: Option<u16>,
+    /// Destination port mask (65535: this port only).
+    #[arg(long = "mask-port-dst")]
+    pub mask_port_dst: Option<u16>,
+}
+
 /// Arguments of stats.
 #[derive(Args, Debug, Default, Clone)]
 pub struct StatsArgs {
+    /// The table: conntrack (the default) or expect.
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
     /// Add a line with the sum over all CPUs.
     #[arg(long)]
     pub total: bool,

@@ -51,6 +51,43 @@ fn family_of(net: &Option<IpNet>) -> Option<u8> {
 }
 
 impl FilterArgs {
+    /// The long names of the options given, in the order conntrack 1.4.7
+    /// checks them (its option bits, then the protocol's own), as its
+    /// messages name them (`protonum`, `orig-port-src`): for the commands
+    /// that take only some of them.
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            (self.src.is_some(), "src"),
+            (self.dst.is_some(), "dst"),
+            (self.reply_src.is_some(), "reply-src"),
+            (self.reply_dst.is_some(), "reply-dst"),
+            (self.proto.is_some(), "protonum"),
+            (self.status.is_some(), "status"),
+            (self.mark.is_some(), "mark"),
+            (self.family.is_some(), "family"),
+            (self.src_nat.is_some(), "src-nat"),
+            (self.dst_nat.is_some(), "dst-nat"),
+            (self.secmark.is_some(), "secmark"),
+            (self.any_nat.is_some(), "any-nat"),
+            (self.zone.is_some(), "zone"),
+            (!self.label.is_empty(), "label"),
+            (self.orig_zone.is_some(), "orig-zone"),
+            (self.reply_zone.is_some(), "reply-zone"),
+            (self.sport.is_some(), "orig-port-src"),
+            (self.dport.is_some(), "orig-port-dst"),
+            (self.reply_port_src.is_some(), "reply-port-src"),
+            (self.reply_port_dst.is_some(), "reply-port-dst"),
+            (self.state.is_some(), "state"),
+            (self.icmp_type.is_some(), "icmp-type"),
+            (self.icmp_code.is_some(), "icmp-code"),
+            (self.icmp_id.is_some(), "icmp-id"),
+        ]
+        .into_iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, name)| name)
+        .collect()
+    }
+
     /// Checks the combination and builds the filter.
     pub fn to_filter(&self) -> Result<Filter> {
         for (net, flag) in [

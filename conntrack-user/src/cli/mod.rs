@@ -17,6 +17,7 @@ pub use args::{Cli, Command};
 
 use crate::{
     cmd,
+    expect::Table,
     netlink::NetlinkError,
     netns,
     output::OutputOptionError,
@@ -116,6 +117,16 @@ pub fn illegal(long_flag: &str) -> CliError {
     usage(format!("Illegal option `--{long_flag}' with this command"))
 }
 
+/// The dying and unconfirmed lists can only be listed, as with conntrack.
+fn not_a_list(table: Table) -> Result<Table> {
+    match table {
+        Table::Dying | Table::Unconfirmed => Err(usage(
+            "Can't do that command with tables `dying' and `unconfirmed'",
+        )),
+        t => Ok(t),
+    }
+}
+
 fn dispatch(cli: &Cli) -> Result<()> {
     if let Some(ns) = &cli.netns {
         netns::enter(ns).map_err(|e| CliError::Failed(e.to_string()))?;
@@ -124,15 +135,40 @@ fn dispatch(cli: &Cli) -> Result<()> {
         }
     }
     match &cli.command {
+        Some(Command::List(a)) if a.table == Table::Expect => cmd::expect::list(a),
         Some(Command::List(a)) => cmd::table::list(a),
-        Some(Command::Get(a)) => cmd::table::get(a),
-        Some(Command::Delete(a)) => cmd::table::delete(a),
-        Some(Command::Create(a)) => cmd::write::create(a),
-        Some(Command::Update(a)) => cmd::write::update(a),
-        Some(Command::Flush(a)) => cmd::table::flush(a),
-        Some(Command::Count) => cmd::stats::count(),
-        Some(Command::Stats(a)) => cmd::stats::stats(a),
-        Some(Command::Events(a)) => with_ebpf_caps(cmd::events::run(a), a.source.source),
+        Some(Command::Get(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::get(a),
+            _ => cmd::table::get(a),
+        },
+        Some(Command::Delete(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::delete(a),
+            _ => cmd::table::delete(a),
+        },
+        Some(Command::Create(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::create(a),
+            _ => cmd::write::create(a),
+        },
+        Some(Command::Update(a)) => match not_a_list(a.table)? {
+            Table::Expect => Err(usage("Can't do --update on expectations")),
+            _ => cmd::write::update(a),
+        },
+        Some(Command::Flush(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::flush(a),
+            _ => cmd::table::flush(a),
+        },
+        Some(Command::Count(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::count(a),
+            _ => cmd::stats::count(),
+        },
+        Some(Command::Stats(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::stats(a),
+            _ => cmd::stats::stats(a),
+        },
+        Some(Command::Events(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::events(a),
+            _ => with_ebpf_caps(cmd::events::run(a), a.source.source),
+        },
         // `top --once` takes one dump and never traces.
         Some(Command::Top(a)) if a.once => cmd::top::run(a),
         Some(Command::Top(a)) => with_ebpf_caps(cmd::top::run(a), a.source.source),
@@ -236,7 +272,7 @@ mod tests {
         assert_eq!(a.output, vec!["extended,id"]);
         assert!(matches!(
             parse(&["-C"]).expect("parses").command,
-            Some(Command::Count)
+            Some(Command::Count(_))
         ));
         assert!(matches!(
             parse(&["-F"]).expect("parses").command,

@@ -19,7 +19,7 @@ const WAIT: Duration = Duration::from_millis(100);
 pub fn run(args: &EventArgs) -> Result<()> {
     let filter = args.filter.to_filter()?;
     let opts = OutputOptions::parse(args.output.iter().map(String::as_str))?;
-    let mask = args.event_mask;
+    let mask = args.event_mask.unwrap_or_default();
     if !(mask.new || mask.update || mask.destroy) {
         return Err(usage("-e selects no event"));
     }

@@ -93,7 +93,8 @@ pub fn write_text(out: &mut Vec<u8>, exp: &Expect, event: Option<EventKind>) {
 }
 
 /// Writes one `<flow>`, with a newline. `event` gives the `type`
-/// attribute; `when` (`-o xml,timestamp`) the local time of `<when>`.
+/// attribute; `when` (`-o xml,timestamp`) the local time of `<when>`,
+/// which the library writes between `<class>` and the flags.
 pub fn write_xml(out: &mut Vec<u8>, exp: &Expect, event: Option<EventKind>, when: Option<i64>) {
     out.extend_from_slice(match event {
         Some(EventKind::New) => b"<flow type=\"new\">".as_slice(),
@@ -142,13 +143,13 @@ pub fn write_xml(out: &mut Vec<u8>, exp: &Expect, event: Option<EventKind>, when
     if let Some(class) = exp.class {
         element(out, b"class", class.into());
     }
+    if let Some(secs) = when {
+        put_when(out, secs);
+    }
     for name in flag_names(exp.flags.unwrap_or(0)) {
         out.push(b'<');
         out.extend_from_slice(name.to_ascii_lowercase().as_bytes());
         out.extend_from_slice(b"/>");
-    }
-    if let Some(secs) = when {
-        put_when(out, secs);
     }
     out.extend_from_slice(b"</meta></flow>\n");
 }
@@ -293,6 +294,15 @@ mod tests {
              <master><sport>5062</sport><dport>5060</dport></master></layer4>\
              <meta><helper-name>sip</helper-name><timeout>179</timeout><class>0</class>\
              <permanent/><inactive/></meta></flow>\n"
+        );
+        // -o xml,timestamp: <when> between the class and the flags.
+        let mut out = Vec::new();
+        write_xml(&mut out, &sip(), None, Some(0));
+        let line = String::from_utf8(out).expect("utf-8");
+        assert!(line.contains("<class>0</class><when><hour>"), "{line}");
+        assert!(
+            line.contains("</year></when><permanent/><inactive/></meta>"),
+            "{line}"
         );
         let mut odd = sip();
         odd.tuple.l4proto = Some(46);

@@ -225,7 +225,10 @@ fn events_match_conntrack() {
         let args = [&["-E", "expect"], *extra].concat();
         listeners.push((ns.spawn_conntrack(&args), ns.spawn_ctscope(&args)));
     }
-    ns.wait_for_listeners(2 * runs.len())
+    // ctscope's own: JSON, and a run that ends itself after two events.
+    let mut json = ns.spawn_ctscope(&["-E", "expect", "-o", "json"]);
+    let mut counted = ns.spawn_ctscope(&["-E", "expect", "--count", "2"]);
+    ns.wait_for_listeners(2 * runs.len() + 2)
         .unwrap_or_else(|e| panic!("{e}"));
     // The kernel reports a connection's expectations only if the
     // connection got its event extension, which it gets when made while a
@@ -259,7 +262,45 @@ fn events_match_conntrack() {
             failures.push(format!("run {i}: outputs differ\n{ct}\n{cs}"));
         }
     }
-    report(runs.len(), &failures);
+    // The JSON run saw the text run's events: same kinds, same ports.
+    let text = listeners[0].0.stdout_now();
+    let json = json.stop(Signal::SIGINT);
+    let from_text: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let tag = l.split(']').next()?.trim().trim_start_matches('[');
+            let dport = l
+                .split_whitespace()
+                .find_map(|t| t.strip_prefix("dport="))?;
+            Some((tag.to_string(), dport.to_string()))
+        })
+        .collect();
+    let from_json: Vec<(String, String)> = json
+        .lines()
+        .iter()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some((
+                v["event"].as_str()?.to_string(),
+                v["expected"]["dport"].as_u64()?.to_string(),
+            ))
+        })
+        .collect();
+    if from_text.is_empty() || from_text != from_json {
+        failures.push(format!(
+            "JSON events {from_json:?} vs conntrack's {from_text:?}\n{json}"
+        ));
+    }
+    match counted.wait_timeout(Duration::from_secs(5)) {
+        Some(out) if out.code == 0 && out.lines().len() == 2 => {
+            if summaries(&out) != ["2 expectation events have been shown."] {
+                failures.push(format!("--count 2: summary\n{out}"));
+            }
+        }
+        Some(out) => failures.push(format!("--count 2: want 2 lines, exit 0\n{out}")),
+        None => failures.push("--count 2 did not stop by itself".into()),
+    }
+    report(runs.len() + 2, &failures);
     drop(ftp);
 }
 

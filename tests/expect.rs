@@ -363,13 +363,21 @@ fn get_delete_and_flush() {
     fill(&mut ftp, 40002);
     let ct = ns.conntrack(&["-F", "expect"]);
     fill(&mut ftp, 40003);
+    // Every family goes, as with conntrack (the kernel flushes them all).
+    let mut ftp6 = ftp_session(&ns, "::1");
+    ftp6.port(40004);
     let cs = ns.ctscope(&["-F", "expect"]);
     let left = ns.conntrack(&["-L", "expect"]);
+    let left6 = ns.conntrack(&["-L", "expect", "-f", "ipv6"]);
     if let Err(e) = same_exit(&ct, &cs) {
         failures.push(e);
-    } else if summaries(&ct) != summaries(&cs) || !left.lines().is_empty() {
-        failures.push(format!("-F expect\n{ct}\n{cs}\n{left}"));
+    } else if summaries(&ct) != summaries(&cs)
+        || !left.lines().is_empty()
+        || !left6.lines().is_empty()
+    {
+        failures.push(format!("-F expect\n{ct}\n{cs}\n{left}\n{left6}"));
     }
+    drop(ftp6);
     report(6, &failures);
 }
 

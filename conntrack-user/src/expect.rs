@@ -73,16 +73,6 @@ impl Table {
         .map(|(_, table)| table)
         .ok_or_else(|| format!("unknown type `{s}'"))
     }
-
-    /// The name conntrack prints.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Conntrack => "conntrack",
-            Self::Expect => "expect",
-            Self::Dying => "dying",
-            Self::Unconfirmed => "unconfirmed",
-        }
-    }
 }
 
 #[cfg(test)]

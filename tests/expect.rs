@@ -8,8 +8,8 @@ use std::{
 };
 
 use ctscope_e2e::{
-    HELPER_RULESET, Netns, Output, compare_outputs, ftp_session, normalise_expect, normalise_xml,
-    poll_until, report, same_exit, sip_register,
+    HELPER_RULESET, Netns, Output, compare_outputs, ftp_session, multiset_diff, normalise,
+    normalise_expect, normalise_xml, poll_until, report, same_exit, sip_register,
 };
 use nix::sys::signal::Signal;
 
@@ -498,4 +498,74 @@ fn create_makes_a_working_expectation() {
     }
     report(3, &failures);
     drop((ftp, plain));
+}
+
+#[test]
+fn dying_list_holds_undelivered_destroys() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    // A reliable listener (NETLINK_BROADCAST_SEND_ERROR) that stops
+    // reading: once its small buffer is full, the kernel cannot deliver a
+    // DESTROY event, and (since 6.2) keeps the entry on the dying list
+    // until it can.
+    let mut listener =
+        ns.spawn_ctscope(&["events", "--source", "netlink", "--reliable", "-b", "4096"]);
+    ns.wait_for_listeners(1).unwrap_or_else(|e| panic!("{e}"));
+    listener.signal(Signal::SIGSTOP);
+    for sport in 1..=60 {
+        ns.insert(&format!(
+            "-p udp -s 10.9.0.1 -d 10.9.0.2 --sport {sport} --dport 53"
+        ));
+    }
+    ns.conntrack(&["-F"]).expect_code(0);
+    let dying = ns.conntrack(&["-L", "dying"]);
+    assert!(
+        dying.lines().len() >= 40,
+        "the flush left the undelivered entries dying\n{dying}"
+    );
+    // Lines as conntrack's (timeouts masked), as multisets: the kernel's
+    // redelivery work may reorder the list between two dumps.
+    let sorted = |out: &Output| {
+        let mut v: Vec<String> = out
+            .lines()
+            .iter()
+            .map(|l| normalise(&normalise_xml(l)))
+            .collect();
+        v.sort();
+        v
+    };
+    let cases: &[&[&str]] = &[
+        &["-L", "dying"],
+        &["-L", "dying", "-o", "xml"],
+        &["-L", "dying", "-o", "extended,id"],
+        &["-L", "dying", "-o", "save"],
+        &["-L", "dying", "-p", "udp", "--sport", "19"],
+        &["-L", "unconfirmed"],
+    ];
+    let mut failures = Vec::new();
+    for args in cases {
+        let ct = ns.conntrack(args);
+        let cs = ns.ctscope(args);
+        if let Err(e) = same_exit(&ct, &cs) {
+            failures.push(e);
+        } else if let Some(d) = multiset_diff("conntrack", &sorted(&ct), "ctscope", &sorted(&cs)) {
+            failures.push(format!("{args:?}: {d}"));
+        } else if summaries(&ct) != summaries(&cs) {
+            failures.push(format!("{args:?}: summaries differ\n{ct}\n{cs}"));
+        }
+    }
+    // The listener reads again: the events go out and the list empties.
+    listener.signal(Signal::SIGCONT);
+    listener.stop(Signal::SIGINT);
+    let emptied = poll_until(Duration::from_secs(5), || {
+        ns.ctscope(&["-L", "dying"]).lines().is_empty()
+    });
+    if !emptied {
+        failures.push(format!(
+            "the dying list did not empty\n{}",
+            ns.conntrack(&["-L", "dying"])
+        ));
+    }
+    report(cases.len() + 1, &failures);
 }

@@ -572,5 +572,20 @@ mod tests {
             err(events(&e)),
             "Illegal option `--protonum' with this command"
         );
+        // The lists and the commands they do not take: refused before any
+        // socket is opened, exit 2.
+        for argv in [
+            &["-D", "dying"][..],
+            &["-F", "unconfirmed"],
+            &["-C", "dying"],
+            &["-E", "dying"],
+            &["-U", "expect", "-m", "1"],
+            &[
+                "-G", "expect", "-s", "1.1.1.1", "-d", "2.2.2.2", "-p", "udp", "-o", "xml",
+            ],
+        ] {
+            let code = crate::cli::run(std::iter::once("ctscope").chain(argv.iter().copied()));
+            assert_eq!(code, 2, "{argv:?}");
+        }
     }
 }

@@ -7,7 +7,9 @@
 //! expectations). 6.18 sends no `CTA_EXPECT_ZONE` in dumps, so where the
 //! library puts `zone=` could not be seen: it goes after the master tuple,
 //! where the library's older releases put it.
-use serde_json::{Value, json};
+use std::net::IpAddr;
+
+use serde::Serialize;
 
 use super::{
     text::{put_named_tuple, put_u64},
@@ -165,43 +167,74 @@ fn open_close(out: &mut Vec<u8>, name: &[u8], inner: impl FnOnce(&mut Vec<u8>)) 
     out.push(b'>');
 }
 
+/// One tuple of an expectation in JSON.
+#[derive(Serialize)]
+struct JsonTuple {
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+    sport: Option<u16>,
+    dport: Option<u16>,
+}
+
+impl From<&Tuple> for JsonTuple {
+    fn from(t: &Tuple) -> Self {
+        Self {
+            src: t.src,
+            dst: t.dst,
+            sport: t.sport,
+            dport: t.dport,
+        }
+    }
+}
+
+/// An expectation in JSON, keys in this order (the README's schema).
+#[derive(Serialize)]
+struct JsonExpect<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time_ns: Option<u64>,
+    family: &'static str,
+    proto: &'static str,
+    protonum: u8,
+    timeout: Option<u32>,
+    expected: JsonTuple,
+    mask: JsonTuple,
+    master: JsonTuple,
+    master_proto: Option<u8>,
+    helper: Option<&'a str>,
+    class: Option<u32>,
+    flags: Vec<&'static str>,
+    zone: Option<u16>,
+    id: Option<u32>,
+}
+
 /// Writes one JSON object, with a newline (ctscope's own format; see the
-/// README's schema).
+/// README's schema); events carry their kind and when they were received.
 pub fn write_json(out: &mut Vec<u8>, exp: &Expect, event: Option<EventKind>, time_ns: Option<u64>) {
-    let tuple = |t: &Tuple| {
-        json!({
-            "src": t.src.map(|a| a.to_string()),
-            "dst": t.dst.map(|a| a.to_string()),
-            "sport": t.sport,
-            "dport": t.dport,
-        })
-    };
     let l4 = exp.tuple.l4proto.unwrap_or(0);
-    let mut v = json!({
-        "family": l3_name(exp.family),
-        "proto": proto_name(l4),
-        "protonum": l4,
-        "timeout": exp.timeout,
-        "expected": tuple(&exp.tuple),
-        "mask": tuple(&exp.mask),
-        "master": tuple(&exp.master),
-        "master_proto": exp.master.l4proto,
-        "helper": exp.helper.as_deref(),
-        "class": exp.class,
-        "flags": flag_names(exp.flags.unwrap_or(0)).collect::<Vec<_>>(),
-        "zone": exp.zone,
-        "id": exp.id,
-    });
-    if let (Some(kind), Value::Object(map)) = (event, &mut v) {
-        let name = match kind {
+    let v = JsonExpect {
+        event: event.map(|kind| match kind {
             EventKind::New => "NEW",
             EventKind::Update => "UPDATE",
             EventKind::Destroy => "DESTROY",
-        };
-        map.insert("event".into(), name.into());
-        map.insert("time_ns".into(), time_ns.into());
-    }
-    // Serialising a Value into a Vec cannot fail.
+        }),
+        time_ns: event.and(time_ns),
+        family: l3_name(exp.family),
+        proto: proto_name(l4),
+        protonum: l4,
+        timeout: exp.timeout,
+        expected: (&exp.tuple).into(),
+        mask: (&exp.mask).into(),
+        master: (&exp.master).into(),
+        master_proto: exp.master.l4proto,
+        helper: exp.helper.as_deref(),
+        class: exp.class,
+        flags: flag_names(exp.flags.unwrap_or(0)).collect(),
+        zone: exp.zone,
+        id: exp.id,
+    };
+    // Serialising plain data into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, &v);
     out.push(b'\n');
 }
@@ -321,8 +354,10 @@ mod tests {
 
     #[test]
     fn json_is_one_parseable_object() {
+        use serde_json::{Value, json};
         let mut out = Vec::new();
         write_json(&mut out, &sip(), Some(EventKind::Destroy), Some(5));
+        assert!(out.starts_with(br#"{"event":"DESTROY","time_ns":5,"family":"ipv4","#));
         let v: Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(v["event"], "DESTROY");
         assert_eq!(v["proto"], "udp");
@@ -330,5 +365,9 @@ mod tests {
         assert_eq!(v["expected"]["dport"], 5062);
         assert_eq!(v["master"]["src"], "127.0.0.1");
         assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1);
+        // A listing has no event keys.
+        let mut out = Vec::new();
+        write_json(&mut out, &sip(), None, Some(5));
+        assert!(out.starts_with(br#"{"family":"ipv4","proto":"udp","#));
     }
 }

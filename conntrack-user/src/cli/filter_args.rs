@@ -2,7 +2,11 @@
 //! disagree, ports without a protocol, states of the wrong protocol).
 use ipnet::IpNet;
 
-use super::{Result, args::FilterArgs, usage};
+use super::{
+    Result,
+    args::{ExpectArgs, FilterArgs},
+    usage,
+};
 use crate::{
     ct::{DCCP_STATES, ProtoState, SCTP_STATES, TCP_STATES, has_ports, is_icmp, proto},
     filter::{Filter, NatFilter, StateFilter},
@@ -48,6 +52,27 @@ fn family_of(net: &Option<IpNet>) -> Option<u8> {
         IpNet::V4(_) => libc::AF_INET as u8,
         IpNet::V6(_) => libc::AF_INET6 as u8,
     })
+}
+
+impl ExpectArgs {
+    /// The long names of the expectation options given (which only `-I
+    /// expect` takes), in conntrack's order.
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            (self.tuple_src.is_some(), "tuple-src"),
+            (self.tuple_dst.is_some(), "tuple-dst"),
+            (self.mask_src.is_some(), "mask-src"),
+            (self.mask_dst.is_some(), "mask-dst"),
+            (self.tuple_port_src.is_some(), "tuple-port-src"),
+            (self.tuple_port_dst.is_some(), "tuple-port-dst"),
+            (self.mask_port_src.is_some(), "mask-port-src"),
+            (self.mask_port_dst.is_some(), "mask-port-dst"),
+        ]
+        .into_iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, name)| name)
+        .collect()
+    }
 }
 
 impl FilterArgs {

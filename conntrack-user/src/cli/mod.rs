@@ -320,6 +320,20 @@ mod tests {
             &["-I", "-p", "udp", "-s", "1.1.1.1", "-d", "2.2.2.2"],
             &["-U", "-w", "1"],
             &["-I", "-t", "-5"],
+            // The expectation options belong to -I expect.
+            &[
+                "-I",
+                "-p",
+                "udp",
+                "-s",
+                "1.1.1.1",
+                "-d",
+                "2.2.2.2",
+                "-t",
+                "5",
+                "--tuple-src",
+                "1.1.1.1",
+            ],
         ] {
             let code = run(std::iter::once("ctscope").chain(argv.iter().copied()));
             assert_eq!(code, 2, "{argv:?}");

@@ -133,6 +133,10 @@ fn is_cidr(net: &Option<IpNet>) -> bool {
 /// conntrack's checks of `-I`'s options, in its order, and the request.
 fn create_request(a: &CreateArgs) -> Result<(u8, EntryRequest)> {
     let f = &a.entry;
+    // The expected tuple and its mask are -I expect's only.
+    if let Some(option) = a.expect.given().first() {
+        return Err(illegal(option));
+    }
     for (set, flag) in [
         (f.family.is_some(), "family"),
         (f.secmark.is_some(), "secmark"),

@@ -343,6 +343,14 @@ pub struct FilterArgs {
     /// Reply destination address or network.
     #[arg(short = 'q', long = "reply-dst", value_parser = parse_net)]
     pub reply_dst: Option<IpNet>,
+    /// Netmask of -s, as an address (255.255.0.0): -s ADDR --mask-src
+    /// MASK is -s ADDR/PREFIX. With -I expect: the expectation's source
+    /// mask.
+    #[arg(long = "mask-src", value_name = "MASK", value_parser = parse_mask)]
+    pub mask_src: Option<IpAddr>,
+    /// Netmask of -d (with -I expect: the expectation's destination mask).
+    #[arg(long = "mask-dst", value_name = "MASK", value_parser = parse_mask)]
+    pub mask_dst: Option<IpAddr>,
     /// Layer 4 protocol, by name (tcp, udp, icmp...) or number.
     #[arg(short = 'p', long = "proto", visible_alias = "protonum", value_parser = parse_proto)]
     pub proto: Option<u8>,
@@ -507,7 +515,8 @@ pub struct CountArgs {
 }
 
 /// What `-I expect` takes besides the master tuple (`-s -d -p --sport
-/// --dport`): the expected tuple and its mask, as conntrack names them.
+/// --dport`) and the address mask (`--mask-src --mask-dst`): the expected
+/// tuple and its port mask, as conntrack names them.
 #[derive(Args, Debug, Default, Clone)]
 pub struct ExpectArgs {
     /// Source address of the expected tuple.
@@ -516,12 +525,6 @@ pub struct ExpectArgs {
     /// Destination address of the expected tuple.
     #[arg(long = "tuple-dst", value_parser = parse_net)]
     pub tuple_dst: Option<IpNet>,
-    /// Source address mask of the expectation (an address, e.g. 255.255.255.255).
-    #[arg(long = "mask-src", value_parser = parse_net)]
-    pub mask_src: Option<IpNet>,
-    /// Destination address mask of the expectation.
-    #[arg(long = "mask-dst", value_parser = parse_net)]
-    pub mask_dst: Option<IpNet>,
     /// Source port of the expected tuple.
     #[arg(long = "tuple-port-src")]
     pub tuple_port_src: Option<u16>,
@@ -564,6 +567,15 @@ fn parse_net(s: &str) -> std::result::Result<IpNet, String> {
     let v4 = inet_aton(addr).ok_or_else(bad)?;
     let net = ipnet::Ipv4Net::new(v4, prefix.unwrap_or(32)).map_err(|_| bad())?;
     Ok(IpNet::V4(net))
+}
+
+/// A netmask written as an address (`255.255.0.0`, `ffff:ffff::`), in
+/// the forms `-s` takes; CIDR is refused, as conntrack refuses it here.
+fn parse_mask(s: &str) -> std::result::Result<IpAddr, String> {
+    match parse_net(s)? {
+        net if net.prefix_len() == net.max_prefix_len() => Ok(net.addr()),
+        _ => Err(format!("CIDR notation unavailable for a mask (`{s}')")),
+    }
 }
 
 /// glibc's inet_aton: one to four parts, decimal, octal (leading 0) or hex

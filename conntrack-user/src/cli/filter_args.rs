@@ -1,5 +1,7 @@
 //! Filter flags -> [`Filter`]: the checks across flags (families that
 //! disagree, ports without a protocol, states of the wrong protocol).
+use std::net::IpAddr;
+
 use ipnet::IpNet;
 
 use super::{
@@ -47,6 +49,36 @@ fn parse_nat(value: &Option<String>, flag: &str) -> Result<NatFilter> {
     }
 }
 
+/// `-s ADDR --mask-src MASK` as a network: the mask replaces any prefix
+/// of `-s`, as in conntrack. Only contiguous masks: a network is a prefix
+/// here.
+fn masked(
+    net: Option<IpNet>,
+    mask: Option<IpAddr>,
+    addr_flag: &str,
+    mask_flag: &str,
+) -> Result<Option<IpNet>> {
+    let Some(mask) = mask else {
+        return Ok(net);
+    };
+    let net = net.ok_or_else(|| usage(format!("Can't use {mask_flag} without {addr_flag}")))?;
+    let (bits, width) = match (net.addr(), mask) {
+        (IpAddr::V4(_), IpAddr::V4(m)) => (u128::from(u32::from(m)) << 96, 32),
+        (IpAddr::V6(_), IpAddr::V6(m)) => (u128::from(m), 128),
+        _ => return Err(usage("mismatched address family")),
+    };
+    let prefix = bits.leading_ones();
+    if bits.checked_shl(prefix).unwrap_or(0) != 0 {
+        return Err(usage(format!(
+            "{mask_flag} {mask}: only contiguous masks are supported (as in ADDR/PREFIX)"
+        )));
+    }
+    let prefix = u8::try_from(prefix.min(width)).unwrap_or(0);
+    IpNet::new(net.addr(), prefix)
+        .map(Some)
+        .map_err(|_| usage(format!("invalid {mask_flag} {mask}")))
+}
+
 fn family_of(net: &Option<IpNet>) -> Option<u8> {
     net.as_ref().map(|n| match n {
         IpNet::V4(_) => libc::AF_INET as u8,
@@ -61,8 +93,6 @@ impl ExpectArgs {
         [
             (self.tuple_src.is_some(), "tuple-src"),
             (self.tuple_dst.is_some(), "tuple-dst"),
-            (self.mask_src.is_some(), "mask-src"),
-            (self.mask_dst.is_some(), "mask-dst"),
             (self.tuple_port_src.is_some(), "tuple-port-src"),
             (self.tuple_port_dst.is_some(), "tuple-port-dst"),
             (self.mask_port_src.is_some(), "mask-port-src"),
@@ -88,6 +118,8 @@ impl FilterArgs {
             (self.reply_dst.is_some(), "reply-dst"),
             (self.proto.is_some(), "protonum"),
             (self.status.is_some(), "status"),
+            (self.mask_src.is_some(), "mask-src"),
+            (self.mask_dst.is_some(), "mask-dst"),
             (self.mark.is_some(), "mark"),
             (self.family.is_some(), "family"),
             (self.src_nat.is_some(), "src-nat"),
@@ -128,8 +160,10 @@ impl FilterArgs {
                 "cannot specify `--src-nat' or `--dst-nat' with `--any-nat'",
             ));
         }
+        let src = masked(self.src, self.mask_src, "--src", "--mask-src")?;
+        let dst = masked(self.dst, self.mask_dst, "--dst", "--mask-dst")?;
         let mut family = self.family;
-        for net in [&self.src, &self.dst, &self.reply_src, &self.reply_dst] {
+        for net in [&src, &dst, &self.reply_src, &self.reply_dst] {
             if let Some(f) = family_of(net) {
                 match family {
                     Some(have) if have != f => {
@@ -187,8 +221,8 @@ impl FilterArgs {
         };
         Ok(Filter {
             family,
-            orig_src: self.src,
-            orig_dst: self.dst,
+            orig_src: src,
+            orig_dst: dst,
             reply_src: self.reply_src,
             reply_dst: self.reply_dst,
             l4proto: self.proto,

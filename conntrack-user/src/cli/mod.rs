@@ -400,6 +400,48 @@ mod tests {
             panic!("not list");
         };
         assert!(matches!(a.filter.to_filter(), Err(CliError::Usage(_))));
+        // --mask-src/--mask-dst: the netmask of -s/-d (replacing a prefix).
+        let masked = |args: &[&str]| {
+            let Some(Command::List(a)) = parse(args).ok().and_then(|c| c.command) else {
+                return Err("does not parse".to_string());
+            };
+            a.filter
+                .to_filter()
+                .map(|f| {
+                    (
+                        f.orig_src.map(|n| n.to_string()),
+                        f.orig_dst.map(|n| n.to_string()),
+                    )
+                })
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            masked(&["-L", "-s", "10.1.2.3", "--mask-src", "255.255.0.0"]),
+            Ok((Some("10.1.2.3/16".into()), None))
+        );
+        assert_eq!(
+            masked(&[
+                "-L",
+                "-s",
+                "10.1.0.0/16",
+                "-d",
+                "::1",
+                "--mask-src",
+                "255.0.0.0"
+            ]),
+            Err("mixed address families: -f and the addresses disagree".into())
+        );
+        assert_eq!(
+            masked(&["-L", "-d", "2001:db8::1", "--mask-dst", "ffff:ffff::"]),
+            Ok((None, Some("2001:db8::1/32".into())))
+        );
+        assert_eq!(
+            masked(&["-L", "--mask-src", "255.0.0.0"]),
+            Err("Can't use --mask-src without --src".into())
+        );
+        assert!(masked(&["-L", "-s", "10.0.0.1", "--mask-src", "255.0.255.0"]).is_err());
+        assert!(masked(&["-L", "-s", "10.0.0.1", "--mask-src", "ffff::"]).is_err());
+        assert!(parse(&["-L", "-s", "10.0.0.1", "--mask-src", "255.0.0.0/8"]).is_err());
         let cli = parse(&["list", "--state", "ESTABLISHED"]).expect("parses");
         let Some(Command::List(a)) = cli.command else {
             panic!("not list");

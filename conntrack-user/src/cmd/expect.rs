@@ -194,11 +194,6 @@ pub fn delete(args: &ListArgs) -> Result<()> {
     Ok(())
 }
 
-/// An address mask given as an address (`--mask-src 255.255.255.0`).
-fn mask_addr(net: Option<IpNet>, option: &str) -> Result<IpAddr> {
-    net.map(|n| n.addr()).ok_or_else(|| missing(option))
-}
-
 /// `-I expect`: the master (`-s -d -p --sport --dport`), the expected
 /// tuple (`--tuple-src --tuple-dst --tuple-port-src --tuple-port-dst`), its
 /// mask (`--mask-src --mask-dst --mask-port-src --mask-port-dst`) and `-t`.
@@ -215,6 +210,8 @@ pub fn create(args: &CreateArgs) -> Result<()> {
             "reply-dst",
             "protonum",
             "status",
+            "mask-src",
+            "mask-dst",
             "orig-port-src",
             "orig-port-dst",
             "reply-port-src",
@@ -241,8 +238,8 @@ pub fn create(args: &CreateArgs) -> Result<()> {
     let e: &ExpectArgs = &args.expect;
     let tuple_src = single(e.tuple_src, "tuple-src", "mask-src")?;
     let tuple_dst = single(e.tuple_dst, "tuple-dst", "mask-dst")?;
-    let mask_src = mask_addr(e.mask_src, "mask-src")?;
-    let mask_dst = mask_addr(e.mask_dst, "mask-dst")?;
+    let mask_src = f.mask_src.ok_or_else(|| missing("mask-src"))?;
+    let mask_dst = f.mask_dst.ok_or_else(|| missing("mask-dst"))?;
     if !has_ports(proto) {
         return Err(usage(
             "-I expect needs a protocol with ports (tcp, udp, udplite, sctp, dccp)",

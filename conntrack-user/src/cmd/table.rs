@@ -122,6 +122,8 @@ fn tuple_request(f: &FilterArgs) -> Result<(u8, AttrWriter)> {
         (f.zone.is_some(), "--zone"),
         (f.orig_zone.is_some(), "--orig-zone"),
         (f.reply_zone.is_some(), "--reply-zone"),
+        (f.mask_src.is_some(), "--mask-src"),
+        (f.mask_dst.is_some(), "--mask-dst"),
     ] {
         if set {
             return Err(usage(format!("Illegal option `{flag}' with this command")));

@@ -142,8 +142,8 @@ fn create_request(a: &CreateArgs) -> Result<(u8, EntryRequest)> {
         (f.secmark.is_some(), "secmark"),
         (f.any_nat.is_some(), "any-nat"),
         (!f.label.is_empty(), "label"),
-        (is_cidr(&f.src), "mask-src"),
-        (is_cidr(&f.dst), "mask-dst"),
+        (is_cidr(&f.src) || f.mask_src.is_some(), "mask-src"),
+        (is_cidr(&f.dst) || f.mask_dst.is_some(), "mask-dst"),
     ] {
         if set {
             return Err(illegal(flag));

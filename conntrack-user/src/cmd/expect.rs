@@ -8,8 +8,9 @@
 //! (`Illegal option `--src' with this command`, exit 2); `-G` and `-D`
 //! name an expectation by the tuple of a connection it would match.
 //! Where conntrack is plainly wrong, ctscope is not (see the README):
-//! `-I expect` puts `--tuple-port-src/dst` in the expected tuple (1.4.7
-//! writes the destination port's first byte into the protocol), and a
+//! `-I expect` puts `--tuple-port-src/dst` in the expected tuple with the
+//! `-p` protocol (1.4.7 writes the first byte of the last tuple port given
+//! into the protocol), and a
 //! successful `-D expect` says so and exits 0 (1.4.7 prints "0
 //! expectations have been shown." and exits 1).
 use std::{
@@ -73,6 +74,15 @@ fn single(net: Option<IpNet>, option: &str, mask_option: &str) -> Result<IpAddr>
         return Err(illegal(mask_option));
     }
     Ok(net.addr())
+}
+
+/// An address of the expected tuple, and the mask its prefix implies
+/// (`--tuple-src 10.0.0.0/24` is `--mask-src 255.255.255.0` too, as in
+/// conntrack; an explicit `--mask-src` wins).
+fn tuple_addr(net: Option<IpNet>, option: &str) -> Result<(IpAddr, Option<IpAddr>)> {
+    let net = net.ok_or_else(|| missing(option))?;
+    let implied = (net.prefix_len() != net.max_prefix_len()).then(|| net.netmask());
+    Ok((net.addr(), implied))
 }
 
 /// The family both addresses share.
@@ -236,10 +246,16 @@ pub fn create(args: &CreateArgs) -> Result<()> {
     let proto = f.proto.ok_or_else(|| missing("protonum"))?;
     let timeout = args.timeout.ok_or_else(|| missing("timeout"))?;
     let e: &ExpectArgs = &args.expect;
-    let tuple_src = single(e.tuple_src, "tuple-src", "mask-src")?;
-    let tuple_dst = single(e.tuple_dst, "tuple-dst", "mask-dst")?;
-    let mask_src = f.mask_src.ok_or_else(|| missing("mask-src"))?;
-    let mask_dst = f.mask_dst.ok_or_else(|| missing("mask-dst"))?;
+    let (tuple_src, implied_src) = tuple_addr(e.tuple_src, "tuple-src")?;
+    let (tuple_dst, implied_dst) = tuple_addr(e.tuple_dst, "tuple-dst")?;
+    let mask_src = f
+        .mask_src
+        .or(implied_src)
+        .ok_or_else(|| missing("mask-src"))?;
+    let mask_dst = f
+        .mask_dst
+        .or(implied_dst)
+        .ok_or_else(|| missing("mask-dst"))?;
     if !has_ports(proto) {
         return Err(usage(
             "-I expect needs a protocol with ports (tcp, udp, udplite, sctp, dccp)",
@@ -569,6 +585,17 @@ mod tests {
             err(events(&e)),
             "Illegal option `--protonum' with this command"
         );
+        // A prefix on the expected tuple's address is its mask.
+        let net = |s: &str| s.parse::<IpNet>().ok();
+        assert_eq!(
+            tuple_addr(net("10.1.2.3/24"), "tuple-src").ok(),
+            Some(("10.1.2.3".parse().expect("a"), "255.255.255.0".parse().ok()))
+        );
+        assert_eq!(
+            tuple_addr(net("10.1.2.3/32"), "tuple-src").ok(),
+            Some(("10.1.2.3".parse().expect("a"), None))
+        );
+        assert!(tuple_addr(None, "tuple-dst").is_err());
         // The lists and the commands they do not take: refused before any
         // socket is opened, exit 2.
         for argv in [

@@ -77,6 +77,16 @@ fn addresses() {
         (&["-s", "127.1"], Subset),
         (&["-d", "10.1.2"], Subset),
         (&["-s", "127.1/8"], Subset),
+        // --mask-src/--mask-dst: the netmask of -s/-d, as an address; it
+        // replaces a prefix given with -s.
+        (&["-s", "127.0.0.9", "--mask-src", "255.0.0.0"], Subset),
+        (&["-d", "10.0.0.77", "--mask-dst", "255.255.255.0"], Subset),
+        (&["-s", "10.1.0.0/16", "--mask-src", "255.0.0.0"], Subset),
+        (&["-s", "2001:db8::5", "--mask-src", "ffff:ffff::"], Subset),
+        (&["-s", "10.0.0.0", "--mask-src", "0.0.0.0"], Subset),
+        (&["--mask-src", "255.0.0.0"], Rejected),
+        (&["-d", "10.0.0.1", "--mask-src", "255.0.0.0"], Rejected),
+        (&["-s", "10.0.0.1", "--mask-src", "ffff::"], Rejected),
     ]);
 }
 

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cmd;
 pub mod ct;
 pub mod ebpf;
+pub mod expect;
 pub mod fault;
 pub mod filter;
 pub mod metrics;

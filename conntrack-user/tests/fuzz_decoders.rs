@@ -32,11 +32,13 @@ use ctscope::{
         btf::KernelBtf,
         record::{decode_record, to_conntrack},
     },
+    expect::Expect,
     netlink::{
         codec::{decode_conntrack, decode_stats_cpu, decode_stats_global, split_nfgenmsg},
-        events::{Batch, decode_datagram},
+        events::{Batch, decode_datagram, decode_expect_datagram},
+        expect::decode_expect,
     },
-    output::text::write_text,
+    output::{expect as expect_output, text::write_text},
 };
 use proptest::{
     prelude::*,
@@ -65,6 +67,7 @@ static CTNETLINK: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| seeds("ctnetlink"));
 static EVENTS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| seeds("events"));
 static STATS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| seeds("stats"));
 static BTF: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| seeds("btf"));
+static EXPECT: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| seeds("expect"));
 
 /// Runs `test` on inputs from `strategy` until the time budget is spent.
 /// Each round is a fresh proptest run (new random seed, saved failures
@@ -216,6 +219,35 @@ fn decode_message(bytes: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The expectation decoders on one netlink message (or datagram): none may
+/// panic, every decoded expectation prints, and the event decoder's count
+/// agrees with what it handed out.
+fn decode_expect_message(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let print = |exp: &Expect| {
+        let mut out = Vec::new();
+        expect_output::write_text(&mut out, exp, Some(EventKind::New));
+        expect_output::write_xml(&mut out, exp, None, Some(0));
+        expect_output::write_json(&mut out, exp, None, None);
+        out
+    };
+    let payload = bytes.get(16..).unwrap_or_default();
+    if let Ok((head, body)) = split_nfgenmsg(payload) {
+        let mut exp = Expect::default();
+        if decode_expect(head.family, body, &mut exp).is_ok() {
+            let out = print(&exp);
+            prop_assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 3);
+        }
+    }
+    let mut batch = Batch::default();
+    let mut n = 0u64;
+    decode_expect_datagram(bytes, &mut Expect::default(), &mut batch, &mut |_, exp| {
+        print(exp);
+        n += 1;
+    });
+    prop_assert_eq!(n, batch.events);
+    Ok(())
+}
+
 fn message_type(msg: &[u8]) -> u16 {
     u16::from_ne_bytes([msg[4], msg[5]])
 }
@@ -282,6 +314,35 @@ fn the_corpus_is_real_kernel_output_that_decodes_cleanly() {
         }
     }
     assert!(cpu >= 1 && global == 1, "{cpu} per-CPU, {global} global");
+    // Expectations: events of both kinds, IPv4 and IPv6, each with its
+    // master, mask and helper; and a per-CPU statistics reply (which the
+    // kernel sends as a ctnetlink message, subsystem 1).
+    let (mut exp_kinds, mut families, mut exp_stats) = (BTreeSet::new(), BTreeSet::new(), 0);
+    for (i, msg) in EXPECT.iter().enumerate() {
+        if message_type(msg) == 0x0103 {
+            let stats = decode_stats_cpu(&msg[16..]).expect("expectation stats");
+            assert_eq!(stats.counters.len(), 3, "{stats:?}");
+            exp_stats += 1;
+            continue;
+        }
+        let mut batch = Batch::default();
+        decode_expect_datagram(msg, &mut Expect::default(), &mut batch, &mut |kind, exp| {
+            exp_kinds.insert(format!("{kind:?}"));
+            families.insert(exp.family);
+            assert!(
+                exp.master.src.is_some() && exp.mask.dst.is_some() && exp.helper.is_some(),
+                "expect seed {i}: {exp:?}"
+            );
+        });
+        assert!(
+            batch.events == 1 && batch.malformed == 0,
+            "expect seed {i}: {batch:?}"
+        );
+    }
+    assert!(
+        exp_kinds.len() == 2 && families.len() == 2 && exp_stats == 1,
+        "{exp_kinds:?} {families:?} {exp_stats}"
+    );
     // BTF: the cut holds every offset the programs need, laid out as in
     // the kernel (the tuple hashes follow each other, the reply's after
     // the original's).
@@ -334,6 +395,27 @@ fn fuzz_event_datagrams() {
             proptest::collection::vec(any::<u8>(), 0..1024)
         ],
         |bytes| decode_message(&bytes),
+    );
+}
+
+#[test]
+fn fuzz_expectations() {
+    fuzz(
+        "expect",
+        prop_oneof![
+            3 => mutated(&EXPECT),
+            1 => nla_like().prop_map(|v| {
+                // A NEW expectation event's header, then noise.
+                let mut head = vec![0u8; 20];
+                head[4..6].copy_from_slice(&0x0200u16.to_ne_bytes());
+                head[6..8].copy_from_slice(&0x0600u16.to_ne_bytes());
+                head[16] = 2;
+                let len = (head.len() + v.len()) as u32;
+                head[..4].copy_from_slice(&len.to_ne_bytes());
+                [head, v].concat()
+            })
+        ],
+        |bytes| decode_expect_message(&bytes),
     );
 }
 
@@ -423,6 +505,12 @@ fn fuzz_command_lines() {
         Just("--zone".to_string()),
         Just("--orig-zone".to_string()),
         Just("--dport".to_string()),
+        Just("expect".to_string()),
+        Just("dying".to_string()),
+        Just("-I".to_string()),
+        Just("--tuple-src".to_string()),
+        Just("--tuple-port-dst".to_string()),
+        Just("--mask-src".to_string()),
         prop_oneof![
             Just("1e99".to_string()),
             Just("1e19".to_string()),

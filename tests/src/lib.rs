@@ -18,6 +18,7 @@
 //! `command` (a finished run's [`Output`]), `background` (programs left
 //! running), `http` (a tiny HTTP client), `exporter` (`serve`, Prometheus
 //! and node_exporter in a namespace),
+//! `helpers` (real expectations from the kernel's ftp and sip helpers),
 //! `traffic` (the table's entries), `browser` (headless Chromium for the
 //! HTML report), `compare` (ctscope's output against
 //! conntrack's), `tmux` (driving a terminal screen), `conntrack_max` (the
@@ -30,6 +31,7 @@ mod command;
 mod compare;
 mod conntrack_max;
 mod exporter;
+mod helpers;
 mod http;
 mod netns;
 mod tmux;
@@ -54,6 +56,7 @@ pub use exporter::{
     NODE_EXPORTER, NOTRACK_HTTP, PROMETHEUS, SERVE, addr, check_histograms, get, promtool_check,
     quiet_netns, start_serve, wait_ready,
 };
+pub use helpers::{FtpSession, HELPER_RULESET, ftp_session, normalise_expect, sip_register};
 pub use http::{HttpResponse, http_get, sample, url_encode};
 pub use netns::{Netns, SKIP_SWITCH};
 pub use tmux::{Screen, Tmux};

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 
 use crate::{
     ebpf::{Hook, Updates},
+    expect::Table,
     netlink::events::EventMask,
     source::{DEFAULT_RCVBUF, DEFAULT_RING_SIZE, SourceChoice, SourceConfig},
     ui::{app::parse_refresh, rows::SortKey},
@@ -58,7 +59,7 @@ pub enum Command {
     Flush(FlushArgs),
     /// Print the number of entries in the table (conntrack -C).
     #[command(short_flag = 'C', long_flag = "count")]
-    Count,
+    Count(CountArgs),
     /// Print per-CPU statistics (conntrack -S).
     #[command(short_flag = 'S', long_flag = "stats")]
     Stats(StatsArgs),
@@ -285,6 +286,9 @@ impl SourceArgs {
 /// Arguments of events.
 #[derive(Args, Debug, Clone)]
 pub struct EventArgs {
+    /// The table: conntrack (the default) or expect.
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Output: xml, save, json, extended, id, timestamp, labels (comma-separated).
@@ -345,6 +349,14 @@ pub struct FilterArgs {
     /// Reply destination address or network.
     #[arg(short = 'q', long = "reply-dst", value_parser = parse_net)]
     pub reply_dst: Option<IpNet>,
+    /// Netmask of -s, as an address (255.255.0.0): -s ADDR --mask-src
+    /// MASK is -s ADDR/PREFIX. With -I expect: the expectation's source
+    /// mask.
+    #[arg(long = "mask-src", value_name = "MASK", value_parser = parse_mask)]
+    pub mask_src: Option<IpAddr>,
+    /// Netmask of -d (with -I expect: the expectation's destination mask).
+    #[arg(long = "mask-dst", value_name = "MASK", value_parser = parse_mask)]
+    pub mask_dst: Option<IpAddr>,
     /// Layer 4 protocol, by name (tcp, udp, icmp...) or number.
     #[arg(short = 'p', long = "proto", visible_alias = "protonum", value_parser = parse_proto)]
     pub proto: Option<u8>,
@@ -413,6 +425,10 @@ pub struct FilterArgs {
 /// Arguments of list, get and delete.
 #[derive(Args, Debug, Default, Clone)]
 pub struct ListArgs {
+    /// The table: conntrack (the default), expect, dying or unconfirmed
+    /// (any prefix, as conntrack reads it).
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Output: xml, save, json, extended, id, ktimestamp, labels (comma-separated).
@@ -428,10 +444,16 @@ pub struct ListArgs {
 /// `-p` and its ports or ICMP fields) and what to set.
 #[derive(Args, Debug, Default, Clone)]
 pub struct CreateArgs {
+    /// The table: conntrack (the default) or expect.
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
     /// The tuple (filters' flags), and the values of -m, -u, -w,
-    /// --orig-zone, --reply-zone, --state, -n, -g.
+    /// --orig-zone, --reply-zone, --state, -n, -g. With `expect`: the
+    /// master connection's original tuple.
     #[command(flatten)]
     pub entry: FilterArgs,
+    #[command(flatten)]
+    pub expect: ExpectArgs,
     /// Seconds to live (required).
     #[arg(short = 't', long = "timeout", value_parser = parse_u32_arg)]
     pub timeout: Option<u32>,
@@ -459,6 +481,9 @@ pub struct CreateArgs {
 /// except -m, -u and --state, which are the new values.
 #[derive(Args, Debug, Default, Clone)]
 pub struct UpdateArgs {
+    /// The table (only conntrack can be updated).
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
     /// Filters, and the new -m MARK[/MASK], -u STATUS, --state.
     #[command(flatten)]
     pub filter: FilterArgs,
@@ -479,14 +504,53 @@ pub struct UpdateArgs {
 /// Arguments of flush.
 #[derive(Args, Debug, Default, Clone)]
 pub struct FlushArgs {
+    /// The table: conntrack (the default) or expect.
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
     /// Only this family: ipv4 or ipv6.
     #[arg(short = 'f', long = "family", value_parser = parse_family)]
     pub family: Option<u8>,
 }
 
+/// Arguments of count.
+#[derive(Args, Debug, Default, Clone)]
+pub struct CountArgs {
+    /// The table: conntrack (the default) or expect.
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
+}
+
+/// What `-I expect` takes besides the master tuple (`-s -d -p --sport
+/// --dport`) and the address mask (`--mask-src --mask-dst`): the expected
+/// tuple and its port mask, as conntrack names them.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ExpectArgs {
+    /// Source address of the expected tuple.
+    #[arg(long = "tuple-src", value_parser = parse_net)]
+    pub tuple_src: Option<IpNet>,
+    /// Destination address of the expected tuple.
+    #[arg(long = "tuple-dst", value_parser = parse_net)]
+    pub tuple_dst: Option<IpNet>,
+    /// Source port of the expected tuple.
+    #[arg(long = "tuple-port-src")]
+    pub tuple_port_src: Option<u16>,
+    /// Destination port of the expected tuple.
+    #[arg(long = "tuple-port-dst")]
+    pub tuple_port_dst: Option<u16>,
+    /// Source port mask (0: any port).
+    #[arg(long = "mask-port-src")]
+    pub mask_port_src: Option<u16>,
+    /// Destination port mask (65535: this port only).
+    #[arg(long = "mask-port-dst")]
+    pub mask_port_dst: Option<u16>,
+}
+
 /// Arguments of stats.
 #[derive(Args, Debug, Default, Clone)]
 pub struct StatsArgs {
+    /// The table: conntrack (the default) or expect.
+    #[arg(value_name = "TABLE", value_parser = Table::parse, default_value = "conntrack")]
+    pub table: Table,
     /// Add a line with the sum over all CPUs.
     #[arg(long)]
     pub total: bool,
@@ -509,6 +573,15 @@ fn parse_net(s: &str) -> std::result::Result<IpNet, String> {
     let v4 = inet_aton(addr).ok_or_else(bad)?;
     let net = ipnet::Ipv4Net::new(v4, prefix.unwrap_or(32)).map_err(|_| bad())?;
     Ok(IpNet::V4(net))
+}
+
+/// A netmask written as an address (`255.255.0.0`, `ffff:ffff::`), in
+/// the forms `-s` takes; CIDR is refused, as conntrack refuses it here.
+fn parse_mask(s: &str) -> std::result::Result<IpAddr, String> {
+    match parse_net(s)? {
+        net if net.prefix_len() == net.max_prefix_len() => Ok(net.addr()),
+        _ => Err(format!("CIDR notation unavailable for a mask (`{s}')")),
+    }
 }
 
 /// glibc's inet_aton: one to four parts, decimal, octal (leading 0) or hex

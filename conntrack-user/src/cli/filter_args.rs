@@ -1,8 +1,14 @@
 //! Filter flags -> [`Filter`]: the checks across flags (families that
 //! disagree, ports without a protocol, states of the wrong protocol).
+use std::net::IpAddr;
+
 use ipnet::IpNet;
 
-use super::{Result, args::FilterArgs, usage};
+use super::{
+    Result,
+    args::{ExpectArgs, FilterArgs},
+    usage,
+};
 use crate::{
     ct::{DCCP_STATES, ProtoState, SCTP_STATES, TCP_STATES, has_ports, is_icmp, proto},
     filter::{Filter, NatFilter, StateFilter},
@@ -43,6 +49,36 @@ fn parse_nat(value: &Option<String>, flag: &str) -> Result<NatFilter> {
     }
 }
 
+/// `-s ADDR --mask-src MASK` as a network: the mask replaces any prefix
+/// of `-s`, as in conntrack. Only contiguous masks: a network is a prefix
+/// here.
+fn masked(
+    net: Option<IpNet>,
+    mask: Option<IpAddr>,
+    addr_flag: &str,
+    mask_flag: &str,
+) -> Result<Option<IpNet>> {
+    let Some(mask) = mask else {
+        return Ok(net);
+    };
+    let net = net.ok_or_else(|| usage(format!("Can't use {mask_flag} without {addr_flag}")))?;
+    let (bits, width) = match (net.addr(), mask) {
+        (IpAddr::V4(_), IpAddr::V4(m)) => (u128::from(u32::from(m)) << 96, 32),
+        (IpAddr::V6(_), IpAddr::V6(m)) => (u128::from(m), 128),
+        _ => return Err(usage("mismatched address family")),
+    };
+    let prefix = bits.leading_ones();
+    if bits.checked_shl(prefix).unwrap_or(0) != 0 {
+        return Err(usage(format!(
+            "{mask_flag} {mask}: only contiguous masks are supported (as in ADDR/PREFIX)"
+        )));
+    }
+    let prefix = u8::try_from(prefix.min(width)).unwrap_or(0);
+    IpNet::new(net.addr(), prefix)
+        .map(Some)
+        .map_err(|_| usage(format!("invalid {mask_flag} {mask}")))
+}
+
 fn family_of(net: &Option<IpNet>) -> Option<u8> {
     net.as_ref().map(|n| match n {
         IpNet::V4(_) => libc::AF_INET as u8,
@@ -50,7 +86,65 @@ fn family_of(net: &Option<IpNet>) -> Option<u8> {
     })
 }
 
+impl ExpectArgs {
+    /// The long names of the expectation options given (which only `-I
+    /// expect` takes), in conntrack's order.
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            (self.tuple_src.is_some(), "tuple-src"),
+            (self.tuple_dst.is_some(), "tuple-dst"),
+            (self.tuple_port_src.is_some(), "tuple-port-src"),
+            (self.tuple_port_dst.is_some(), "tuple-port-dst"),
+            (self.mask_port_src.is_some(), "mask-port-src"),
+            (self.mask_port_dst.is_some(), "mask-port-dst"),
+        ]
+        .into_iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, name)| name)
+        .collect()
+    }
+}
+
 impl FilterArgs {
+    /// The long names of the options given, in the order conntrack 1.4.7
+    /// checks them (its option bits, then the protocol's own), as its
+    /// messages name them (`protonum`, `orig-port-src`): for the commands
+    /// that take only some of them.
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            (self.src.is_some(), "src"),
+            (self.dst.is_some(), "dst"),
+            (self.reply_src.is_some(), "reply-src"),
+            (self.reply_dst.is_some(), "reply-dst"),
+            (self.proto.is_some(), "protonum"),
+            (self.status.is_some(), "status"),
+            (self.mask_src.is_some(), "mask-src"),
+            (self.mask_dst.is_some(), "mask-dst"),
+            (self.mark.is_some(), "mark"),
+            (self.family.is_some(), "family"),
+            (self.src_nat.is_some(), "src-nat"),
+            (self.dst_nat.is_some(), "dst-nat"),
+            (self.secmark.is_some(), "secmark"),
+            (self.any_nat.is_some(), "any-nat"),
+            (self.zone.is_some(), "zone"),
+            (!self.label.is_empty(), "label"),
+            (self.orig_zone.is_some(), "orig-zone"),
+            (self.reply_zone.is_some(), "reply-zone"),
+            (self.sport.is_some(), "orig-port-src"),
+            (self.dport.is_some(), "orig-port-dst"),
+            (self.reply_port_src.is_some(), "reply-port-src"),
+            (self.reply_port_dst.is_some(), "reply-port-dst"),
+            (self.state.is_some(), "state"),
+            (self.icmp_type.is_some(), "icmp-type"),
+            (self.icmp_code.is_some(), "icmp-code"),
+            (self.icmp_id.is_some(), "icmp-id"),
+        ]
+        .into_iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, name)| name)
+        .collect()
+    }
+
     /// Checks the combination and builds the filter.
     pub fn to_filter(&self) -> Result<Filter> {
         for (net, flag) in [
@@ -66,8 +160,10 @@ impl FilterArgs {
                 "cannot specify `--src-nat' or `--dst-nat' with `--any-nat'",
             ));
         }
+        let src = masked(self.src, self.mask_src, "--src", "--mask-src")?;
+        let dst = masked(self.dst, self.mask_dst, "--dst", "--mask-dst")?;
         let mut family = self.family;
-        for net in [&self.src, &self.dst, &self.reply_src, &self.reply_dst] {
+        for net in [&src, &dst, &self.reply_src, &self.reply_dst] {
             if let Some(f) = family_of(net) {
                 match family {
                     Some(have) if have != f => {
@@ -125,8 +221,8 @@ impl FilterArgs {
         };
         Ok(Filter {
             family,
-            orig_src: self.src,
-            orig_dst: self.dst,
+            orig_src: src,
+            orig_dst: dst,
             reply_src: self.reply_src,
             reply_dst: self.reply_dst,
             l4proto: self.proto,

@@ -17,6 +17,7 @@ pub use args::{Cli, Command};
 
 use crate::{
     cmd,
+    expect::Table,
     netlink::NetlinkError,
     netns,
     output::OutputOptionError,
@@ -116,6 +117,16 @@ pub fn illegal(long_flag: &str) -> CliError {
     usage(format!("Illegal option `--{long_flag}' with this command"))
 }
 
+/// The dying and unconfirmed lists can only be listed, as with conntrack.
+fn not_a_list(table: Table) -> Result<Table> {
+    match table {
+        Table::Dying | Table::Unconfirmed => Err(usage(
+            "Can't do that command with tables `dying' and `unconfirmed'",
+        )),
+        t => Ok(t),
+    }
+}
+
 fn dispatch(cli: &Cli) -> Result<()> {
     if let Some(ns) = &cli.netns {
         netns::enter(ns).map_err(|e| CliError::Failed(e.to_string()))?;
@@ -124,15 +135,40 @@ fn dispatch(cli: &Cli) -> Result<()> {
         }
     }
     match &cli.command {
+        Some(Command::List(a)) if a.table == Table::Expect => cmd::expect::list(a),
         Some(Command::List(a)) => cmd::table::list(a),
-        Some(Command::Get(a)) => cmd::table::get(a),
-        Some(Command::Delete(a)) => cmd::table::delete(a),
-        Some(Command::Create(a)) => cmd::write::create(a),
-        Some(Command::Update(a)) => cmd::write::update(a),
-        Some(Command::Flush(a)) => cmd::table::flush(a),
-        Some(Command::Count) => cmd::stats::count(),
-        Some(Command::Stats(a)) => cmd::stats::stats(a),
-        Some(Command::Events(a)) => with_ebpf_caps(cmd::events::run(a), a.source.source),
+        Some(Command::Get(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::get(a),
+            _ => cmd::table::get(a),
+        },
+        Some(Command::Delete(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::delete(a),
+            _ => cmd::table::delete(a),
+        },
+        Some(Command::Create(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::create(a),
+            _ => cmd::write::create(a),
+        },
+        Some(Command::Update(a)) => match not_a_list(a.table)? {
+            Table::Expect => Err(usage("Can't do --update on expectations")),
+            _ => cmd::write::update(a),
+        },
+        Some(Command::Flush(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::flush(a),
+            _ => cmd::table::flush(a),
+        },
+        Some(Command::Count(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::count(a),
+            _ => cmd::stats::count(),
+        },
+        Some(Command::Stats(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::stats(a),
+            _ => cmd::stats::stats(a),
+        },
+        Some(Command::Events(a)) => match not_a_list(a.table)? {
+            Table::Expect => cmd::expect::events(a),
+            _ => with_ebpf_caps(cmd::events::run(a), a.source.source),
+        },
         // `top --once` takes one dump and never traces.
         Some(Command::Top(a)) if a.once => cmd::top::run(a),
         Some(Command::Top(a)) => with_ebpf_caps(cmd::top::run(a), a.source.source),
@@ -236,7 +272,7 @@ mod tests {
         assert_eq!(a.output, vec!["extended,id"]);
         assert!(matches!(
             parse(&["-C"]).expect("parses").command,
-            Some(Command::Count)
+            Some(Command::Count(_))
         ));
         assert!(matches!(
             parse(&["-F"]).expect("parses").command,
@@ -284,6 +320,20 @@ mod tests {
             &["-I", "-p", "udp", "-s", "1.1.1.1", "-d", "2.2.2.2"],
             &["-U", "-w", "1"],
             &["-I", "-t", "-5"],
+            // The expectation options belong to -I expect.
+            &[
+                "-I",
+                "-p",
+                "udp",
+                "-s",
+                "1.1.1.1",
+                "-d",
+                "2.2.2.2",
+                "-t",
+                "5",
+                "--tuple-src",
+                "1.1.1.1",
+            ],
         ] {
             let code = run(std::iter::once("ctscope").chain(argv.iter().copied()));
             assert_eq!(code, 2, "{argv:?}");
@@ -350,6 +400,48 @@ mod tests {
             panic!("not list");
         };
         assert!(matches!(a.filter.to_filter(), Err(CliError::Usage(_))));
+        // --mask-src/--mask-dst: the netmask of -s/-d (replacing a prefix).
+        let masked = |args: &[&str]| {
+            let Some(Command::List(a)) = parse(args).ok().and_then(|c| c.command) else {
+                return Err("does not parse".to_string());
+            };
+            a.filter
+                .to_filter()
+                .map(|f| {
+                    (
+                        f.orig_src.map(|n| n.to_string()),
+                        f.orig_dst.map(|n| n.to_string()),
+                    )
+                })
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            masked(&["-L", "-s", "10.1.2.3", "--mask-src", "255.255.0.0"]),
+            Ok((Some("10.1.2.3/16".into()), None))
+        );
+        assert_eq!(
+            masked(&[
+                "-L",
+                "-s",
+                "10.1.0.0/16",
+                "-d",
+                "::1",
+                "--mask-src",
+                "255.0.0.0"
+            ]),
+            Err("mixed address families: -f and the addresses disagree".into())
+        );
+        assert_eq!(
+            masked(&["-L", "-d", "2001:db8::1", "--mask-dst", "ffff:ffff::"]),
+            Ok((None, Some("2001:db8::1/32".into())))
+        );
+        assert_eq!(
+            masked(&["-L", "--mask-src", "255.0.0.0"]),
+            Err("Can't use --mask-src without --src".into())
+        );
+        assert!(masked(&["-L", "-s", "10.0.0.1", "--mask-src", "255.0.255.0"]).is_err());
+        assert!(masked(&["-L", "-s", "10.0.0.1", "--mask-src", "ffff::"]).is_err());
+        assert!(parse(&["-L", "-s", "10.0.0.1", "--mask-src", "255.0.0.0/8"]).is_err());
         let cli = parse(&["list", "--state", "ESTABLISHED"]).expect("parses");
         let Some(Command::List(a)) = cli.command else {
             panic!("not list");

@@ -10,6 +10,7 @@ use crate::{
 };
 
 pub mod events;
+pub mod expect;
 pub mod profile;
 pub mod serve;
 pub mod stats;

@@ -14,6 +14,7 @@ use crate::{
         usage,
     },
     ct::{Conntrack, Tuple, has_ports},
+    expect::Table,
     netlink::{CtSocket, codec::AttrWriter, cta},
     output::{LabelMap, Listing, OutputOptions, Printer, summary},
 };
@@ -56,15 +57,24 @@ fn list_only_options(args: &ListArgs) -> Result<()> {
     Ok(())
 }
 
+/// `-L`, `-L dying`, `-L unconfirmed` (`-L expect` is in `cmd::expect`).
 pub fn list(args: &ListArgs) -> Result<()> {
-    if args.zero && compares(&args.filter) {
+    let main_table = args.table == Table::Conntrack;
+    if main_table && args.zero && compares(&args.filter) {
         return Err(usage("Can't use -z with filtering parameters"));
     }
     let filter = args.filter.to_filter()?;
     let opts = output_options(&args.output, &args.filter)?;
     let mut sock = CtSocket::open()?;
     let signal = interrupt_on_signals()?;
-    let mut printer = Printer::new(opts);
+    // conntrack 1.4.7 ends its dying and unconfirmed dumps before the
+    // line that closes the XML document.
+    let listing = if main_table {
+        Listing::List
+    } else {
+        Listing::Get
+    };
+    let mut printer = Printer::for_listing(opts, listing);
     let mut shown = 0u64;
     let kernel_filter = filter.kernel_attrs();
     let on_entry = |ct: &Conntrack| {
@@ -80,10 +90,12 @@ pub fn list(args: &ListArgs) -> Result<()> {
     let family = filter.family.unwrap_or(0);
     // With -z the kernel zeroes every entry it dumps, those the NAT
     // filters then leave out included, as for conntrack.
-    let dumped = if args.zero {
-        sock.dump_zeroing(family, kernel_filter.as_bytes(), on_entry)?
-    } else {
-        sock.dump(family, kernel_filter.as_bytes(), on_entry)?
+    let dumped = match args.table {
+        // conntrack sends these dumps without filters, and never zeroes.
+        Table::Dying => sock.dump_dying(family, on_entry)?,
+        Table::Unconfirmed => sock.dump_unconfirmed(family, on_entry)?,
+        _ if args.zero => sock.dump_zeroing(family, kernel_filter.as_bytes(), on_entry)?,
+        _ => sock.dump(family, kernel_filter.as_bytes(), on_entry)?,
     };
     printer.finish()?;
     if dumped.restarts > 0 {
@@ -110,6 +122,8 @@ fn tuple_request(f: &FilterArgs) -> Result<(u8, AttrWriter)> {
         (f.zone.is_some(), "--zone"),
         (f.orig_zone.is_some(), "--orig-zone"),
         (f.reply_zone.is_some(), "--reply-zone"),
+        (f.mask_src.is_some(), "--mask-src"),
+        (f.mask_dst.is_some(), "--mask-dst"),
     ] {
         if set {
             return Err(usage(format!("Illegal option `{flag}' with this command")));

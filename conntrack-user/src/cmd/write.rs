@@ -133,13 +133,17 @@ fn is_cidr(net: &Option<IpNet>) -> bool {
 /// conntrack's checks of `-I`'s options, in its order, and the request.
 fn create_request(a: &CreateArgs) -> Result<(u8, EntryRequest)> {
     let f = &a.entry;
+    // The expected tuple and its mask are -I expect's only.
+    if let Some(option) = a.expect.given().first() {
+        return Err(illegal(option));
+    }
     for (set, flag) in [
         (f.family.is_some(), "family"),
         (f.secmark.is_some(), "secmark"),
         (f.any_nat.is_some(), "any-nat"),
         (!f.label.is_empty(), "label"),
-        (is_cidr(&f.src), "mask-src"),
-        (is_cidr(&f.dst), "mask-dst"),
+        (is_cidr(&f.src) || f.mask_src.is_some(), "mask-src"),
+        (is_cidr(&f.dst) || f.mask_dst.is_some(), "mask-dst"),
     ] {
         if set {
             return Err(illegal(flag));

@@ -23,6 +23,9 @@ pub enum CodecError {
     /// A conntrack message without its original tuple.
     #[error("ctnetlink entry without an original tuple")]
     NoTuple,
+    /// An expectation message without the tuple it expects.
+    #[error("ctnetlink expectation without its tuple")]
+    NoExpectTuple,
 }
 
 /// The nfgenmsg header that starts every nfnetlink payload.
@@ -46,11 +49,11 @@ pub fn split_nfgenmsg(payload: &[u8]) -> Result<(NfGenMsg, &[u8]), CodecError> {
     ))
 }
 
-fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<NlaBuffer<&[u8]>, CodecError>> {
+pub(super) fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<NlaBuffer<&[u8]>, CodecError>> {
     NlasIterator::new(buf).map(|nla| nla.map_err(|_| CodecError::BadAttribute { name: "nla" }))
 }
 
-fn be_u16(v: &[u8], name: &'static str) -> Result<u16, CodecError> {
+pub(super) fn be_u16(v: &[u8], name: &'static str) -> Result<u16, CodecError> {
     let b: [u8; 2] = v
         .get(..2)
         .and_then(|b| b.try_into().ok())
@@ -58,7 +61,7 @@ fn be_u16(v: &[u8], name: &'static str) -> Result<u16, CodecError> {
     Ok(u16::from_be_bytes(b))
 }
 
-fn be_u32(v: &[u8], name: &'static str) -> Result<u32, CodecError> {
+pub(super) fn be_u32(v: &[u8], name: &'static str) -> Result<u32, CodecError> {
     let b: [u8; 4] = v
         .get(..4)
         .and_then(|b| b.try_into().ok())
@@ -94,12 +97,12 @@ fn ipv6(v: &[u8]) -> Result<IpAddr, CodecError> {
     Ok(IpAddr::V6(Ipv6Addr::from(b)))
 }
 
-fn string(v: &[u8]) -> Box<str> {
+pub(super) fn string(v: &[u8]) -> Box<str> {
     let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
     String::from_utf8_lossy(&v[..end]).into()
 }
 
-fn decode_tuple(buf: &[u8], tuple: &mut Tuple) -> Result<(), CodecError> {
+pub(super) fn decode_tuple(buf: &[u8], tuple: &mut Tuple) -> Result<(), CodecError> {
     for nla in attrs(buf) {
         let nla = nla?;
         match nla.kind() {

@@ -13,10 +13,14 @@ use std::{
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 use super::{
-    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW, NFNL_SUBSYS_CTNETLINK, codec, messages, set_rcvbuf,
+    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW, IPCTNL_MSG_EXP_DELETE, IPCTNL_MSG_EXP_NEW,
+    NFNL_SUBSYS_CTNETLINK, NFNL_SUBSYS_CTNETLINK_EXP, codec, expect, messages, set_rcvbuf,
     socket::NetlinkError,
 };
-use crate::ct::{Conntrack, EventKind};
+use crate::{
+    ct::{Conntrack, EventKind},
+    expect::Expect,
+};
 
 /// `NFNLGRP_CONNTRACK_NEW`.
 const NFNLGRP_CONNTRACK_NEW: u32 = 1;
@@ -24,6 +28,9 @@ const NFNLGRP_CONNTRACK_NEW: u32 = 1;
 const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
 /// `NFNLGRP_CONNTRACK_DESTROY`.
 const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+/// `NFNLGRP_CONNTRACK_EXP_NEW`, `_EXP_UPDATE`, `_EXP_DESTROY`: expectation
+/// events.
+const NFNLGRP_CONNTRACK_EXP: [u32; 3] = [4, 5, 6];
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_EXCL: u16 = 0x200;
 
@@ -124,8 +131,24 @@ pub struct EventSocket {
 }
 
 impl EventSocket {
-    /// Opens and subscribes.
+    /// Opens and subscribes to the connection events `config.mask` selects.
     pub fn open(config: EventConfig) -> Result<Self, NetlinkError> {
+        let groups = [
+            (config.mask.new, NFNLGRP_CONNTRACK_NEW),
+            (config.mask.update, NFNLGRP_CONNTRACK_UPDATE),
+            (config.mask.destroy, NFNLGRP_CONNTRACK_DESTROY),
+        ];
+        let groups: Vec<u32> = groups.iter().filter(|g| g.0).map(|g| g.1).collect();
+        Self::open_groups(&groups, config)
+    }
+
+    /// Opens and subscribes to every expectation event (conntrack -E
+    /// expect takes no -e); `config.mask` is not looked at.
+    pub fn open_expect(config: EventConfig) -> Result<Self, NetlinkError> {
+        Self::open_groups(&NFNLGRP_CONNTRACK_EXP, config)
+    }
+
+    fn open_groups(groups: &[u32], config: EventConfig) -> Result<Self, NetlinkError> {
         let io = |op| move |source| NetlinkError::Io { op, source };
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("socket"))?;
         socket.bind_auto().map_err(io("bind"))?;
@@ -138,26 +161,19 @@ impl EventSocket {
                 .set_no_enobufs(true)
                 .map_err(io("NETLINK_NO_ENOBUFS"))?;
         }
-        let groups = [
-            (config.mask.new, NFNLGRP_CONNTRACK_NEW),
-            (config.mask.update, NFNLGRP_CONNTRACK_UPDATE),
-            (config.mask.destroy, NFNLGRP_CONNTRACK_DESTROY),
-        ];
-        for (wanted, group) in groups {
-            if wanted {
-                socket.add_membership(group).map_err(|source| {
-                    if source.raw_os_error() == Some(libc::EPERM) {
-                        NetlinkError::PermissionDenied {
-                            op: "subscribe to conntrack events",
-                        }
-                    } else {
-                        NetlinkError::Io {
-                            op: "subscribe",
-                            source,
-                        }
+        for &group in groups {
+            socket.add_membership(group).map_err(|source| {
+                if source.raw_os_error() == Some(libc::EPERM) {
+                    NetlinkError::PermissionDenied {
+                        op: "subscribe to conntrack events",
                     }
-                })?;
-            }
+                } else {
+                    NetlinkError::Io {
+                        op: "subscribe",
+                        source,
+                    }
+                }
+            })?;
         }
         // Joining the groups succeeds even when ctnetlink is missing (the
         // kernel only starts loading it, without waiting), and then no
@@ -184,8 +200,33 @@ impl EventSocket {
         max_reads: usize,
         mut on_event: impl FnMut(EventKind, &Conntrack, u32),
     ) -> Result<Batch, NetlinkError> {
-        let mut batch = Batch::default();
         let mut ct = Conntrack::default();
+        self.drain_with(max_reads, |buf, batch| {
+            decode_datagram(buf, &mut ct, batch, &mut on_event);
+        })
+    }
+
+    /// [`Self::drain`] for a socket opened with [`Self::open_expect`]: each
+    /// expectation event goes to `on_event`.
+    pub fn drain_expect(
+        &mut self,
+        max_reads: usize,
+        mut on_event: impl FnMut(EventKind, &Expect),
+    ) -> Result<Batch, NetlinkError> {
+        let mut exp = Expect::default();
+        self.drain_with(max_reads, |buf, batch| {
+            decode_expect_datagram(buf, &mut exp, batch, &mut on_event);
+        })
+    }
+
+    /// Reads up to `max_reads` datagrams without waiting, each to
+    /// `on_datagram`; counts overruns.
+    fn drain_with(
+        &mut self,
+        max_reads: usize,
+        mut on_datagram: impl FnMut(&[u8], &mut Batch),
+    ) -> Result<Batch, NetlinkError> {
+        let mut batch = Batch::default();
         for _ in 0..max_reads {
             let mut slice = &mut self.buf[..];
             let n = match self.socket.recv(&mut slice, 0) {
@@ -201,7 +242,7 @@ impl EventSocket {
                 }
                 Err(source) => return Err(NetlinkError::Io { op: "recv", source }),
             };
-            decode_datagram(&self.buf[..n], &mut ct, &mut batch, &mut on_event);
+            on_datagram(&self.buf[..n], &mut batch);
         }
         Ok(batch)
     }
@@ -210,6 +251,42 @@ impl EventSocket {
 impl AsRawFd for EventSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.socket.as_raw_fd()
+    }
+}
+
+/// Decodes every expectation event message of one datagram.
+pub fn decode_expect_datagram(
+    buf: &[u8],
+    exp: &mut Expect,
+    batch: &mut Batch,
+    on_event: &mut impl FnMut(EventKind, &Expect),
+) {
+    for packet in messages(buf) {
+        let Ok(packet) = packet else {
+            batch.malformed += 1;
+            return;
+        };
+        let t = packet.message_type();
+        if t >> 8 != NFNL_SUBSYS_CTNETLINK_EXP {
+            continue;
+        }
+        let kind = match (t & 0xff) as u8 {
+            IPCTNL_MSG_EXP_NEW if packet.flags() & (NLM_F_CREATE | NLM_F_EXCL) != 0 => {
+                EventKind::New
+            }
+            IPCTNL_MSG_EXP_NEW => EventKind::Update,
+            IPCTNL_MSG_EXP_DELETE => EventKind::Destroy,
+            _ => continue,
+        };
+        let decoded = codec::split_nfgenmsg(packet.payload())
+            .and_then(|(head, body)| expect::decode_expect(head.family, body, exp));
+        match decoded {
+            Ok(()) => {
+                batch.events += 1;
+                on_event(kind, exp);
+            }
+            Err(_) => batch.malformed += 1,
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 //! nothing per entry.
 pub mod codec;
 pub mod events;
+pub mod expect;
 pub mod progname;
 pub mod request;
 pub mod socket;
@@ -87,9 +88,30 @@ pub const IPCTNL_MSG_CT_GET_STATS_CPU: u8 = 4;
 /// `IPCTNL_MSG_CT_GET_STATS`: global statistics (entry count).
 pub const IPCTNL_MSG_CT_GET_STATS: u8 = 5;
 
+/// `IPCTNL_MSG_CT_GET_DYING`: dump the dying list.
+pub const IPCTNL_MSG_CT_GET_DYING: u8 = 6;
+/// `IPCTNL_MSG_CT_GET_UNCONFIRMED`: dump the unconfirmed list.
+pub const IPCTNL_MSG_CT_GET_UNCONFIRMED: u8 = 7;
+
+/// `NFNL_SUBSYS_CTNETLINK_EXP`: the expectation table.
+pub const NFNL_SUBSYS_CTNETLINK_EXP: u16 = 2;
+/// `IPCTNL_MSG_EXP_NEW`: an expectation (dump reply, NEW event, create).
+pub const IPCTNL_MSG_EXP_NEW: u8 = 0;
+/// `IPCTNL_MSG_EXP_GET`: dump or get.
+pub const IPCTNL_MSG_EXP_GET: u8 = 1;
+/// `IPCTNL_MSG_EXP_DELETE`: delete, flush, DESTROY event.
+pub const IPCTNL_MSG_EXP_DELETE: u8 = 2;
+/// `IPCTNL_MSG_EXP_GET_STATS_CPU`: per-CPU expectation statistics.
+pub const IPCTNL_MSG_EXP_GET_STATS_CPU: u8 = 3;
+
 /// The netlink message type of a ctnetlink message.
 pub const fn ct_msg_type(msg: u8) -> u16 {
     (NFNL_SUBSYS_CTNETLINK << 8) | msg as u16
+}
+
+/// The netlink message type of a ctnetlink expectation message.
+pub const fn exp_msg_type(msg: u8) -> u16 {
+    (NFNL_SUBSYS_CTNETLINK_EXP << 8) | msg as u16
 }
 
 /// `CTA_*` attribute numbers (include/uapi/linux/netfilter/nfnetlink_conntrack.h).
@@ -172,6 +194,25 @@ pub mod cta {
 
     pub const STATS_GLOBAL_ENTRIES: u16 = 1;
     pub const STATS_GLOBAL_MAX_ENTRIES: u16 = 2;
+}
+
+/// `CTA_EXPECT_*` attribute numbers (include/uapi/linux/netfilter/nfnetlink_conntrack.h).
+pub mod cta_exp {
+    pub const MASTER: u16 = 1;
+    pub const TUPLE: u16 = 2;
+    pub const MASK: u16 = 3;
+    pub const TIMEOUT: u16 = 4;
+    pub const ID: u16 = 5;
+    pub const HELP_NAME: u16 = 6;
+    pub const ZONE: u16 = 7;
+    pub const FLAGS: u16 = 8;
+    pub const CLASS: u16 = 9;
+    pub const FN: u16 = 11;
+
+    /// `CTA_STATS_EXP_*`, per CPU.
+    pub const STATS_NEW: u16 = 1;
+    pub const STATS_CREATE: u16 = 2;
+    pub const STATS_DELETE: u16 = 3;
 }
 
 #[cfg(test)]

@@ -5,18 +5,19 @@ use std::io;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::{
-    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_GET_CTRZERO, IPCTNL_MSG_CT_GET_STATS,
-    IPCTNL_MSG_CT_GET_STATS_CPU, IPCTNL_MSG_CT_NEW,
+    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_GET_CTRZERO, IPCTNL_MSG_CT_GET_DYING,
+    IPCTNL_MSG_CT_GET_STATS, IPCTNL_MSG_CT_GET_STATS_CPU, IPCTNL_MSG_CT_GET_UNCONFIRMED,
+    IPCTNL_MSG_CT_NEW,
     codec::{self, CodecError, StatsCpu},
     ct_msg_type, messages, set_rcvbuf,
 };
 use crate::ct::Conntrack;
 
 const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_DUMP: u16 = 0x300;
+pub(super) const NLM_F_ACK: u16 = 0x4;
+pub(super) const NLM_F_EXCL: u16 = 0x200;
+pub(super) const NLM_F_CREATE: u16 = 0x400;
+pub(super) const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_NOOP: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -218,12 +219,18 @@ impl CtSocket {
         })
     }
 
-    fn send(&mut self, msg: u8, flags: u16, family: u8, attrs: &[u8]) -> Result<u32, NetlinkError> {
+    fn send(
+        &mut self,
+        msg_type: u16,
+        flags: u16,
+        family: u8,
+        attrs: &[u8],
+    ) -> Result<u32, NetlinkError> {
         self.seq = self.seq.wrapping_add(1);
         let len = 16 + 4 + attrs.len();
         let mut req = Vec::with_capacity(len);
         req.extend_from_slice(&(len as u32).to_ne_bytes());
-        req.extend_from_slice(&ct_msg_type(msg).to_ne_bytes());
+        req.extend_from_slice(&msg_type.to_ne_bytes());
         req.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
         req.extend_from_slice(&self.seq.to_ne_bytes());
         req.extend_from_slice(&0u32.to_ne_bytes());
@@ -257,16 +264,16 @@ impl CtSocket {
 
     /// Runs a request and hands every reply message (payload after the
     /// netlink header) to `on_msg`, until DONE or the ACK.
-    fn transact(
+    pub(super) fn transact(
         &mut self,
         op: &'static str,
-        msg: u8,
+        msg_type: u16,
         flags: u16,
         family: u8,
         attrs: &[u8],
         on_msg: impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
     ) -> Result<(), NetlinkError> {
-        let result = self.transact_once(op, msg, flags, family, attrs, on_msg);
+        let result = self.transact_once(op, msg_type, flags, family, attrs, on_msg);
         self.explained(result)
     }
 
@@ -277,7 +284,7 @@ impl CtSocket {
     pub fn probe(&mut self) -> Result<(), NetlinkError> {
         match self.transact_once(
             "probe",
-            IPCTNL_MSG_CT_GET_STATS_CPU,
+            ct_msg_type(IPCTNL_MSG_CT_GET_STATS_CPU),
             NLM_F_DUMP,
             0,
             &[],
@@ -303,13 +310,13 @@ impl CtSocket {
     fn transact_once(
         &mut self,
         op: &'static str,
-        msg: u8,
+        msg_type: u16,
         flags: u16,
         family: u8,
         attrs: &[u8],
         mut on_msg: impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
     ) -> Result<(), NetlinkError> {
-        let seq = self.send(msg, flags, family, attrs)?;
+        let seq = self.send(msg_type, flags, family, attrs)?;
         loop {
             let n = self
                 .recv()
@@ -330,24 +337,24 @@ impl CtSocket {
     fn transact_pipelined(
         &mut self,
         op: &'static str,
-        msg: u8,
+        msg_type: u16,
         family: u8,
         attrs: &[u8],
         on_msg: impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
     ) -> Result<(), NetlinkError> {
-        let result = self.transact_pipelined_once(op, msg, family, attrs, on_msg);
+        let result = self.transact_pipelined_once(op, msg_type, family, attrs, on_msg);
         self.explained(result)
     }
 
     fn transact_pipelined_once(
         &mut self,
         op: &'static str,
-        msg: u8,
+        msg_type: u16,
         family: u8,
         attrs: &[u8],
         mut on_msg: impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
     ) -> Result<(), NetlinkError> {
-        let seq = self.send(msg, NLM_F_DUMP, family, attrs)?;
+        let seq = self.send(msg_type, NLM_F_DUMP, family, attrs)?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.socket);
         let mut fault = self.fault_enobufs_after.take();
         std::thread::scope(|scope| {
@@ -423,6 +430,27 @@ impl CtSocket {
         self.dump_as(IPCTNL_MSG_CT_GET_CTRZERO, family, attrs, on_entry)
     }
 
+    /// Dumps the dying list: entries on their way out whose DESTROY event
+    /// is not delivered yet (since 6.2 the only entries kept there). No
+    /// kernel-side filters, as conntrack sends none.
+    pub fn dump_dying(
+        &mut self,
+        family: u8,
+        on_entry: impl FnMut(&Conntrack) -> bool,
+    ) -> Result<DumpSummary, NetlinkError> {
+        self.dump_as(IPCTNL_MSG_CT_GET_DYING, family, &[], on_entry)
+    }
+
+    /// Dumps the unconfirmed list. Since 6.1 (the per-CPU unconfirmed
+    /// lists are gone) ctnetlink_dump_unconfirmed answers with nothing.
+    pub fn dump_unconfirmed(
+        &mut self,
+        family: u8,
+        on_entry: impl FnMut(&Conntrack) -> bool,
+    ) -> Result<DumpSummary, NetlinkError> {
+        self.dump_as(IPCTNL_MSG_CT_GET_UNCONFIRMED, family, &[], on_entry)
+    }
+
     fn dump_as(
         &mut self,
         msg: u8,
@@ -435,7 +463,8 @@ impl CtSocket {
         let mut seen: Vec<u32> = Vec::new();
         let mut skip: Option<std::collections::HashSet<u32>> = None;
         loop {
-            let result = self.transact_pipelined("dump", msg, family, attrs, |_, payload| {
+            let msg_type = ct_msg_type(msg);
+            let result = self.transact_pipelined("dump", msg_type, family, attrs, |_, payload| {
                 let Ok((head, body)) = codec::split_nfgenmsg(payload) else {
                     summary.malformed += 1;
                     return Ok(());
@@ -477,13 +506,20 @@ impl CtSocket {
     /// Gets one entry by tuple; `None` when there is no such entry.
     pub fn get(&mut self, family: u8, attrs: &[u8]) -> Result<Option<Conntrack>, NetlinkError> {
         let mut found = None;
-        let result = self.transact("get", IPCTNL_MSG_CT_GET, 0, family, attrs, |_, payload| {
-            let (head, body) = codec::split_nfgenmsg(payload)?;
-            let mut ct = Conntrack::default();
-            codec::decode_conntrack(head.family, body, &mut ct)?;
-            found = Some(ct);
-            Ok(())
-        });
+        let result = self.transact(
+            "get",
+            ct_msg_type(IPCTNL_MSG_CT_GET),
+            0,
+            family,
+            attrs,
+            |_, payload| {
+                let (head, body) = codec::split_nfgenmsg(payload)?;
+                let mut ct = Conntrack::default();
+                codec::decode_conntrack(head.family, body, &mut ct)?;
+                found = Some(ct);
+                Ok(())
+            },
+        );
         match result {
             Ok(()) => Ok(found),
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
@@ -496,7 +532,7 @@ impl CtSocket {
     pub fn delete(&mut self, family: u8, attrs: &[u8]) -> Result<bool, NetlinkError> {
         match self.transact(
             "delete",
-            IPCTNL_MSG_CT_DELETE,
+            ct_msg_type(IPCTNL_MSG_CT_DELETE),
             NLM_F_ACK,
             family,
             attrs,
@@ -513,7 +549,7 @@ impl CtSocket {
     pub fn create(&mut self, family: u8, attrs: &[u8]) -> Result<(), NetlinkError> {
         self.transact(
             "create",
-            IPCTNL_MSG_CT_NEW,
+            ct_msg_type(IPCTNL_MSG_CT_NEW),
             NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
             family,
             attrs,
@@ -527,7 +563,7 @@ impl CtSocket {
     pub fn update(&mut self, family: u8, attrs: &[u8]) -> Result<bool, NetlinkError> {
         match self.transact(
             "update",
-            IPCTNL_MSG_CT_NEW,
+            ct_msg_type(IPCTNL_MSG_CT_NEW),
             NLM_F_ACK,
             family,
             attrs,
@@ -551,7 +587,7 @@ impl CtSocket {
         };
         let flushed = self.transact(
             "flush",
-            IPCTNL_MSG_CT_DELETE,
+            ct_msg_type(IPCTNL_MSG_CT_DELETE),
             NLM_F_ACK,
             family,
             &[],
@@ -566,7 +602,7 @@ impl CtSocket {
         let mut out = Vec::new();
         self.transact(
             "stats",
-            IPCTNL_MSG_CT_GET_STATS_CPU,
+            ct_msg_type(IPCTNL_MSG_CT_GET_STATS_CPU),
             NLM_F_DUMP,
             0,
             &[],
@@ -581,10 +617,17 @@ impl CtSocket {
     /// Global statistics: (entries in the table, nf_conntrack_max).
     pub fn stats_global(&mut self) -> Result<(Option<u32>, Option<u32>), NetlinkError> {
         let mut out = (None, None);
-        self.transact("count", IPCTNL_MSG_CT_GET_STATS, 0, 0, &[], |_, payload| {
-            out = codec::decode_stats_global(payload)?;
-            Ok(())
-        })?;
+        self.transact(
+            "count",
+            ct_msg_type(IPCTNL_MSG_CT_GET_STATS),
+            0,
+            0,
+            &[],
+            |_, payload| {
+                out = codec::decode_stats_global(payload)?;
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 }

@@ -4,6 +4,7 @@
 //! conntrack's summary lines.
 use std::collections::BTreeMap;
 
+pub mod expect;
 pub mod json;
 mod printer;
 pub mod save;

@@ -6,9 +6,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::{Format, OutputOptions, json, save, text, xml};
+use super::{Format, OutputOptions, expect, json, save, text, xml};
 use crate::{
     ct::{Conntrack, EventKind},
+    expect::Expect,
     netlink::progname::ProgName,
     source::Event,
 };
@@ -56,6 +57,10 @@ pub struct Printer<W: Write = io::Stdout> {
     listing: Listing,
     /// Whether the XML header has been written (so the footer is due).
     xml_started: bool,
+    /// The XML document's first lines and last line: `<conntrack>`, or
+    /// `<expect>` for expectations.
+    xml_header: &'static [u8],
+    xml_footer: &'static [u8],
     /// Wall clock for `delta-time` of listed entries.
     now_secs: i64,
     prognames: ProgName,
@@ -72,6 +77,15 @@ impl Printer {
     pub fn for_listing(opts: OutputOptions, listing: Listing) -> Self {
         Printer::with_sink(opts, listing, io::stdout())
     }
+
+    /// A printer to stdout for expectations (`-L expect`, `-E expect`):
+    /// their XML document is `<expect>`.
+    pub fn for_expectations(opts: OutputOptions) -> Self {
+        let mut p = Self::new(opts);
+        p.xml_header = expect::XML_HEADER;
+        p.xml_footer = expect::XML_FOOTER;
+        p
+    }
 }
 
 impl<W: Write> Printer<W> {
@@ -87,6 +101,8 @@ impl<W: Write> Printer<W> {
             opts,
             listing,
             xml_started: false,
+            xml_header: xml::HEADER,
+            xml_footer: xml::FOOTER,
             now_secs: i64::try_from(now().as_secs()).unwrap_or(i64::MAX),
             prognames: ProgName::default(),
             error: None,
@@ -97,7 +113,7 @@ impl<W: Write> Printer<W> {
     fn start_xml(&mut self) {
         if !self.xml_started && self.listing != Listing::Delete {
             self.xml_started = true;
-            self.out.extend_from_slice(xml::HEADER);
+            self.out.extend_from_slice(self.xml_header);
         }
     }
 
@@ -175,6 +191,45 @@ impl<W: Write> Printer<W> {
         self.flush_if_full()
     }
 
+    /// Adds one expectation, listed (`event` None) or an event with the
+    /// time it was received; false once stdout has failed. As conntrack,
+    /// only `-o xml`, `-o timestamp` (and ctscope's json) change the
+    /// output; `save` prints the text line.
+    pub fn expectation(&mut self, exp: &Expect, event: Option<(EventKind, u64)>) -> bool {
+        let at = match event {
+            Some((_, ns)) => Duration::from_nanos(ns),
+            None => now(),
+        };
+        let kind = event.map(|(k, _)| k);
+        match self.opts.format {
+            Format::Json => {
+                expect::write_json(&mut self.out, exp, kind, event.map(|(_, ns)| ns));
+            }
+            Format::Xml => {
+                self.start_xml();
+                let when = self
+                    .opts
+                    .timestamp
+                    .then(|| i64::try_from(at.as_secs()).unwrap_or(i64::MAX));
+                expect::write_xml(&mut self.out, exp, kind, when);
+            }
+            Format::Save | Format::Text => {
+                if self.opts.timestamp {
+                    // conntrack's "[%-8ld.%-6ld]\t" for expectations: the
+                    // microseconds padded with spaces on the right.
+                    let _ = write!(
+                        self.out,
+                        "[{:<8}.{:<6}]\t",
+                        at.as_secs(),
+                        at.subsec_micros()
+                    );
+                }
+                expect::write_text(&mut self.out, exp, kind);
+            }
+        }
+        self.flush_if_full()
+    }
+
     fn flush_if_full(&mut self) -> bool {
         if self.out.len() >= OUT_CHUNK {
             return self.flush();
@@ -199,7 +254,7 @@ impl<W: Write> Printer<W> {
     /// event run wrote the header); the first write error, if any.
     pub fn finish(mut self) -> io::Result<()> {
         if self.xml_started && self.listing == Listing::List {
-            self.out.extend_from_slice(xml::FOOTER);
+            self.out.extend_from_slice(self.xml_footer);
         }
         self.flush();
         if let Some(e) = self.error.take() {

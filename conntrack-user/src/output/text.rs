@@ -79,10 +79,17 @@ pub(crate) fn put_ip(out: &mut Vec<u8>, a: &IpAddr) {
 }
 
 fn put_tuple(out: &mut Vec<u8>, t: &Tuple, l4: u8) {
+    put_named_tuple(out, t, l4, b"src=", b" dst=");
+}
+
+/// A tuple with its own names for the addresses (`mask-src=`,
+/// `master-src=` in expectations), then its ports, keys or ICMP fields as
+/// `l4` has them.
+pub(crate) fn put_named_tuple(out: &mut Vec<u8>, t: &Tuple, l4: u8, src_is: &[u8], dst_is: &[u8]) {
     if let (Some(src), Some(dst)) = (&t.src, &t.dst) {
-        out.extend_from_slice(b"src=");
+        out.extend_from_slice(src_is);
         put_ip(out, src);
-        out.extend_from_slice(b" dst=");
+        out.extend_from_slice(dst_is);
         put_ip(out, dst);
         out.push(b' ');
     }

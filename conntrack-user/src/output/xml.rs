@@ -28,7 +28,7 @@ pub const HEADER: &[u8] = b"<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<conntra
 pub const FOOTER: &[u8] = b"</conntrack>\n";
 
 /// `<name>value</name>` for a number.
-fn element(out: &mut Vec<u8>, name: &[u8], value: u64) {
+pub(crate) fn element(out: &mut Vec<u8>, name: &[u8], value: u64) {
     out.push(b'<');
     out.extend_from_slice(name);
     out.push(b'>');
@@ -39,7 +39,7 @@ fn element(out: &mut Vec<u8>, name: &[u8], value: u64) {
 }
 
 /// `<name>text</name>`, the text unescaped as conntrack writes it.
-fn element_str(out: &mut Vec<u8>, name: &[u8], text: &str) {
+pub(crate) fn element_str(out: &mut Vec<u8>, name: &[u8], text: &str) {
     out.push(b'<');
     out.extend_from_slice(name);
     out.push(b'>');
@@ -50,7 +50,7 @@ fn element_str(out: &mut Vec<u8>, name: &[u8], text: &str) {
 }
 
 /// The library's name of an address family.
-fn l3_name(family: u8) -> &'static str {
+pub(crate) fn l3_name(family: u8) -> &'static str {
     match i32::from(family) {
         libc::AF_INET => "ipv4",
         libc::AF_INET6 => "ipv6",
@@ -65,6 +65,22 @@ fn xml_state(state: ProtoState) -> &'static str {
         ProtoState::Tcp(s) | ProtoState::Sctp(s) | ProtoState::Dccp(s) => s,
     };
     TCP_STATES.get(usize::from(s)).copied().unwrap_or("NONE")
+}
+
+/// The layer 4 elements of a tuple: ports, GRE keys, or nothing (ICMP
+/// and unknown protocols).
+pub(crate) fn put_l4(out: &mut Vec<u8>, t: &Tuple, l4: u8) {
+    if has_ports(l4) {
+        element(out, b"sport", t.sport.unwrap_or(0).into());
+        element(out, b"dport", t.dport.unwrap_or(0).into());
+    } else if l4 == proto::GRE {
+        let _ = write!(
+            out,
+            "<srckey>0x{:x}</srckey><dstkey>0x{:x}</dstkey>",
+            t.sport.unwrap_or(0),
+            t.dport.unwrap_or(0)
+        );
+    }
 }
 
 /// One `<meta direction="original|reply">` element.
@@ -95,17 +111,7 @@ fn put_tuple(
     out.extend_from_slice(b"\" protoname=\"");
     out.extend_from_slice(proto_name(l4).as_bytes());
     out.extend_from_slice(b"\">");
-    if has_ports(l4) {
-        element(out, b"sport", t.sport.unwrap_or(0).into());
-        element(out, b"dport", t.dport.unwrap_or(0).into());
-    } else if l4 == proto::GRE {
-        let _ = write!(
-            out,
-            "<srckey>0x{:x}</srckey><dstkey>0x{:x}</dstkey>",
-            t.sport.unwrap_or(0),
-            t.dport.unwrap_or(0)
-        );
-    }
+    put_l4(out, t, l4);
     out.extend_from_slice(b"</layer4>");
     if let Some(z) = t.zone {
         element(out, b"zone", z.into());
@@ -238,27 +244,33 @@ pub fn write_xml(
     if independent {
         out.extend_from_slice(b"</meta>");
     }
-    if event.is_some()
-        && opts.timestamp
-        && let Some(tm) = local_tm(now_secs)
-    {
-        let _ = write!(
-            out,
-            "<when><hour>{}</hour><min>{:02}</min><sec>{:02}</sec><wday>{}</wday>\
-             <day>{}</day><month>{}</month><year>{}</year></when>",
-            tm.tm_hour,
-            tm.tm_min,
-            tm.tm_sec,
-            tm.tm_wday + 1,
-            tm.tm_mday,
-            tm.tm_mon + 1,
-            i64::from(tm.tm_year) + 1900
-        );
+    if event.is_some() && opts.timestamp {
+        put_when(out, now_secs);
     }
     if let Some(h) = ct.helper() {
         element_str(out, b"helper", h);
     }
     out.extend_from_slice(b"</flow>\n");
+}
+
+/// `<when>`: the local time of `secs`, as the library's NFCT_OF_TIME
+/// writes it (`-o xml,timestamp`).
+pub(crate) fn put_when(out: &mut Vec<u8>, secs: i64) {
+    let Some(tm) = local_tm(secs) else {
+        return;
+    };
+    let _ = write!(
+        out,
+        "<when><hour>{}</hour><min>{:02}</min><sec>{:02}</sec><wday>{}</wday>\
+         <day>{}</day><month>{}</month><year>{}</year></when>",
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        tm.tm_wday + 1,
+        tm.tm_mday,
+        tm.tm_mon + 1,
+        i64::from(tm.tm_year) + 1900
+    );
 }
 
 #[cfg(test)]

@@ -7,6 +7,9 @@
 //! - `events/`: NEW, UPDATE and DESTROY event datagrams for the same
 //!   entries (their creation, a mark change, and a flush);
 //! - `stats/`: per-CPU and global statistics replies;
+//! - `expect/`: expectation dump replies, event datagrams (NEW, DESTROY)
+//!   and per-CPU statistics, from the kernel's ftp (IPv4 and IPv6) and
+//!   sip helpers;
 //! - `btf/`: the part of /sys/kernel/btf/vmlinux the offsets come from
 //!   (struct nf_conn, sk_buff, net and what they embed, and the
 //!   enum holding NF_CT_EXT_ACCT), cut out as a small, self-contained
@@ -22,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ctscope_e2e::Netns;
+use ctscope_e2e::{HELPER_RULESET, Netns, ftp_session, sip_register};
 
 const NETLINK_NETFILTER: i32 = 12;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -35,6 +38,11 @@ const CT_GET_STATS_CPU: u16 = 0x0104;
 const CT_GET_STATS: u16 = 0x0105;
 /// NFNLGRP_CONNTRACK_NEW, _UPDATE and _DESTROY as a bind mask.
 const EVENT_GROUPS: u32 = 0b111;
+/// (NFNL_SUBSYS_CTNETLINK_EXP << 8) | IPCTNL_MSG_EXP_GET, _GET_STATS_CPU.
+const EXP_GET: u16 = 0x0201;
+const EXP_GET_STATS_CPU: u16 = 0x0203;
+/// NFNLGRP_CONNTRACK_EXP_NEW, _UPDATE and _DESTROY as a bind mask.
+const EXP_EVENT_GROUPS: u32 = 0b111_000;
 /// At most this many files of one shape.
 const PER_SHAPE: usize = 1;
 
@@ -61,7 +69,10 @@ fn capture(dir: &Path) -> Result<(), String> {
     ns.conntrack(&["-F"]).expect_code(0);
     let event_datagrams = drain(&events, Duration::from_secs(1));
 
+    let expect = capture_expectations(&ns)?;
+
     let mut written = 0;
+    written += write_shapes(&dir.join("expect"), "expect", &expect)?;
     written += write_shapes(&dir.join("ctnetlink"), "dump", &dump)?;
     written += write_shapes(&dir.join("events"), "event", &event_datagrams)?;
     written += write_shapes(&dir.join("stats"), "stats", &[stats_cpu, stats].concat())?;
@@ -81,6 +92,30 @@ fn capture(dir: &Path) -> Result<(), String> {
         btf.len()
     );
     Ok(())
+}
+
+/// Expectations of the ftp and sip helpers: the dump replies, the event
+/// datagrams of their making and of a flush, and the per-CPU statistics.
+fn capture_expectations(ns: &Netns) -> Result<Vec<Vec<u8>>, String> {
+    ns.nft(HELPER_RULESET);
+    // Before the sessions: a connection made with no listener gets no
+    // event extension, and its expectations no events.
+    let events = ns.in_netns(|| socket(EXP_EVENT_GROUPS))?;
+    let mut ftp4 = ftp_session(ns, "127.0.0.2");
+    ftp4.port(51210);
+    let mut ftp6 = ftp_session(ns, "::1");
+    ftp6.port(51211);
+    sip_register(ns, 5062, false);
+    sip_register(ns, 5064, true);
+    let dump = ns.in_netns(|| request(EXP_GET, NLM_F_DUMP))?;
+    let stats = ns.in_netns(|| request(EXP_GET_STATS_CPU, NLM_F_DUMP))?;
+    ns.conntrack(&["-F", "expect"]).expect_code(0);
+    let datagrams = drain(&events, Duration::from_secs(1));
+    drop((ftp4, ftp6));
+    // Events first: a NEW event has the shape of a dump reply, and only
+    // the first of a shape is kept. The statistics replies come as
+    // NFNL_SUBSYS_CTNETLINK messages (ctnetlink_exp_stat_fill_info, 6.18).
+    Ok([datagrams, dump, stats].concat())
 }
 
 /// A netlink socket in the calling thread's namespace, bound to `groups`.

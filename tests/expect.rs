@@ -690,3 +690,25 @@ fn dying_list_holds_undelivered_destroys() {
     }
     report(cases.len() + 1, &failures);
 }
+
+#[test]
+fn expectation_events_from_ebpf_are_refused_saying_why() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    let out = ns.ctscope(&["-E", "expect", "--source", "ebpf", "--duration", "1"]);
+    if let Err(e) = out.one_line_error(1) {
+        panic!("{e}");
+    }
+    assert!(
+        out.stderr.contains("hooks no expectation function"),
+        "{out}"
+    );
+    // The default source takes ctnetlink's expectation events.
+    let out = ns.ctscope(&["-E", "expect", "--duration", "1"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stderr.contains("0 expectation events have been shown"),
+        "{out}"
+    );
+}

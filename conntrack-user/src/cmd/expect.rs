@@ -353,6 +353,14 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
 /// deadline are looked at again.
 const WAIT: Duration = Duration::from_millis(100);
 
+/// Why `-E expect` takes no eBPF source: the tracer hooks no expectation
+/// function. Expectations come from helpers (ftp, sip, tftp), a handful
+/// per control connection, a rate ctnetlink's expectation group keeps up
+/// with; their kernel functions (`nf_ct_expect_insert`, the unlink path)
+/// would need a second record layout for little gain.
+pub const EBPF_NO_EXPECTATIONS: &str = "eBPF source unavailable for expectation events: the tracer \
+     hooks no expectation function (expectations come from ctnetlink; use --source auto or netlink)";
+
 /// `-E expect`: expectation events as they happen (conntrack takes `-o`
 /// only; `--count`, `--duration` and `-b` are ctscope's own).
 pub fn events(args: &EventArgs) -> Result<()> {
@@ -361,9 +369,7 @@ pub fn events(args: &EventArgs) -> Result<()> {
         return Err(illegal("event-mask"));
     }
     if args.source.source == SourceChoice::Ebpf {
-        return Err(usage(
-            "expectation events come from ctnetlink only (--source netlink)",
-        ));
+        return Err(CliError::Failed(EBPF_NO_EXPECTATIONS.into()));
     }
     let opts = OutputOptions::parse(args.output.iter().map(String::as_str))?;
     let stop = stop_on_signals(true)?;

@@ -15,7 +15,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns,
         bpf_probe_read_kernel, generated,
@@ -37,6 +37,11 @@ const NF_ACCEPT: i32 = 1;
 /// Set by user space at load time from BTF.
 #[unsafe(no_mangle)]
 static OFFSETS: Offsets = UNSET_OFFSETS;
+
+/// Bytes waiting in the ring past which a record wakes the reader (a
+/// quarter of the ring, set by user space at load time; 0: never).
+#[unsafe(no_mangle)]
+static WAKE_AT: u64 = 0;
 
 /// Ring buffer shared with user space; resized at load time by `--ring-size`.
 #[map(name = "CT_EVENTS")]
@@ -234,8 +239,17 @@ fn emit(ct: u64, event: u8, status_or: u32, skip_if: u64, events: u16) {
             }
         }
     }
-    // Wake-ups are batched: user space polls with a short timeout.
-    slot.submit(BPF_RB_NO_WAKEUP as u64);
+    // Wake-ups are batched: the reader drains on a short timer, and is
+    // woken only once the ring holds a quarter of its size, so a burst
+    // cannot fill it between two drains.
+    // SAFETY: a plain read of our own global (see offsets()).
+    let wake_at = unsafe { core::ptr::read_volatile(&WAKE_AT) };
+    let flags = if wake_at != 0 && CT_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wake_at {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    slot.submit(flags as u64);
 }
 
 /// `unsigned int __nf_conntrack_confirm(struct sk_buff *skb)`: remembers the

@@ -283,8 +283,11 @@ impl Tracer {
         }
         // aya parses the kernel's BTF only for CO-RE relocations, which the
         // programs do not have (offsets come in OFFSETS).
+        // The reader drains on a timer; a quarter-full ring wakes it.
+        let wake_at = u64::from(config.ring_size / 4);
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
+            .override_global("WAKE_AT", &wake_at, true)
             .map_max_entries(conntrack_ebpf::RING_MAP, config.ring_size)
             .load(EBPF_OBJECT)
             .map_err(|e| refused(&e, e.to_string()))?;

@@ -1,7 +1,7 @@
 //! Each `conntrack -L` filter, through `ctscope list`, selects the same
 //! entries as conntrack does with the same arguments.
 
-use ctscope_e2e::{Netns, compare_list_to, report};
+use ctscope_e2e::{Netns, compare_list_to, normalise, report};
 
 /// What conntrack 1.4.7 does with a case, checked before comparing, so a
 /// filter that matches nothing (or everything) cannot pass unnoticed.
@@ -204,4 +204,91 @@ fn nat() {
         (&["-j", "-n"], Rejected),
         (&["-g", "127.0.0.0/8"], Rejected),
     ]);
+}
+
+/// GRE keys: `-G` takes them as conntrack does; `-L` and `-D` filter by
+/// them, where conntrack 1.4.7 ignores them (it lists, and deletes, every
+/// GRE entry: README, Differences), so the reference is conntrack's
+/// listing of the entry with those keys; and without `-p gre` they are
+/// refused (exit 2), as conntrack refuses them.
+#[test]
+fn gre_keys() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    ns.insert("-p gre -s 1.1.1.1 -d 2.2.2.2 --srckey 5 --dstkey 6");
+    ns.insert("-p gre -s 1.1.1.1 -d 2.2.2.3 --srckey 7 --dstkey 8");
+    let mut failures = Vec::new();
+    let listed = |args: &[&str]| -> Vec<String> {
+        let out = ns.ctscope(args);
+        out.lines().iter().map(|l| normalise(l)).collect()
+    };
+    let theirs: Vec<String> = ns
+        .conntrack(&["-L", "-p", "gre"])
+        .lines()
+        .iter()
+        .map(|l| normalise(l))
+        .collect();
+    assert_eq!(theirs.len(), 2, "{theirs:?}");
+    let with = |key: &str| -> Vec<String> {
+        theirs
+            .iter()
+            .filter(|l| l.contains(&format!("src=1.1.1.1 dst=2.2.2.{key} ")))
+            .cloned()
+            .collect()
+    };
+    for (args, want) in [
+        (&["-L", "-p", "gre", "--srckey", "5"][..], with("2")),
+        (&["-L", "-p", "gre", "--dstkey", "8"], with("3")),
+        (
+            &["-L", "-p", "gre", "--srckey", "5", "--dstkey", "8"],
+            vec![],
+        ),
+    ] {
+        let got = listed(args);
+        if got != want {
+            failures.push(format!("{args:?}: {got:?}, want {want:?}"));
+        }
+    }
+    // -G with the keys: the same line as conntrack's -G.
+    let get = ["-G", "-p", "gre", "-s", "1.1.1.1", "-d", "2.2.2.2"];
+    let keys = ["--srckey", "5", "--dstkey", "6"];
+    let ct = ns.conntrack(&[&get[..], &keys].concat());
+    let cs = ns.ctscope(&[&get[..], &keys].concat());
+    let norm = |o: &ctscope_e2e::Output| -> Vec<String> {
+        o.lines().iter().map(|l| normalise(l)).collect()
+    };
+    if ct.code != 0 || cs.code != 0 || norm(&ct) != norm(&cs) {
+        failures.push(format!("-G with keys\n{ct}\n{cs}"));
+    }
+    let cs = ns.ctscope(&get);
+    if let Err(e) = cs.one_line_error(2) {
+        failures.push(format!("-G -p gre without keys: {e}"));
+    }
+    // Keys without -p gre.
+    for args in [
+        &["-L", "-p", "udp", "--srckey", "5"][..],
+        &["-L", "--dstkey", "1"],
+    ] {
+        let ct = ns.conntrack(args);
+        let cs = ns.ctscope(args);
+        if ct.code != 2 {
+            failures.push(format!("conntrack accepts {args:?}\n{ct}"));
+        }
+        if let Err(e) = cs.one_line_error(2) {
+            failures.push(format!("{args:?}: {e}"));
+        }
+    }
+    // -D deletes the one entry with the key; the other stays.
+    let deleted = ns.ctscope(&["-D", "-p", "gre", "--srckey", "7"]);
+    let left: Vec<String> = ns
+        .conntrack(&["-L", "-p", "gre"])
+        .lines()
+        .iter()
+        .map(|l| normalise(l))
+        .collect();
+    if deleted.code != 0 || left != with("2") {
+        failures.push(format!("-D --srckey 7 left {left:?}\n{deleted}"));
+    }
+    report(9, &failures);
 }

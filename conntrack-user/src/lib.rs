@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod output;
+pub mod release;
 pub mod report;
 pub mod source;
 pub mod table;

@@ -353,6 +353,7 @@ fn the_corpus_is_real_kernel_output_that_decodes_cleanly() {
         assert!(o.tuplehash_size > o.hash_tuple, "{o:?}");
         assert!(o.tuple_dst_u3 > o.tuple_src_u3, "{o:?}");
         assert!(o.ct_tcp_state != ABSENT && o.ext_acct_id != ABSENT, "{o:?}");
+        assert_eq!(o.event_ct, 0, "nf_ct_event starts with its entry: {o:?}");
     }
     // A cut of the kernel this runs on must agree with its whole BTF.
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

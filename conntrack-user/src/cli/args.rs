@@ -387,6 +387,12 @@ pub struct FilterArgs {
     /// ICMP id.
     #[arg(long = "icmp-id", visible_alias = "icmpv6-id")]
     pub icmp_id: Option<u16>,
+    /// GRE source key (of the original direction; with -p gre).
+    #[arg(long = "srckey", value_parser = parse_u16_arg)]
+    pub srckey: Option<u16>,
+    /// GRE destination key (of the original direction; with -p gre).
+    #[arg(long = "dstkey", value_parser = parse_u16_arg)]
+    pub dstkey: Option<u16>,
     /// Connection mark, MARK or MARK/MASK (decimal or 0x hex).
     #[arg(short = 'm', long = "mark", value_parser = parse_mark)]
     pub mark: Option<(u32, u32)>,
@@ -460,12 +466,6 @@ pub struct CreateArgs {
     /// Labels to set (names from connlabel.conf), comma-separated.
     #[arg(long = "label-add")]
     pub label_add: Vec<String>,
-    /// GRE source key.
-    #[arg(long = "srckey", value_parser = parse_u16_arg)]
-    pub srckey: Option<u16>,
-    /// GRE destination key.
-    #[arg(long = "dstkey", value_parser = parse_u16_arg)]
-    pub dstkey: Option<u16>,
     /// SCTP verification tag of the original direction.
     #[arg(long = "orig-vtag", value_parser = parse_u32_arg)]
     pub orig_vtag: Option<u32>,

@@ -138,6 +138,8 @@ impl FilterArgs {
             (self.icmp_type.is_some(), "icmp-type"),
             (self.icmp_code.is_some(), "icmp-code"),
             (self.icmp_id.is_some(), "icmp-id"),
+            (self.srckey.is_some(), "srckey"),
+            (self.dstkey.is_some(), "dstkey"),
         ]
         .into_iter()
         .filter(|(set, _)| *set)
@@ -195,6 +197,11 @@ impl FilterArgs {
                 Some(_) => {}
             }
         }
+        // GRE keys sit where ports do: in the tuple's port fields.
+        let keys = self.srckey.is_some() || self.dstkey.is_some();
+        if keys && self.proto != Some(proto::GRE) {
+            return Err(usage("unknown option `--srckey' (GRE keys need -p gre)"));
+        }
         let icmp = self.icmp_type.is_some() || self.icmp_code.is_some() || self.icmp_id.is_some();
         if icmp && !self.proto.is_some_and(is_icmp) {
             return Err(usage(
@@ -226,8 +233,8 @@ impl FilterArgs {
             reply_src: self.reply_src,
             reply_dst: self.reply_dst,
             l4proto: self.proto,
-            orig_sport: self.sport,
-            orig_dport: self.dport,
+            orig_sport: self.sport.or(self.srckey),
+            orig_dport: self.dport.or(self.dstkey),
             reply_sport: self.reply_port_src,
             reply_dport: self.reply_port_dst,
             state,

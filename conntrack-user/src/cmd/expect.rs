@@ -230,7 +230,10 @@ pub fn create(args: &CreateArgs) -> Result<()> {
     )?;
     for (given, option) in [
         (!args.label_add.is_empty(), "label-add"),
-        (args.srckey.is_some() || args.dstkey.is_some(), "srckey"),
+        (
+            args.entry.srckey.is_some() || args.entry.dstkey.is_some(),
+            "srckey",
+        ),
         (
             args.orig_vtag.is_some() || args.reply_vtag.is_some(),
             "orig-vtag",

@@ -161,6 +161,15 @@ fn tuple_request(f: &FilterArgs) -> Result<(u8, AttrWriter)> {
             "get needs --sport and --dport (or the reply ports) for this protocol",
         ));
     }
+    // GRE's keys take the ports' place in the tuple.
+    let (sport, dport) = if proto == crate::ct::proto::GRE {
+        match (f.srckey, f.dstkey) {
+            (Some(s), Some(d)) => (Some(s), Some(d)),
+            _ => return Err(usage("get needs --srckey and --dstkey for -p gre")),
+        }
+    } else {
+        (sport, dport)
+    };
     let tuple = Tuple {
         src: Some(src),
         dst: Some(dst),
@@ -252,17 +261,12 @@ pub fn delete_attrs(ct: &Conntrack) -> AttrWriter {
 /// The first kernel whose ctnetlink flushes one family on request.
 const FAMILY_FLUSH_SINCE: (u32, u32) = (4, 19);
 
-/// The running kernel's (major, minor).
-fn kernel_version() -> Option<(u32, u32)> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
 pub fn flush(args: &FlushArgs) -> Result<()> {
     let mut sock = CtSocket::open()?;
     match args.family {
-        Some(family) if kernel_version().is_some_and(|v| v < FAMILY_FLUSH_SINCE) => {
+        Some(family)
+            if crate::release::kernel_version().is_some_and(|v| v < FAMILY_FLUSH_SINCE) =>
+        {
             // An older kernel would flush every family: delete this
             // family's entries one by one instead.
             eprintln!(

@@ -188,7 +188,7 @@ fn create_request(a: &CreateArgs) -> Result<(u8, EntryRequest)> {
     }
     let proto_only = [
         (
-            a.srckey.is_some() || a.dstkey.is_some(),
+            a.entry.srckey.is_some() || a.entry.dstkey.is_some(),
             proto::GRE,
             "srckey",
         ),
@@ -204,7 +204,7 @@ fn create_request(a: &CreateArgs) -> Result<(u8, EntryRequest)> {
             return Err(usage(format!("unknown option `--{flag}'")));
         }
     }
-    if l4proto == proto::GRE && (a.srckey.is_none() || a.dstkey.is_none()) {
+    if l4proto == proto::GRE && (a.entry.srckey.is_none() || a.entry.dstkey.is_none()) {
         return Err(usage("you have to specify `--srckey' and `--dstkey'"));
     }
     let protoinfo = match state {
@@ -251,7 +251,7 @@ fn create_request(a: &CreateArgs) -> Result<(u8, EntryRequest)> {
             ..Tuple::default()
         };
         if l4proto == proto::GRE {
-            (t.sport, t.dport) = (a.srckey, a.dstkey);
+            (t.sport, t.dport) = (a.entry.srckey, a.entry.dstkey);
         }
         t
     };

@@ -122,25 +122,6 @@ fn attach_symbol(kallsyms: &str, function: &str) -> Option<String> {
     clone
 }
 
-/// Whether the running kernel's version is at least `major.minor`.
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    version_at_least(&release, major, minor)
-}
-
-/// Whether a kernel release string (`6.12.117+deb12-cloud-amd64`) is at
-/// least `major.minor`; false when it does not parse.
-fn version_at_least(release: &str, major: u32, minor: u32) -> bool {
-    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
-    let (Some(Ok(a)), Some(Ok(b))) = (
-        parts.next().map(str::parse::<u32>),
-        parts.next().map(str::parse::<u32>),
-    ) else {
-        return false;
-    };
-    (a, b) >= (major, minor)
-}
-
 /// The kernel's HZ: CLOCK_MONOTONIC_COARSE ticks once per jiffy.
 fn kernel_hz() -> u32 {
     let mut ts = libc::timespec {
@@ -337,7 +318,7 @@ impl Tracer {
         }
         // Tracing programs' skips are counted since 5.11 (older kernels
         // cannot load them against a module anyway); a kprobe's since 6.7.
-        let skips_counted = fentry || kernel_at_least(6, 7);
+        let skips_counted = fentry || crate::release::kernel_version().is_some_and(|v| v >= (6, 7));
         let ring = RingBuf::try_from(
             ebpf.take_map(conntrack_ebpf::RING_MAP)
                 .ok_or_else(|| TracerError::Missing("the ring buffer map".into()))?,
@@ -668,17 +649,6 @@ mod tests {
         ));
         let einval = io::Error::from_raw_os_error(libc::EINVAL);
         assert!(matches!(refused(&einval, "x".into()), TracerError::Load(_)));
-    }
-
-    #[test]
-    fn kernel_releases_compare_by_major_and_minor() {
-        assert!(version_at_least("6.12.117+deb12-cloud-amd64", 6, 7));
-        assert!(!version_at_least("6.1.0-56-cloud-amd64", 6, 7));
-        assert!(version_at_least("6.7", 6, 7));
-        assert!(version_at_least("7.0.1", 6, 7));
-        assert!(!version_at_least("5.19.3", 6, 7));
-        assert!(!version_at_least("garbage", 6, 7));
-        assert!(!version_at_least("", 0, 0));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //!   and per-CPU statistics, from the kernel's ftp (IPv4 and IPv6) and
 //!   sip helpers;
 //! - `btf/`: the part of /sys/kernel/btf/vmlinux the offsets come from
-//!   (struct nf_conn, sk_buff, net and what they embed, and the
+//!   (struct nf_conn, sk_buff, net, nf_ct_event and what they embed, and the
 //!   enum holding NF_CT_EXT_ACCT), cut out as a small, self-contained
 //!   blob: pointers become `void *`, other types keep their layout.
 //!
@@ -297,6 +297,7 @@ const BTF_ROOTS: &[&str] = &[
     "nf_conntrack_tuple_hash",
     "nf_conntrack_tuple",
     "nf_ct_ext",
+    "nf_ct_event",
 ];
 const BTF_ENUM_VARIANT: &str = "NF_CT_EXT_ACCT";
 

@@ -100,21 +100,26 @@ const EXT_AT: usize = CT_BYTES as usize;
 #[map(name = "CT_SCRATCH")]
 static CT_SCRATCH: PerCpuArray<[u8; 1024]> = PerCpuArray::with_max_entries(1, 0);
 
-/// A field of the copied entry at byte offset `off` (0 when absent).
+/// A field of the copied entry at byte offset `off` (0 when absent), in
+/// one load of its width (user space checks the offsets are naturally
+/// aligned, as the kernel lays them out; the scratch buffer is 8-aligned).
 #[inline(always)]
 fn field<T: Copy + Default>(buf: *const u8, off: u32) -> T {
     if off == ABSENT {
         return T::default();
     }
-    // SAFETY: (off & 0x1ff) + size_of::<T>() <= 511 + 32 < 1024.
-    unsafe { core::ptr::read_unaligned(buf.add((off & 0x1ff) as usize).cast::<T>()) }
+    // SAFETY: (off & 0x1ff) + size_of::<T>() <= 511 + 32 < 1024, and
+    // `off` is a multiple of T's alignment (see above).
+    unsafe { core::ptr::read(buf.add((off & 0x1ff) as usize).cast::<T>()) }
 }
 
-/// A field of the copied extension area at byte offset `off`.
+/// A field of the copied extension area at byte offset `off`. The
+/// extension offsets the kernel hands out are aligned for their extension
+/// (8 bytes for the counters and timestamps), and `EXT_AT` is too.
 #[inline(always)]
 fn ext_field<T: Copy + Default>(buf: *const u8, off: u32) -> T {
     // SAFETY: EXT_AT + (off & 0xff) + size_of::<T>() <= 512 + 255 + 32 < 1024.
-    unsafe { core::ptr::read_unaligned(buf.add(EXT_AT + (off & 0xff) as usize).cast::<T>()) }
+    unsafe { core::ptr::read(buf.add(EXT_AT + (off & 0xff) as usize).cast::<T>()) }
 }
 
 /// Fills one tuple of the record from the copied entry. Returns (l3num,
@@ -122,10 +127,13 @@ fn ext_field<T: Copy + Default>(buf: *const u8, off: u32) -> T {
 #[inline(always)]
 fn fill_tuple(o: &Offsets, buf: *const u8, dir: u32, t: *mut CtTuple) -> (u16, u8) {
     let base = o.ct_tuplehash + dir * o.tuplehash_size + o.hash_tuple;
-    // SAFETY: t points into the reserved record.
+    // SAFETY: t points into the reserved record (8-aligned), whose
+    // addresses lie at offsets 0 and 16: 4-aligned, as the kernel's are.
     unsafe {
-        (*t).src = field(buf, base + o.tuple_src_u3);
-        (*t).dst = field(buf, base + o.tuple_dst_u3);
+        let src: [u32; 4] = field(buf, base + o.tuple_src_u3);
+        let dst: [u32; 4] = field(buf, base + o.tuple_dst_u3);
+        core::ptr::write((&raw mut (*t).src).cast::<[u32; 4]>(), src);
+        core::ptr::write((&raw mut (*t).dst).cast::<[u32; 4]>(), dst);
         // Ports are stored in network order.
         (*t).sport = u16::from_be(field::<u16>(buf, base + o.tuple_src_u));
         let dst_u: [u8; 2] = field(buf, base + o.tuple_dst_u);

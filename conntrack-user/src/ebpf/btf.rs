@@ -415,6 +415,36 @@ impl KernelBtf {
                 "struct nf_conn fields within its first {CT_COPY_MAX} bytes (they end at {field_end})"
             )));
         }
+        // The programs read each field with a load of its own width (and a
+        // tuple's addresses as four 32-bit words): the kernel lays them out
+        // naturally aligned, which this checks rather than assumes.
+        let tuple = |field: u32| {
+            o.ct_tuplehash
+                .saturating_add(o.hash_tuple)
+                .saturating_add(field)
+        };
+        let alignments = [
+            (o.ct_status, 8),
+            (o.ct_timeout, 4),
+            (o.ct_mark, 4),
+            (o.ct_zone, 2),
+            (o.ct_net, 8),
+            (o.ct_ext, 8),
+            (o.tuplehash_size, 4),
+            (tuple(o.tuple_src_u3), 4),
+            (tuple(o.tuple_dst_u3), 4),
+            (tuple(o.tuple_src_u), 2),
+            (tuple(o.tuple_dst_u), 2),
+            (tuple(o.tuple_src_l3num), 2),
+        ];
+        if let Some((off, align)) = alignments
+            .into_iter()
+            .find(|(off, align)| *off != ABSENT && off % align != 0)
+        {
+            return Err(BtfError::NoField(format!(
+                "naturally aligned struct nf_conn fields (one of {align} bytes is at {off})"
+            )));
+        }
         o.ct_size = self.size_of("nf_conn")?.clamp(field_end, CT_COPY_MAX);
         Ok(o)
     }

@@ -1,5 +1,5 @@
 //! The commands, one file per command or family: [`table`] (list, get,
-//! delete, flush), [`write`] (create, update), [`stats`] (count, stats),
+//! delete, flush), [`write`](mod@write) (create, update), [`stats`] (count, stats),
 //! [`events`], [`top`], [`profile`], [`serve`]. Each takes its validated
 //! arguments from `cli` and returns
 //! `cli::Result`.

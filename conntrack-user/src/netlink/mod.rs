@@ -6,7 +6,7 @@
 //! against the buffer).
 //!
 //! What is hand-written, and why: the conntrack attribute semantics
-//! (`CTA_*`), decoded straight into the flat [`Conntrack`] record in
+//! (`CTA_*`), decoded straight into the flat [`Conntrack`](crate::ct::Conntrack) record in
 //! [`codec`]. `netlink-packet-netfilter` 0.4 knows 6 of the ~25 `CTA_*`
 //! attributes (no counters, zone, id, use, timestamps, labels, secctx,
 //! SCTP/DCCP state, ICMP tuples, per-CPU stats) and allocates a `Vec` per

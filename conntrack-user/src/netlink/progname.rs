@@ -1,5 +1,5 @@
 //! Which program caused a conntrack event, from the netlink port id in the
-//! event's header (conntrack -E's " [USERSPACE] portid=N progname=X").
+//! event's header (conntrack -E's " \[USERSPACE\] portid=N progname=X").
 //!
 //! The same /proc walk as conntrack 1.4.7: find the socket inode of the
 //! port id in /proc/net/netlink, then the process holding that socket (the

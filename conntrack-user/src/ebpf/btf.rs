@@ -395,7 +395,9 @@ impl KernelBtf {
         let tuple_end = o
             .ct_tuplehash
             .saturating_add(o.tuplehash_size.saturating_mul(2));
-        let field_end = [
+        // The scalar fields the programs read, with their widths (which are
+        // also their natural alignments).
+        let scalars = [
             (o.ct_status, 8),
             (o.ct_timeout, 4),
             (o.ct_mark, 4),
@@ -403,13 +405,14 @@ impl KernelBtf {
             (o.ct_net, 8),
             (o.ct_ext, 8),
             (o.ct_tcp_state, 1),
-        ]
-        .into_iter()
-        .filter(|(off, _)| *off != ABSENT)
-        .map(|(off, width)| off.saturating_add(width))
-        .chain([tuple_end])
-        .max()
-        .unwrap_or(0);
+        ];
+        let field_end = scalars
+            .into_iter()
+            .filter(|(off, _)| *off != ABSENT)
+            .map(|(off, width)| off.saturating_add(width))
+            .chain([tuple_end])
+            .max()
+            .unwrap_or(0);
         if field_end > CT_COPY_MAX {
             return Err(BtfError::NoField(format!(
                 "struct nf_conn fields within its first {CT_COPY_MAX} bytes (they end at {field_end})"
@@ -423,13 +426,7 @@ impl KernelBtf {
                 .saturating_add(o.hash_tuple)
                 .saturating_add(field)
         };
-        let alignments = [
-            (o.ct_status, 8),
-            (o.ct_timeout, 4),
-            (o.ct_mark, 4),
-            (o.ct_zone, 2),
-            (o.ct_net, 8),
-            (o.ct_ext, 8),
+        let tuple_fields = [
             (o.tuplehash_size, 4),
             (tuple(o.tuple_src_u3), 4),
             (tuple(o.tuple_dst_u3), 4),
@@ -437,8 +434,9 @@ impl KernelBtf {
             (tuple(o.tuple_dst_u), 2),
             (tuple(o.tuple_src_l3num), 2),
         ];
-        if let Some((off, align)) = alignments
+        if let Some((off, align)) = scalars
             .into_iter()
+            .chain(tuple_fields)
             .find(|(off, align)| *off != ABSENT && off % align != 0)
         {
             return Err(BtfError::NoField(format!(

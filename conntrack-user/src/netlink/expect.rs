@@ -7,6 +7,7 @@ use super::{
     cta_exp, exp_msg_type,
     socket::{
         CtSocket, DumpSummary, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NetlinkError,
+        exists,
     },
 };
 use crate::{ct::Tuple, expect::Expect};
@@ -148,27 +149,19 @@ impl CtSocket {
                 Ok(())
             },
         );
-        match result {
-            Ok(()) => Ok(found),
-            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(if exists(result)? { found } else { None })
     }
 
     /// Deletes the expectation `attrs` name; false when there is none.
     pub fn delete_expect(&mut self, family: u8, attrs: &[u8]) -> Result<bool, NetlinkError> {
-        match self.transact(
+        exists(self.transact(
             "delete expectation",
             exp_msg_type(IPCTNL_MSG_EXP_DELETE),
             NLM_F_ACK,
             family,
             attrs,
             |_, _| Ok(()),
-        ) {
-            Ok(()) => Ok(true),
-            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
-            Err(e) => Err(e),
-        }
+        ))
     }
 
     /// Creates an expectation. The kernel answers ENOENT when the master

@@ -520,28 +520,20 @@ impl CtSocket {
                 Ok(())
             },
         );
-        match result {
-            Ok(()) => Ok(found),
-            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(if exists(result)? { found } else { None })
     }
 
     /// Deletes one entry by tuple (and id, when given in `attrs`).
     /// Returns false when it was already gone.
     pub fn delete(&mut self, family: u8, attrs: &[u8]) -> Result<bool, NetlinkError> {
-        match self.transact(
+        exists(self.transact(
             "delete",
             ct_msg_type(IPCTNL_MSG_CT_DELETE),
             NLM_F_ACK,
             family,
             attrs,
             |_, _| Ok(()),
-        ) {
-            Ok(()) => Ok(true),
-            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
-            Err(e) => Err(e),
-        }
+        ))
     }
 
     /// Creates an entry (`attrs`: both tuples and what to set). The kernel
@@ -561,18 +553,14 @@ impl CtSocket {
     /// without NLM_F_CREATE, ctnetlink_new_conntrack changes an existing
     /// entry and creates none. Returns false when there is no such entry.
     pub fn update(&mut self, family: u8, attrs: &[u8]) -> Result<bool, NetlinkError> {
-        match self.transact(
+        exists(self.transact(
             "update",
             ct_msg_type(IPCTNL_MSG_CT_NEW),
             NLM_F_ACK,
             family,
             attrs,
             |_, _| Ok(()),
-        ) {
-            Ok(()) => Ok(true),
-            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
-            Err(e) => Err(e),
-        }
+        ))
     }
 
     /// Flushes the table (`family` 0: all families).
@@ -629,5 +617,15 @@ impl CtSocket {
             },
         )?;
         Ok(out)
+    }
+}
+
+/// A request's outcome with the kernel's "no such entry" (ENOENT) as
+/// `false` rather than an error.
+pub(super) fn exists(result: Result<(), NetlinkError>) -> Result<bool, NetlinkError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
     }
 }

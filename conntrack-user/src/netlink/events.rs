@@ -254,12 +254,17 @@ impl AsRawFd for EventSocket {
     }
 }
 
-/// Decodes every expectation event message of one datagram.
-pub fn decode_expect_datagram(
+/// The event messages of `subsys` in one datagram: each one's kind (by
+/// its type and flags, as conntrack -E tells them), the family and
+/// attributes after its nfgenmsg, and its sender's port id, handed to
+/// `decode` (which decodes and passes the event on). Counts the events
+/// and what did not decode in `batch`.
+fn decode_events(
     buf: &[u8],
-    exp: &mut Expect,
+    subsys: u16,
+    (new, delete): (u8, u8),
     batch: &mut Batch,
-    on_event: &mut impl FnMut(EventKind, &Expect),
+    mut decode: impl FnMut(EventKind, u8, &[u8], u32) -> Result<(), codec::CodecError>,
 ) {
     for packet in messages(buf) {
         let Ok(packet) = packet else {
@@ -267,27 +272,42 @@ pub fn decode_expect_datagram(
             return;
         };
         let t = packet.message_type();
-        if t >> 8 != NFNL_SUBSYS_CTNETLINK_EXP {
+        if t >> 8 != subsys {
             continue;
         }
         let kind = match (t & 0xff) as u8 {
-            IPCTNL_MSG_EXP_NEW if packet.flags() & (NLM_F_CREATE | NLM_F_EXCL) != 0 => {
-                EventKind::New
-            }
-            IPCTNL_MSG_EXP_NEW => EventKind::Update,
-            IPCTNL_MSG_EXP_DELETE => EventKind::Destroy,
+            m if m == new && packet.flags() & (NLM_F_CREATE | NLM_F_EXCL) != 0 => EventKind::New,
+            m if m == new => EventKind::Update,
+            m if m == delete => EventKind::Destroy,
             _ => continue,
         };
         let decoded = codec::split_nfgenmsg(packet.payload())
-            .and_then(|(head, body)| expect::decode_expect(head.family, body, exp));
+            .and_then(|(head, body)| decode(kind, head.family, body, packet.port_number()));
         match decoded {
-            Ok(()) => {
-                batch.events += 1;
-                on_event(kind, exp);
-            }
+            Ok(()) => batch.events += 1,
             Err(_) => batch.malformed += 1,
         }
     }
+}
+
+/// Decodes every expectation event message of one datagram.
+pub fn decode_expect_datagram(
+    buf: &[u8],
+    exp: &mut Expect,
+    batch: &mut Batch,
+    on_event: &mut impl FnMut(EventKind, &Expect),
+) {
+    decode_events(
+        buf,
+        NFNL_SUBSYS_CTNETLINK_EXP,
+        (IPCTNL_MSG_EXP_NEW, IPCTNL_MSG_EXP_DELETE),
+        batch,
+        |kind, family, body, _| {
+            expect::decode_expect(family, body, exp)?;
+            on_event(kind, exp);
+            Ok(())
+        },
+    );
 }
 
 /// Decodes every event message of one datagram; `on_event` also gets the
@@ -298,33 +318,17 @@ pub fn decode_datagram(
     batch: &mut Batch,
     on_event: &mut impl FnMut(EventKind, &Conntrack, u32),
 ) {
-    for packet in messages(buf) {
-        let Ok(packet) = packet else {
-            batch.malformed += 1;
-            return;
-        };
-        let t = packet.message_type();
-        if t >> 8 != NFNL_SUBSYS_CTNETLINK {
-            continue;
-        }
-        let kind = match (t & 0xff) as u8 {
-            IPCTNL_MSG_CT_NEW if packet.flags() & (NLM_F_CREATE | NLM_F_EXCL) != 0 => {
-                EventKind::New
-            }
-            IPCTNL_MSG_CT_NEW => EventKind::Update,
-            IPCTNL_MSG_CT_DELETE => EventKind::Destroy,
-            _ => continue,
-        };
-        let decoded = codec::split_nfgenmsg(packet.payload())
-            .and_then(|(head, body)| codec::decode_conntrack(head.family, body, ct));
-        match decoded {
-            Ok(()) => {
-                batch.events += 1;
-                on_event(kind, ct, packet.port_number());
-            }
-            Err(_) => batch.malformed += 1,
-        }
-    }
+    decode_events(
+        buf,
+        NFNL_SUBSYS_CTNETLINK,
+        (IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_DELETE),
+        batch,
+        |kind, family, body, port| {
+            codec::decode_conntrack(family, body, ct)?;
+            on_event(kind, ct, port);
+            Ok(())
+        },
+    );
 }
 
 #[cfg(test)]

@@ -209,6 +209,11 @@ const _: () = assert!(CT_EVENT_SIZE.is_multiple_of(8));
 const _: () = assert!(core::mem::offset_of!(CtEvent, orig) == 104);
 const _: () = assert!(CT_EVENT_SIZE == 104 + 2 * 40);
 const _: () = assert!(core::mem::size_of::<CtTuple>() == 40);
+// The programs read the timestamp extension's start and stop into these
+// two in one copy.
+const _: () = assert!(
+    core::mem::offset_of!(CtEvent, stop_ns) == core::mem::offset_of!(CtEvent, start_ns) + 8
+);
 
 #[cfg(feature = "user")]
 // SAFETY: plain old data, repr(C), no padding the compiler adds (checked above).

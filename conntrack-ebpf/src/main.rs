@@ -10,7 +10,15 @@
 //! it cached for an entry whether or not a ctnetlink socket listens.
 //!
 //! Struct offsets come from the running kernel's BTF through the load-time
-//! global `OFFSETS`: no offset is compiled in.
+//! global `OFFSETS`: no offset is compiled in. The fentry/fexit programs
+//! load the entry's fields directly (BTF-typed pointers, offsets the
+//! verifier knows as constants); the kprobes copy the entry once and read
+//! the copy ([`Kernel`]: one record-filling code for both).
+//!
+//! Cost matters here (the overhead bench runs these per new flow): no
+//! call of the compiler-builtins `memset`/`memcpy`, which BPF gets as byte
+//! loops (zeroing one record that way cost ~900 instructions); no map
+//! between entry and return on the fentry path.
 #![no_std]
 #![no_main]
 
@@ -25,7 +33,7 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use conntrack_ebpf::{
-    ABSENT, CtEvent, CtTuple, EVENT_DESTROY, EVENT_NEW, EVENT_UPDATE, FLAG_COUNTERS,
+    ABSENT, CT_EVENT_SIZE, CtEvent, CtTuple, EVENT_DESTROY, EVENT_NEW, EVENT_UPDATE, FLAG_COUNTERS,
     FLAG_TIMESTAMPS, IPCT_DESTROY, IPCT_NEW, IPCT_RELATED, Offsets, UNSET_OFFSETS,
 };
 
@@ -67,11 +75,20 @@ static CT_DELETING: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
 #[map(name = "CT_INSERTING")]
 static CT_INSERTING: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
 
+/// One field of `OFFSETS`, read where it is used (the verifier knows
+/// its value: the global is a frozen read-only map).
+macro_rules! off {
+    ($field:ident) => {
+        load_time(&raw const OFFSETS.$field)
+    };
+}
+
+/// A load-time global's value.
 #[inline(always)]
-fn offsets() -> Offsets {
-    // SAFETY: a plain read of our own global; volatile so the compiler keeps
-    // the load (user space rewrites the value at load time).
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+fn load_time<T: Copy>(global: *const T) -> T {
+    // SAFETY: a plain read of our own global; volatile so the compiler
+    // keeps the load (user space rewrites the value at load time).
+    unsafe { core::ptr::read_volatile(global) }
 }
 
 #[inline(always)]
@@ -83,101 +100,141 @@ fn read<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T).ok() }
 }
 
-/// Bytes of `struct nf_conn` copied per record (user space checks that
-/// every field the programs use lies below `Offsets::ct_size` <= this).
+/// Bytes of `struct nf_conn` copied per record by the kprobes (user space
+/// checks that every field the programs use lies below
+/// `Offsets::ct_size` <= this).
 const CT_BYTES: u32 = 512;
-/// Bytes of `struct nf_ct_ext` copied for a DESTROY: its u8 offsets reach
-/// 255, and the counters behind the last one take 32 more.
-const EXT_BYTES: u32 = 320;
-/// Where the extension bytes start in the scratch buffer.
-const EXT_AT: usize = CT_BYTES as usize;
 
-/// Per-CPU copy of the entry (and of its extensions for a DESTROY): one
-/// kernel read per struct instead of one per field. Every field offset is
-/// masked into the buffer, so the verifier sees bounded accesses; the
-/// slack after the extensions keeps a masked read of the widest field in
-/// bounds.
+/// Per-CPU copy of the entry for the kprobes: one kernel read per record
+/// instead of one per field. Every field offset is masked into the
+/// buffer, so the verifier sees bounded accesses; the slack after the
+/// copy keeps a masked read of the widest field in bounds.
 #[map(name = "CT_SCRATCH")]
 static CT_SCRATCH: PerCpuArray<[u8; 1024]> = PerCpuArray::with_max_entries(1, 0);
 
-/// A field of the copied entry at byte offset `off` (0 when absent), in
+/// How a program reads the kernel's structs. Both read each field with
 /// one load of its width (user space checks the offsets are naturally
-/// aligned, as the kernel lays them out; the scratch buffer is 8-aligned).
-#[inline(always)]
-fn field<T: Copy + Default>(buf: *const u8, off: u32) -> T {
-    if off == ABSENT {
-        return T::default();
+/// aligned, as the kernel lays them out).
+trait Kernel: Sized {
+    /// A field of the entry at byte offset `off`, one every kernel has.
+    fn ct<T: Copy + Default>(&self, off: u32) -> T;
+
+    /// A field of the entry some kernels lack (0 there).
+    #[inline(always)]
+    fn ct_opt<T: Copy + Default>(&self, off: u32) -> T {
+        if off == ABSENT {
+            T::default()
+        } else {
+            self.ct(off)
+        }
     }
-    // SAFETY: (off & 0x1ff) + size_of::<T>() <= 511 + 32 < 1024, and
-    // `off` is a multiple of T's alignment (see above).
-    unsafe { core::ptr::read(buf.add((off & 0x1ff) as usize).cast::<T>()) }
+
+    /// A field at `off` in another kernel struct the entry points to
+    /// (its namespace, its extensions); 0 when unreadable.
+    fn at<T: Copy + Default>(&self, ptr: u64, off: u32) -> T;
 }
 
-/// A field of the copied extension area at byte offset `off`. The
-/// extension offsets the kernel hands out are aligned for their extension
-/// (8 bytes for the counters and timestamps), and `EXT_AT` is too.
-#[inline(always)]
-fn ext_field<T: Copy + Default>(buf: *const u8, off: u32) -> T {
-    // SAFETY: EXT_AT + (off & 0xff) + size_of::<T>() <= 512 + 255 + 32 < 1024.
-    unsafe { core::ptr::read(buf.add(EXT_AT + (off & 0xff) as usize).cast::<T>()) }
+/// fentry/fexit: the entry is the kernel's own `struct nf_conn`, typed by
+/// its BTF, so the verifier lets the program load its fields directly
+/// (checking each load against the BTF layout; a fault reads 0): no copy
+/// and no helper call. The offsets are constants to the verifier (a
+/// frozen read-only global), as it requires of such loads.
+struct Direct(u64);
+
+impl Kernel for Direct {
+    #[inline(always)]
+    fn ct<T: Copy + Default>(&self, off: u32) -> T {
+        self.at(self.0, off)
+    }
+
+    #[inline(always)]
+    fn at<T: Copy + Default>(&self, ptr: u64, off: u32) -> T {
+        // SAFETY: a BTF-typed kernel pointer at a constant offset of one
+        // of its fields: the verifier checks the access and turns it into
+        // a load that reads 0 on a fault (a null pointer included).
+        // Volatile, so the compiler neither merges two fields' loads nor
+        // splits one.
+        unsafe { core::ptr::read_volatile((ptr + u64::from(off)) as *const T) }
+    }
 }
 
-/// Fills one tuple of the record from the copied entry. Returns (l3num,
+/// kprobes: an untyped address, so one `bpf_probe_read_kernel` copies the
+/// entry into the per-CPU scratch buffer and fields are read from there.
+struct Copied(*const u8);
+
+impl Copied {
+    /// Copies the entry at `ct`; None without the scratch map.
+    #[inline(always)]
+    fn of(ct: u64) -> Option<Self> {
+        let buf = CT_SCRATCH.get_ptr_mut(0)?.cast::<u8>();
+        let size = off!(ct_size);
+        let len = if size > CT_BYTES { CT_BYTES } else { size };
+        // SAFETY: buf is our per-CPU scratch of 1024 bytes, len <= 512;
+        // the helper checks the kernel address, and on a fault zeroes the
+        // buffer: no previous entry's bytes are reported.
+        unsafe {
+            generated::bpf_probe_read_kernel(buf.cast(), len, ct as *const core::ffi::c_void);
+        }
+        Some(Self(buf))
+    }
+}
+
+impl Kernel for Copied {
+    #[inline(always)]
+    fn ct<T: Copy + Default>(&self, off: u32) -> T {
+        // SAFETY: (off & 0x1ff) + size_of::<T>() <= 511 + 8 < 1024, and
+        // `off` is a multiple of T's alignment, as is the buffer's start.
+        unsafe { core::ptr::read(self.0.add((off & 0x1ff) as usize).cast::<T>()) }
+    }
+
+    #[inline(always)]
+    fn at<T: Copy + Default>(&self, ptr: u64, off: u32) -> T {
+        read(ptr, off).unwrap_or_default()
+    }
+}
+
+/// Fills one tuple of the record from the entry. Returns (l3num,
 /// protonum).
 #[inline(always)]
-fn fill_tuple(o: &Offsets, buf: *const u8, dir: u32, t: *mut CtTuple) -> (u16, u8) {
-    let base = o.ct_tuplehash + dir * o.tuplehash_size + o.hash_tuple;
+fn fill_tuple<K: Kernel>(k: &K, dir: u32, t: *mut CtTuple) -> (u16, u8) {
+    let base = off!(ct_tuplehash) + dir * off!(tuplehash_size) + off!(hash_tuple);
+    let word = |at: u32, i: u32| k.ct::<u32>(at + 4 * i);
+    let (s, d) = (base + off!(tuple_src_u3), base + off!(tuple_dst_u3));
+    let src = [word(s, 0), word(s, 1), word(s, 2), word(s, 3)];
+    let dst = [word(d, 0), word(d, 1), word(d, 2), word(d, 3)];
+    let sport = k.ct::<u16>(base + off!(tuple_src_u));
+    let dst_u = k.ct::<u16>(base + off!(tuple_dst_u)).to_ne_bytes();
     // SAFETY: t points into the reserved record (8-aligned), whose
-    // addresses lie at offsets 0 and 16: 4-aligned, as the kernel's are.
+    // addresses lie at offsets 0 and 16: 4-aligned.
     unsafe {
-        let src: [u32; 4] = field(buf, base + o.tuple_src_u3);
-        let dst: [u32; 4] = field(buf, base + o.tuple_dst_u3);
         core::ptr::write((&raw mut (*t).src).cast::<[u32; 4]>(), src);
         core::ptr::write((&raw mut (*t).dst).cast::<[u32; 4]>(), dst);
         // Ports are stored in network order.
-        (*t).sport = u16::from_be(field::<u16>(buf, base + o.tuple_src_u));
-        let dst_u: [u8; 2] = field(buf, base + o.tuple_dst_u);
+        (*t).sport = u16::from_be(sport);
         (*t).dport = u16::from_be_bytes(dst_u);
         (*t).icmp_type = dst_u[0];
         (*t).icmp_code = dst_u[1];
     }
-    let l3 = field::<u16>(buf, base + o.tuple_src_l3num);
-    let l4 = field::<u8>(buf, base + o.tuple_dst_protonum);
+    let l3 = k.ct::<u16>(base + off!(tuple_src_l3num));
+    let l4 = k.ct::<u8>(base + off!(tuple_dst_protonum));
     (l3, l4)
 }
 
-/// Fills and submits one record for `ct`; counts a drop when the ring is
-/// full. The record is written in place: it is too large for the BPF stack.
-/// An entry whose status has a bit of `skip_if` is not reported;
-/// `status_or` is ORed into the status it reports; `events` are an
-/// UPDATE's event bits.
+/// Fills and submits one record for the entry `ct` read through `k`;
+/// counts a drop when the ring is full. The record is written in place:
+/// it is too large for the BPF stack. An entry whose status has a bit of
+/// `skip_if` is not reported; `status_or` is ORed into the status it
+/// reports; `events` are an UPDATE's event bits.
 #[inline(always)]
-fn emit(ct: u64, event: u8, status_or: u32, skip_if: u64, events: u16) {
-    let o = offsets();
-    let Some(scratch) = CT_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    let buf = scratch.cast::<u8>();
-    let len = if o.ct_size > CT_BYTES {
-        CT_BYTES
-    } else {
-        o.ct_size
-    };
-    // SAFETY: buf is our per-CPU scratch of 1024 bytes, len <= 512; the
-    // helper checks the kernel address. A fault leaves zeros, not the
-    // previous entry's bytes.
-    unsafe {
-        if generated::bpf_probe_read_kernel(buf.cast(), len, ct as *const core::ffi::c_void) != 0 {
-            core::ptr::write_bytes(buf, 0, CT_BYTES as usize);
-        }
-    }
-    let status = field::<u64>(buf, o.ct_status);
+fn emit<K: Kernel>(k: &K, ct: u64, event: u8, status_or: u32, skip_if: u64, events: u16) {
+    let status = k.ct::<u64>(off!(ct_status));
     if status & skip_if != 0 {
         return;
     }
-    let net = field::<u64>(buf, o.ct_net);
-    let netns = read::<u32>(net, o.net_inum).unwrap_or(0);
-    if o.filter_netns != 0 && netns != o.filter_netns {
+    let net = k.ct::<u64>(off!(ct_net));
+    let netns = k.at::<u32>(net, off!(net_inum));
+    let only = off!(filter_netns);
+    if only != 0 && netns != only {
         return;
     }
     let Some(mut slot) = CT_EVENTS.reserve::<CtEvent>(0) else {
@@ -196,53 +253,66 @@ fn emit(ct: u64, event: u8, status_or: u32, skip_if: u64, events: u16) {
             seq = *s;
         }
     }
-    // SAFETY: ev is our reserved record, zeroed first, then every field set.
+    // SAFETY: ev is our reserved record (8-aligned, CT_EVENT_SIZE bytes),
+    // zeroed first, then its fields set.
     unsafe {
-        core::ptr::write_bytes(ev, 0, 1);
-        let (l3, l4) = fill_tuple(&o, buf, 0, &raw mut (*ev).orig);
-        fill_tuple(&o, buf, 1, &raw mut (*ev).reply);
+        // Word by word: `write_bytes` would call the byte-at-a-time memset
+        // BPF gets from compiler-builtins (~900 instructions a record).
+        // Volatile, so the compiler cannot turn the loop back into one.
+        for i in 0..CT_EVENT_SIZE / 8 {
+            core::ptr::write_volatile(ev.cast::<u64>().add(i), 0);
+        }
+        let (l3, l4) = fill_tuple(k, 0, &raw mut (*ev).orig);
+        fill_tuple(k, 1, &raw mut (*ev).reply);
         let jiffies = bpf_jiffies64();
-        let deadline = field::<u32>(buf, o.ct_timeout);
+        let deadline = k.ct::<u32>(off!(ct_timeout));
         (*ev).ktime_ns = bpf_ktime_get_ns();
         (*ev).seq = seq;
         (*ev).ct_ptr = ct;
         (*ev).netns = netns;
         (*ev).status = status as u32 | status_or;
-        (*ev).mark = field::<u32>(buf, o.ct_mark);
+        (*ev).mark = k.ct_opt::<u32>(off!(ct_mark));
         (*ev).timeout = deadline.wrapping_sub(jiffies as u32);
         (*ev).cpu = bpf_get_smp_processor_id();
-        (*ev).zone = field::<u16>(buf, o.ct_zone);
+        (*ev).zone = k.ct_opt::<u16>(off!(ct_zone));
         (*ev).event = event;
         (*ev).events = events;
         (*ev).l3proto = l3 as u8;
         (*ev).l4proto = l4;
         if l4 == 6 {
-            (*ev).proto_state = field::<u8>(buf, o.ct_tcp_state);
+            (*ev).proto_state = k.ct_opt::<u8>(off!(ct_tcp_state));
         }
         // Counters and timestamps are what a DESTROY reports (user space
-        // shows neither for NEW, as ctnetlink).
-        let ext = field::<u64>(buf, o.ct_ext);
-        if event == EVENT_DESTROY && ext != 0 && o.ext_offset != ABSENT {
-            let read = generated::bpf_probe_read_kernel(
-                buf.add(EXT_AT).cast(),
-                EXT_BYTES,
-                ext as *const core::ffi::c_void,
-            );
-            if read == 0 {
-                if o.ext_acct_id != ABSENT {
-                    let off = ext_field::<u8>(buf, o.ext_offset + o.ext_acct_id);
-                    if off != 0 {
-                        (*ev).counters = ext_field(buf, u32::from(off));
-                        (*ev).flags |= FLAG_COUNTERS;
-                    }
+        // shows neither for NEW, as ctnetlink). The extension's offsets
+        // are the kernel's, known only at run time: the helper reads
+        // there, for both kinds of program.
+        let ext = k.ct::<u64>(off!(ct_ext));
+        let (ext_offset, acct, tstamp) = (off!(ext_offset), off!(ext_acct_id), off!(ext_tstamp_id));
+        if event == EVENT_DESTROY && ext != 0 && ext_offset != ABSENT {
+            if acct != ABSENT {
+                let off = k.at::<u8>(ext, ext_offset + acct);
+                if off != 0
+                    && generated::bpf_probe_read_kernel(
+                        (&raw mut (*ev).counters).cast(),
+                        32,
+                        (ext + u64::from(off)) as *const core::ffi::c_void,
+                    ) == 0
+                {
+                    (*ev).flags |= FLAG_COUNTERS;
                 }
-                if o.ext_tstamp_id != ABSENT {
-                    let off = ext_field::<u8>(buf, o.ext_offset + o.ext_tstamp_id);
-                    if off != 0 {
-                        (*ev).start_ns = ext_field(buf, u32::from(off));
-                        (*ev).stop_ns = ext_field(buf, u32::from(off) + 8);
-                        (*ev).flags |= FLAG_TIMESTAMPS;
-                    }
+            }
+            if tstamp != ABSENT {
+                let off = k.at::<u8>(ext, ext_offset + tstamp);
+                // The extension's start and stop, into the record's
+                // start_ns and stop_ns (adjacent, as in the kernel).
+                if off != 0
+                    && generated::bpf_probe_read_kernel(
+                        (&raw mut (*ev).start_ns).cast(),
+                        16,
+                        (ext + u64::from(off)) as *const core::ffi::c_void,
+                    ) == 0
+                {
+                    (*ev).flags |= FLAG_TIMESTAMPS;
                 }
             }
         }
@@ -250,8 +320,7 @@ fn emit(ct: u64, event: u8, status_or: u32, skip_if: u64, events: u16) {
     // Wake-ups are batched: the reader drains on a short timer, and is
     // woken only once the ring holds a quarter of its size, so a burst
     // cannot fill it between two drains.
-    // SAFETY: a plain read of our own global (see offsets()).
-    let wake_at = unsafe { core::ptr::read_volatile(&WAKE_AT) };
+    let wake_at = load_time(&raw const WAKE_AT);
     let flags = if wake_at != 0 && CT_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wake_at {
         BPF_RB_FORCE_WAKEUP
     } else {
@@ -260,19 +329,26 @@ fn emit(ct: u64, event: u8, status_or: u32, skip_if: u64, events: u16) {
     slot.submit(flags as u64);
 }
 
+/// A record of the entry at `ct` for the kprobes, through a copy.
+#[inline(always)]
+fn emit_copied(ct: u64, event: u8, events: u16) {
+    if let Some(k) = Copied::of(ct) {
+        emit(&k, ct, event, 0, 0, events);
+    }
+}
+
 /// `unsigned int __nf_conntrack_confirm(struct sk_buff *skb)`: remembers the
 /// skb's ct when it is not confirmed yet.
 #[kprobe]
 pub fn ct_confirm_entry(ctx: ProbeContext) -> u32 {
-    let o = offsets();
     let Some(skb) = ctx.arg::<u64>(0) else {
         return 0;
     };
-    let ct = read::<u64>(skb, o.skb_nfct).unwrap_or(0) & !7;
+    let ct = read::<u64>(skb, off!(skb_nfct)).unwrap_or(0) & !7;
     if ct == 0 {
         return 0;
     }
-    if read::<u64>(ct, o.ct_status).unwrap_or(IPS_CONFIRMED) & IPS_CONFIRMED != 0 {
+    if read::<u64>(ct, off!(ct_status)).unwrap_or(IPS_CONFIRMED) & IPS_CONFIRMED != 0 {
         return 0;
     }
     let tid = bpf_get_current_pid_tgid();
@@ -295,9 +371,9 @@ pub fn ct_confirm_exit(ctx: RetProbeContext) -> u32 {
     if ret != NF_ACCEPT {
         return 0;
     }
-    let status = read::<u64>(ct, offsets().ct_status).unwrap_or(0);
+    let status = read::<u64>(ct, off!(ct_status)).unwrap_or(0);
     if status & IPS_CONFIRMED != 0 && status & IPS_UNTRACKED == 0 {
-        emit(ct, EVENT_NEW, 0, 0, 0);
+        emit_copied(ct, EVENT_NEW, 0);
     }
     0
 }
@@ -324,7 +400,7 @@ pub fn ct_insert_exit(ctx: RetProbeContext) -> u32 {
     let _ = CT_INSERTING.remove(&tid);
     let ret: i32 = ctx.ret();
     if ret == 0 {
-        emit(ct, EVENT_NEW, 0, 0, 0);
+        emit_copied(ct, EVENT_NEW, 0);
     }
     0
 }
@@ -352,7 +428,7 @@ pub fn ct_delete_exit(ctx: RetProbeContext) -> u32 {
     let _ = CT_DELETING.remove(&tid);
     let removed: u8 = ctx.ret();
     if removed != 0 {
-        emit(ct, EVENT_DESTROY, 0, 0, 0);
+        emit_copied(ct, EVENT_DESTROY, 0);
     }
     0
 }
@@ -366,7 +442,14 @@ pub fn ct_delete_exit(ctx: RetProbeContext) -> u32 {
 #[fentry(function = "__nf_conntrack_hash_insert")]
 pub fn ct_insert_fentry(ctx: FEntryContext) -> u32 {
     let ct: u64 = ctx.arg(0);
-    emit(ct, EVENT_NEW, IPS_CONFIRMED as u32, IPS_UNTRACKED, 0);
+    emit(
+        &Direct(ct),
+        ct,
+        EVENT_NEW,
+        IPS_CONFIRMED as u32,
+        IPS_UNTRACKED,
+        0,
+    );
     0
 }
 
@@ -378,34 +461,32 @@ pub fn ct_delete_fexit(ctx: FExitContext) -> u32 {
     let ct: u64 = ctx.arg(0);
     let removed: u64 = ctx.arg(3);
     if removed & 0xff != 0 {
-        emit(ct, EVENT_DESTROY, 0, 0, 0);
+        emit(&Direct(ct), ct, EVENT_DESTROY, 0, 0, 0);
     }
     0
 }
 
-/// An UPDATE for the entry of `item` (a `struct nf_ct_event *`) unless
-/// the bits make ctnetlink report NEW or DESTROY (those come from the
-/// insert and delete hooks, which need no event cache) or are empty
-/// (ctnetlink sends nothing then).
+/// The event bits of an UPDATE, or None when the bits make ctnetlink
+/// report NEW or DESTROY (those come from the insert and delete hooks,
+/// which need no event cache) or are empty (ctnetlink sends nothing then).
 #[inline(always)]
-fn update(events: u64, item: u64) {
+fn update_bits(events: u64) -> Option<u16> {
     let events = events as u16;
-    if events == 0 || events & (IPCT_NEW | IPCT_RELATED | IPCT_DESTROY) != 0 {
-        return;
-    }
-    let ct = read::<u64>(item, offsets().event_ct).unwrap_or(0);
-    if ct != 0 {
-        emit(ct, EVENT_UPDATE, 0, 0, events);
-    }
+    (events != 0 && events & (IPCT_NEW | IPCT_RELATED | IPCT_DESTROY) == 0).then_some(events)
 }
 
 /// `int ctnetlink_conntrack_event(unsigned int events, const struct
 /// nf_ct_event *item)`: the kernel delivering an entry's cached events.
 #[fentry(function = "ctnetlink_conntrack_event")]
 pub fn ct_update_fentry(ctx: FEntryContext) -> u32 {
-    let events: u64 = ctx.arg(0);
+    let Some(events) = update_bits(ctx.arg(0)) else {
+        return 0;
+    };
     let item: u64 = ctx.arg(1);
-    update(events, item);
+    let ct = Direct(item).ct_opt::<u64>(off!(event_ct));
+    if ct != 0 {
+        emit(&Direct(ct), ct, EVENT_UPDATE, 0, 0, events);
+    }
     0
 }
 
@@ -415,7 +496,13 @@ pub fn ct_update_entry(ctx: ProbeContext) -> u32 {
     let (Some(events), Some(item)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return 0;
     };
-    update(events, item);
+    let Some(events) = update_bits(events) else {
+        return 0;
+    };
+    let ct = read::<u64>(item, off!(event_ct)).unwrap_or(0);
+    if ct != 0 {
+        emit_copied(ct, EVENT_UPDATE, events);
+    }
     0
 }
 

@@ -24,14 +24,22 @@
 #   CTSCOPE-OVERHEAD-LISTENER <mode> <round> <a line of the listener's stderr>
 #   CTSCOPE-OVERHEAD-INVALID <mode> <round> <why>
 #   CTSCOPE-OVERHEAD-DONE
-# Usage: overhead.sh [ROUNDS] [FLOWS]
+# Usage: overhead.sh [ROUNDS] [FLOWS] [MODES]
+# (MODES: comma-separated, from the list below; default all of them.)
 set -eu
 . /vm/harness/lib.sh
 
 rounds=${1:-3}
 flows=${2:-20000}
-modes="none ebpf ebpf-json netlink conntrack ebpf-updates"
-nmodes=6
+all_modes="none ebpf ebpf-json netlink conntrack ebpf-updates"
+modes=$(echo "${3:-$all_modes}" | tr ',' ' ')
+nmodes=0
+for mode in $modes; do
+    case " $all_modes " in
+    *" $mode "*) nmodes=$((nmodes + 1)) ;;
+    *) fail "unknown mode $mode (want some of: $all_modes)" ;;
+    esac
+done
 # Seconds of guest time between two probe flows while a listener starts.
 probe_every=0.02
 # The output file has settled when it has not grown, and the listener has

@@ -91,11 +91,14 @@ struct Settings {
     flows: u64,
     rounds: usize,
     icount: bool,
+    /// The modes to run, in MODES' order (all by default).
+    modes: Vec<&'static str>,
 }
 
 impl Settings {
-    /// CTSCOPE_OVERHEAD_FLOWS, _ROUNDS, _KERNELS (comma-separated) and
-    /// _ICOUNT (0 turns -icount off).
+    /// CTSCOPE_OVERHEAD_FLOWS, _ROUNDS, _KERNELS (comma-separated),
+    /// _ICOUNT (0 turns -icount off) and _MODES (comma-separated, with none;
+    /// the others are left out of the report).
     fn from_env() -> Result<Self> {
         Self::from_lookup(|key| std::env::var(key).ok())
     }
@@ -132,9 +135,29 @@ impl Settings {
             Some("0") => false,
             Some(v) => bail!("CTSCOPE_OVERHEAD_ICOUNT={v}: want 0 or 1"),
         };
+        let modes: Vec<&'static str> = match get("CTSCOPE_OVERHEAD_MODES") {
+            None => MODES.iter().map(|m| m.name).collect(),
+            Some(v) => {
+                let wanted: Vec<&str> = v.split(',').map(str::trim).collect();
+                if let Some(bad) = wanted.iter().find(|w| mode_index(w).is_none()) {
+                    bail!(
+                        "CTSCOPE_OVERHEAD_MODES={v}: no mode {bad} (want some of: {})",
+                        MODES.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+                    );
+                }
+                if !wanted.contains(&"none") {
+                    bail!("CTSCOPE_OVERHEAD_MODES={v}: include none, the ratios' base");
+                }
+                MODES
+                    .iter()
+                    .map(|m| m.name)
+                    .filter(|m| wanted.contains(m))
+                    .collect()
+            }
+        };
         // The guest names each run's churn source 127.(10 + run).0.x and
         // its probes 127.250.run.1.
-        if rounds as usize * MODES.len() > 200 {
+        if rounds as usize * modes.len() > 200 {
             bail!("CTSCOPE_OVERHEAD_ROUNDS={rounds}: at most 40");
         }
         Ok(Self {
@@ -142,6 +165,7 @@ impl Settings {
             flows,
             rounds: rounds as usize,
             icount,
+            modes,
         })
     }
 
@@ -160,6 +184,9 @@ impl Settings {
         }
         if !self.icount {
             out.push_str("CTSCOPE_OVERHEAD_ICOUNT=0 ");
+        }
+        if self.modes.len() != MODES.len() {
+            let _ = write!(out, "CTSCOPE_OVERHEAD_MODES={} ", self.modes.join(","));
         }
         out
     }
@@ -404,6 +431,7 @@ fn overhead_in_guest(ctx: &Ctx, settings: &Settings, major: &str) -> Result<Boot
             OVERHEAD_SCRIPT,
             &settings.rounds.to_string(),
             &settings.flows.to_string(),
+            &settings.modes.join(","),
         ]);
     let status = cmd
         .stdin(Stdio::null())
@@ -515,7 +543,7 @@ fn report(
          counter, so a task busy on the other CPU would slow CPU 0's in guest time and its CPU \
          time would count the other's instructions. The table is raised to \
          nf_conntrack_max 262,144 and 65,536 buckets, UDP timeouts to 3,600 s, and an nftables \
-         input chain with `ct state new counter` keeps tracking on. {} rounds, the 5 modes \
+         input chain with `ct state new counter` keeps tracking on. {} rounds, the {} modes \
          rotated each round; each run: flush the table (no listener yet), start the listener \
          with its output to a file, wait for its first event, run `ctchurn --proto udp --count \
          {}` (16 sources 127.N.0.x, new each run), flush the table (the listener sees {} DESTROY \
@@ -525,6 +553,7 @@ fn report(
         if settings.icount { " --icount" } else { "" },
         cpus.join(", "),
         settings.rounds,
+        settings.modes.len(),
         thousands(settings.flows),
         thousands(settings.flows),
     );

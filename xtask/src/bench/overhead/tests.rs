@@ -539,6 +539,14 @@ fn settings_from_the_environment() {
             flows: 20_000,
             rounds: 3,
             icount: true,
+            modes: vec![
+                "none",
+                "ebpf",
+                "ebpf-json",
+                "netlink",
+                "conntrack",
+                "ebpf-updates"
+            ],
         }
     );
     assert_eq!(defaults.env_prefix(), "");
@@ -548,15 +556,18 @@ fn settings_from_the_environment() {
         "CTSCOPE_OVERHEAD_ROUNDS" => Some("2".to_owned()),
         "CTSCOPE_OVERHEAD_KERNELS" => Some(" 6.12 ,".to_owned()),
         "CTSCOPE_OVERHEAD_ICOUNT" => Some("0".to_owned()),
+        "CTSCOPE_OVERHEAD_MODES" => Some("ebpf, none".to_owned()),
         _ => None,
     };
     let s = Settings::from_lookup(set).expect("settings");
     assert_eq!((s.flows, s.rounds, s.icount), (5_000, 2, false));
     assert_eq!(s.kernels, ["6.12"]);
+    // In the table's order, whatever the order asked.
+    assert_eq!(s.modes, ["none", "ebpf"]);
     assert_eq!(
         s.env_prefix(),
         "CTSCOPE_OVERHEAD_FLOWS=5000 CTSCOPE_OVERHEAD_ROUNDS=2 CTSCOPE_OVERHEAD_KERNELS=6.12 \
-         CTSCOPE_OVERHEAD_ICOUNT=0 "
+         CTSCOPE_OVERHEAD_ICOUNT=0 CTSCOPE_OVERHEAD_MODES=none,ebpf "
     );
 
     for (key, value) in [
@@ -565,6 +576,8 @@ fn settings_from_the_environment() {
         ("CTSCOPE_OVERHEAD_ROUNDS", "41"),
         ("CTSCOPE_OVERHEAD_KERNELS", ","),
         ("CTSCOPE_OVERHEAD_ICOUNT", "yes"),
+        ("CTSCOPE_OVERHEAD_MODES", "ebpf"),
+        ("CTSCOPE_OVERHEAD_MODES", "none,fast"),
     ] {
         let err = Settings::from_lookup(|k| (k == key).then(|| value.to_owned())).expect_err(value);
         assert!(err.to_string().contains(key), "{err}");

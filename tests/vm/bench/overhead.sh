@@ -23,6 +23,7 @@
 #   CTSCOPE-OVERHEAD-RUN <mode> <round> key=value ... (see the end of the loop)
 #   CTSCOPE-OVERHEAD-LISTENER <mode> <round> <a line of the listener's stderr>
 #   CTSCOPE-OVERHEAD-INVALID <mode> <round> <why>
+#   CTSCOPE-OVERHEAD-DELIVERY pace=full|N/s flows=N count=N p50=NS p99=NS max=NS
 #   CTSCOPE-OVERHEAD-DONE
 # Usage: overhead.sh [ROUNDS] [FLOWS] [MODES]
 # (MODES: comma-separated, from the list below; default all of them.)
@@ -354,4 +355,48 @@ while [ "$round" -le "$rounds" ]; do
     done
     round=$((round + 1))
 done
+
+# The eBPF source's delivery latency, when an eBPF mode ran: `ctscope
+# profile --source ebpf` measures each record from the kernel's timestamp
+# to its handling (delivery_ns in its JSON report), over a full-speed
+# churn (the reader woken when the ring is a quarter full, else on its
+# timer) and over a slow one (the timer alone).
+case " $modes " in
+*" ebpf"*)
+    for pace in full 200; do
+        run=$((run + 1))
+        net=$((10 + run))
+        step "delivery latency: $pace"
+        sysctl -qw "net.netfilter.nf_conntrack_events=$events_default" || fail "nf_conntrack_events"
+        conntrack -F >/dev/null 2>&1 || fail "conntrack -F failed"
+        if [ "$pace" = full ]; then count=$flows rate=; else count=$((pace * 2)) rate="--rate $pace"; fi
+        rm -f /tmp/profile.json /tmp/profile.err
+        ctscope profile --source ebpf -o json --duration 3600 >/tmp/profile.json 2>/tmp/profile.err &
+        listener=$!
+        now_ns
+        deadline=$((NOW + $(budget 120) * 1000000000))
+        until has_startup_line ebpf /tmp/profile.err; do
+            alive
+            now_ns
+            [ "$NOW" -lt "$deadline" ] || fail "profile did not start: $(cat /tmp/profile.err)"
+            sleep 0.05
+        done
+        # shellcheck disable=SC2086 # empty or two words
+        ctchurn --proto udp --count "$count" $rate --src-base "127.$net.0.1" \
+            --dst 127.0.0.1 --dport-base 10000 >/dev/null 2>/tmp/churn.err ||
+            fail "ctchurn failed: $(tail -c 2000 /tmp/churn.err)"
+        # Past the reader's 100 ms timer, so every record was handled.
+        sleep 0.5
+        kill -INT "$listener" 2>/dev/null || true
+        wait "$listener" || fail "profile failed: $(cat /tmp/profile.err)"
+        listener=
+        q=$(tr -d ' \n' </tmp/profile.json | grep -o '"delivery_ns":{[^}]*}') ||
+            fail "no delivery_ns in profile's report: $(head -c 2000 /tmp/profile.json)"
+        field() { echo "$q" | grep -o "\"$1\":[0-9]*" | cut -d: -f2; }
+        label=$pace
+        [ "$pace" = full ] || label="$pace/s"
+        echo "CTSCOPE-OVERHEAD-DELIVERY pace=$label flows=$count count=$(field count) p50=$(field p50) p99=$(field p99) max=$(field max)"
+    done
+    ;;
+esac
 echo "CTSCOPE-OVERHEAD-DONE"

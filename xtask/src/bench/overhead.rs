@@ -381,6 +381,29 @@ fn kernel_notes(k: &KernelFigures, t: &Transcript, wall: Duration) -> String {
         }
         let _ = writeln!(out, "  - `{}`: {}.", mode.name, said.join("; "));
     }
+    if !t.delivery.is_empty() {
+        let paces: Vec<String> = t
+            .delivery
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} ({} flows, {} records): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    d.pace,
+                    thousands(d.flows),
+                    thousands(d.count),
+                    d.p50_ns as f64 / 1e6,
+                    d.p99_ns as f64 / 1e6,
+                    d.max_ns as f64 / 1e6
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  - eBPF delivery latency (`ctscope profile --source ebpf`: from the kernel's \
+             timestamp on a record to its handling), churn at {}.",
+            paces.join("; at ")
+        );
+    }
     out
 }
 

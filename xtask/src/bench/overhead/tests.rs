@@ -583,3 +583,39 @@ fn settings_from_the_environment() {
         assert!(err.to_string().contains(key), "{err}");
     }
 }
+
+#[test]
+fn delivery_latency_is_read_and_noted() {
+    let text = REAL_612.replace(
+        "CTSCOPE-OVERHEAD-DONE",
+        "CTSCOPE-OVERHEAD-DELIVERY pace=full flows=20000 count=20000 p50=52000000 p99=101500000 max=104000000\n\
+         CTSCOPE-OVERHEAD-DELIVERY pace=200/s flows=400 count=400 p50=48000000 p99=99000000 max=100200000\n\
+         CTSCOPE-OVERHEAD-DONE",
+    );
+    let t = parse_transcript(&text).expect("parses");
+    assert_eq!(t.delivery.len(), 2);
+    assert_eq!(t.delivery[1].pace, "200/s");
+    assert_eq!(
+        (
+            t.delivery[0].count,
+            t.delivery[0].p99_ns,
+            t.delivery[1].max_ns
+        ),
+        (20_000, 101_500_000, 100_200_000)
+    );
+    let k = figures(&t, 20_000, 1).expect("figures");
+    let notes = kernel_notes(&k, &t, Duration::from_secs(1));
+    assert!(
+        notes.contains(
+            "churn at full (20,000 flows, 20,000 records): p50 52.0 ms, p99 101.5 ms, max 104.0 \
+             ms; at 200/s (400 flows, 400 records): p50 48.0 ms, p99 99.0 ms"
+        ),
+        "{notes}"
+    );
+    // A line missing a figure is an error, not a zero.
+    let bad = REAL_612.replace(
+        "CTSCOPE-OVERHEAD-DONE",
+        "CTSCOPE-OVERHEAD-DELIVERY pace=full flows=20000 count=20000 p50=1\nCTSCOPE-OVERHEAD-DONE",
+    );
+    assert!(parse_transcript(&bad).is_err());
+}

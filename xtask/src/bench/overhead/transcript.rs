@@ -88,7 +88,25 @@ pub(super) struct Run {
 pub(super) struct Transcript {
     pub(super) guest: Option<Guest>,
     pub(super) runs: Vec<Run>,
+    /// The eBPF source's delivery latency, per churn pace.
+    pub(super) delivery: Vec<Delivery>,
     pub(super) done: bool,
+}
+
+/// `ctscope profile --source ebpf`'s delivery latency (kernel timestamp
+/// to handling) over one churn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Delivery {
+    /// `full` or `N/s`.
+    pub(super) pace: String,
+    /// Flows the churn made.
+    pub(super) flows: u64,
+    /// Records measured.
+    pub(super) count: u64,
+    /// Quantiles, ns.
+    pub(super) p50_ns: u64,
+    pub(super) p99_ns: u64,
+    pub(super) max_ns: u64,
 }
 
 /// `key=value` words into a map (words without `=` are skipped).
@@ -233,6 +251,17 @@ pub(super) fn parse_transcript(text: &str) -> Result<Transcript> {
                     run.drop = number(&f, "drop")?;
                     run.insert_failed = number(&f, "insert_failed")?;
                     run.listener = listener;
+                }
+                "DELIVERY" => {
+                    let f = key_values(rest);
+                    t.delivery.push(Delivery {
+                        pace: f.get("pace").copied().unwrap_or("?").to_owned(),
+                        flows: number(&f, "flows")?,
+                        count: number(&f, "count")?,
+                        p50_ns: number(&f, "p50")?,
+                        p99_ns: number(&f, "p99")?,
+                        max_ns: number(&f, "max")?,
+                    });
                 }
                 "DONE" => t.done = true,
                 _ => {}

@@ -367,6 +367,12 @@ impl Tracer {
         &self.attached
     }
 
+    /// Whether this kernel counts the runs it skips of the attached
+    /// programs (not for kprobes before 6.7).
+    pub fn skips_counted(&self) -> bool {
+        self.skips_counted
+    }
+
     /// Runs of the attached programs the kernel skipped since they were
     /// loaded (each might have been an event): a program already running
     /// on that CPU, or for kprobes another BPF program running there.

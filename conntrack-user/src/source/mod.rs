@@ -327,7 +327,7 @@ impl Source {
                 } else {
                     String::new()
                 };
-                let skips = if tracer.skipped().is_none() {
+                let skips = if !tracer.skips_counted() {
                     "; runs the kernel skips are not counted (kprobes before 6.7)"
                 } else {
                     ""

@@ -12,7 +12,7 @@
 //! (ctscope top --once vs iptstate -1, on a tmux tty) and `overhead` (what
 //! a listener costs: ctscope's eBPF and netlink sources and conntrack -E,
 //! writing to files, in qemu guests under -icount; skipped by --quick;
-//! CTSCOPE_OVERHEAD_* variables set flows, rounds, kernels), `serve` (ctscope serve's scrape
+//! CTSCOPE_OVERHEAD_* variables set flows, rounds, kernels, modes), `serve` (ctscope serve's scrape
 //! latency on a large table while it resyncs, against node_exporter's
 //! conntrack collector) and `criterion` (the criterion benches).
 mod criterion;

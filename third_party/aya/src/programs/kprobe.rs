@@ -144,6 +144,18 @@ define_link_wrapper!(
     KProbe,
 );
 
+impl KProbeLink {
+    /// The kernel's information about this link (see
+    /// [`LinkInfo::kprobe_missed`]). An error where the kernel attached the
+    /// probe without a BPF link (before v5.15, through the perf event).
+    pub fn info(&self) -> Result<crate::programs::LinkInfo, crate::programs::LinkError> {
+        match self.inner() {
+            PerfLinkInner::Fd(link) => link.info(),
+            PerfLinkInner::PerfLink(_) => Err(crate::programs::LinkError::InvalidLink),
+        }
+    }
+}
+
 /// The type returned when attaching a [`KProbe`] fails.
 #[derive(Debug, Error)]
 pub enum KProbeError {

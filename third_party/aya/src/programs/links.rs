@@ -142,6 +142,31 @@ impl LinkInfo {
             .map_err(|InvalidTypeBinding { value }| LinkError::UnknownLinkType(value))
             .and_then(LinkType::try_from)
     }
+
+    /// For the perf event link of a kprobe or kretprobe: the times the
+    /// kernel did not run the probe, and so not its program either (the
+    /// kprobe's `nmissed`: another kprobe handler was running on that CPU;
+    /// for a kretprobe, also the returns it had no instance to catch).
+    /// `None` for other links, and where the kernel does not describe perf
+    /// event links (before v6.6). Always counted.
+    ///
+    /// Introduced in kernel v6.7 (0 in v6.6).
+    pub fn kprobe_missed(&self) -> Option<u64> {
+        use aya_obj::generated::bpf_perf_event_type::{
+            BPF_PERF_EVENT_KPROBE, BPF_PERF_EVENT_KRETPROBE,
+        };
+
+        if self.0.type_ != bpf_link_type::BPF_LINK_TYPE_PERF_EVENT as u32 {
+            return None;
+        }
+        // SAFETY: the kernel fills the `perf_event` member for perf event
+        // links (the union is zeroed before the call otherwise).
+        let perf_event = unsafe { &self.0.__bindgen_anon_1.perf_event };
+        let kprobe = perf_event.type_ == BPF_PERF_EVENT_KPROBE as u32
+            || perf_event.type_ == BPF_PERF_EVENT_KRETPROBE as u32;
+        // SAFETY: the `kprobe` member, for kprobe and kretprobe events.
+        kprobe.then(|| unsafe { perf_event.__bindgen_anon_1.kprobe.missed })
+    }
 }
 
 /// The type of eBPF link.

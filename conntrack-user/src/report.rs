@@ -127,8 +127,9 @@ pub struct LostByReason {
     /// ctnetlink receive buffer overruns (ENOBUFS), each an unknown number
     /// of events.
     pub netlink_overrun: u64,
-    /// Runs of the eBPF programs the kernel skipped; `null` where it does
-    /// not count them (kprobes before 6.7) or with ctnetlink.
+    /// Events the runs of the eBPF programs the kernel skipped may have
+    /// been; `null` where it does not count them (kprobes before 6.7) or
+    /// with ctnetlink.
     pub skipped_by_kernel: Option<u64>,
 }
 

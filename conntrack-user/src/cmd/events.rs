@@ -98,8 +98,8 @@ fn report_lost(lost: &Lost) {
     }
     if let Some(n) = lost.skipped.filter(|n| *n > 0) {
         eprintln!(
-            "ctscope: {n} events may be lost: the kernel skipped the eBPF programs {n} times \
-             (another BPF program was running on that CPU)"
+            "ctscope: {n} events may be lost: the kernel skipped ctscope's eBPF programs \
+             (another BPF program or kprobe handler was running on that CPU)"
         );
     }
 }

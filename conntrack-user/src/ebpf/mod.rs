@@ -14,6 +14,7 @@
 pub mod btf;
 pub mod btf_object;
 pub mod record;
+mod skips;
 
 use std::{
     io,
@@ -24,13 +25,14 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, KProbe, ProgramError},
+    programs::{FEntry, FExit, KProbe, ProgramError, kprobe::KProbeLink},
 };
 use conntrack_ebpf::ABSENT;
 
 use self::{
     btf::{BtfError, KernelBtf},
     record::{decode_record, event_kind, to_conntrack},
+    skips::events_skipped,
 };
 use crate::ct::{Conntrack, EventKind};
 
@@ -229,11 +231,15 @@ pub enum Attached {
 
 /// The loaded and attached tracer.
 pub struct Tracer {
-    /// Keeps programs and links alive; asked for their skipped runs.
+    /// Keeps programs (and the fentry/fexit links) alive; asked for their
+    /// skipped runs.
     ebpf: Ebpf,
     attached: Attached,
     /// The programs attached, by name.
     programs: Vec<&'static str>,
+    /// The kprobe programs' links, by program: kept alive here, and asked
+    /// for the runs the kprobes themselves missed.
+    kprobe_links: Vec<(&'static str, KProbeLink)>,
     /// Whether this kernel counts the runs it skips of these programs.
     skips_counted: bool,
     /// The UPDATE program is attached; else why not, when it was wanted.
@@ -272,13 +278,14 @@ impl Tracer {
             .map_max_entries(conntrack_ebpf::RING_MAP, config.ring_size)
             .load(EBPF_OBJECT)
             .map_err(|e| refused(&e, e.to_string()))?;
+        let mut kprobe_links = Vec::new();
         let attached = match config.hook {
             Hook::Fentry => {
                 attach_tracing(&mut ebpf, &btf)?;
                 Attached::Fentry
             }
             Hook::Kprobe => {
-                attach_kprobes(&mut ebpf)?;
+                kprobe_links = attach_kprobes(&mut ebpf)?;
                 Attached::Kprobes {
                     fentry_refused: None,
                 }
@@ -287,7 +294,7 @@ impl Tracer {
                 Ok(()) => Attached::Fentry,
                 Err(e) => {
                     detach_tracing(&mut ebpf);
-                    attach_kprobes(&mut ebpf)?;
+                    kprobe_links = attach_kprobes(&mut ebpf)?;
                     Attached::Kprobes {
                         fentry_refused: Some(e.to_string()),
                     }
@@ -296,11 +303,14 @@ impl Tracer {
         };
         if config.updates != Updates::Off && updates_refused.is_none() {
             let fentry = attached == Attached::Fentry;
-            if let Err(e) = attach_updates(&mut ebpf, &btf, fentry) {
-                if config.updates == Updates::Required {
-                    return Err(e);
+            match attach_updates(&mut ebpf, &btf, fentry) {
+                Ok(link) => kprobe_links.extend(link),
+                Err(e) => {
+                    if config.updates == Updates::Required {
+                        return Err(e);
+                    }
+                    updates_refused = Some(e.to_string());
                 }
-                updates_refused = Some(e.to_string());
             }
         }
         let updates = match updates_refused {
@@ -317,7 +327,9 @@ impl Tracer {
             programs.push(if fentry { UPDATE_FENTRY } else { UPDATE_KPROBE });
         }
         // Tracing programs' skips are counted since 5.11 (older kernels
-        // cannot load them against a module anyway); a kprobe's since 6.7.
+        // cannot load them against a module anyway); a kprobe's since 6.7:
+        // both the program's (recursion_misses) and the probe's (the perf
+        // link's kprobe.missed).
         let skips_counted = fentry || crate::release::kernel_version().is_some_and(|v| v >= (6, 7));
         let ring = RingBuf::try_from(
             ebpf.take_map(conntrack_ebpf::RING_MAP)
@@ -333,6 +345,7 @@ impl Tracer {
             ebpf,
             attached,
             programs,
+            kprobe_links,
             skips_counted,
             updates,
             ring,
@@ -373,21 +386,35 @@ impl Tracer {
         self.skips_counted
     }
 
-    /// Runs of the attached programs the kernel skipped since they were
-    /// loaded (each might have been an event): a program already running
-    /// on that CPU, or for kprobes another BPF program running there.
-    /// `None` where this kernel does not count them (kprobes before 6.7).
+    /// Events the kernel's skipped runs of the attached programs may have
+    /// cost since they were loaded (`skips::events_skipped`): a program
+    /// already running on that CPU; for kprobes another BPF program running
+    /// there (the program's `recursion_misses`), or another kprobe handler
+    /// (the probe's `missed`, read from its link). `None` where this kernel
+    /// does not count them (kprobes before 6.7).
     pub fn skipped(&self) -> Option<u64> {
         if !self.skips_counted {
             return None;
         }
-        let mut n = 0;
-        for name in &self.programs {
-            if let Some(info) = self.ebpf.program(name).and_then(|p| p.info().ok()) {
-                n += info.recursion_misses();
-            }
-        }
-        Some(n)
+        let runs: Vec<(&str, u64)> = self
+            .programs
+            .iter()
+            .map(|name| {
+                let program = self
+                    .ebpf
+                    .program(name)
+                    .and_then(|p| p.info().ok())
+                    .map_or(0, |info| info.recursion_misses());
+                let probe: u64 = self
+                    .kprobe_links
+                    .iter()
+                    .filter(|(p, _)| p == name)
+                    .filter_map(|(_, link)| link.info().ok()?.kprobe_missed())
+                    .sum();
+                (*name, program + probe)
+            })
+            .collect();
+        Some(events_skipped(&runs))
     }
 
     /// Records the programs could not write because the ring was full.
@@ -483,8 +510,13 @@ fn attach_traced(
     })
 }
 
-/// Attaches the UPDATE program, of the kind the other programs are.
-fn attach_updates(ebpf: &mut Ebpf, btf: &KernelBtf, fentry: bool) -> Result<(), TracerError> {
+/// Attaches the UPDATE program, of the kind the other programs are; a
+/// kprobe's link.
+fn attach_updates(
+    ebpf: &mut Ebpf,
+    btf: &KernelBtf,
+    fentry: bool,
+) -> Result<Option<(&'static str, KProbeLink)>, TracerError> {
     if fentry {
         attach_traced(
             ebpf,
@@ -493,15 +525,17 @@ fn attach_updates(ebpf: &mut Ebpf, btf: &KernelBtf, fentry: bool) -> Result<(), 
             UPDATE_FUNCTION,
             UPDATE_MODULE,
             false,
-        )
+        )?;
+        Ok(None)
     } else {
-        attach_kprobe(
+        let link = attach_kprobe(
             ebpf,
             UPDATE_KPROBE,
             UPDATE_FUNCTION,
             UPDATE_MODULE,
             &mut None,
-        )
+        )?;
+        Ok(Some((UPDATE_KPROBE, link)))
     }
 }
 
@@ -522,8 +556,9 @@ fn detach_tracing(ebpf: &mut Ebpf) {
     }
 }
 
-/// Loads and attaches the kprobe/kretprobe pairs.
-fn attach_kprobes(ebpf: &mut Ebpf) -> Result<(), TracerError> {
+/// Loads and attaches the kprobe/kretprobe pairs; their links, by
+/// program.
+fn attach_kprobes(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, KProbeLink)>, TracerError> {
     if !Path::new(KPROBE_PMU).exists() {
         return Err(TracerError::NoKprobes);
     }
@@ -531,22 +566,24 @@ fn attach_kprobes(ebpf: &mut Ebpf) -> Result<(), TracerError> {
     // ~200,000 lines the kernel formats on every read, seconds in a
     // slow guest.
     let mut kallsyms: Option<String> = None;
+    let mut links = Vec::with_capacity(PROBES.len());
     for (program, function) in PROBES {
-        attach_kprobe(ebpf, program, function, "nf_conntrack", &mut kallsyms)?;
+        let link = attach_kprobe(ebpf, program, function, "nf_conntrack", &mut kallsyms)?;
+        links.push((*program, link));
     }
-    Ok(())
+    Ok(links)
 }
 
 /// Loads one kprobe (or kretprobe) program and attaches it to `function`
 /// (of `module`), or to its compiler clone (`kallsyms`, read on first
-/// need).
+/// need); the link, which detaches the program when dropped.
 fn attach_kprobe(
     ebpf: &mut Ebpf,
     program: &str,
     function: &str,
     module: &str,
     kallsyms: &mut Option<String>,
-) -> Result<(), TracerError> {
+) -> Result<KProbeLink, TracerError> {
     let probe: &mut KProbe = ebpf
         .program_mut(program)
         .ok_or_else(|| TracerError::Missing(format!("program {program}")))?
@@ -555,20 +592,26 @@ fn attach_kprobe(
     probe
         .load()
         .map_err(|e| refused(&e, format!("{program}: {e}")))?;
-    if probe.attach(function, 0).is_ok() {
-        return Ok(());
-    }
-    let symbols = kallsyms
-        .get_or_insert_with(|| std::fs::read_to_string("/proc/kallsyms").unwrap_or_default());
-    let symbol = attach_symbol(symbols, function).ok_or_else(|| TracerError::Attach {
+    let id = match probe.attach(function, 0) {
+        Ok(id) => id,
+        Err(_) => {
+            let symbols = kallsyms.get_or_insert_with(|| {
+                std::fs::read_to_string("/proc/kallsyms").unwrap_or_default()
+            });
+            let symbol = attach_symbol(symbols, function).ok_or_else(|| TracerError::Attach {
+                function: function.to_string(),
+                reason: format!("not in /proc/kallsyms (is {module} loaded?)"),
+            })?;
+            probe.attach(&symbol, 0).map_err(|e| TracerError::Attach {
+                function: symbol.clone(),
+                reason: e.to_string(),
+            })?
+        }
+    };
+    probe.take_link(id).map_err(|e| TracerError::Attach {
         function: function.to_string(),
-        reason: format!("not in /proc/kallsyms (is {module} loaded?)"),
-    })?;
-    probe.attach(&symbol, 0).map_err(|e| TracerError::Attach {
-        function: symbol.clone(),
         reason: e.to_string(),
-    })?;
-    Ok(())
+    })
 }
 
 /// What one [`Tracer::drain`] took from the ring.

@@ -423,9 +423,10 @@ impl Scrape {
             enc,
             "ctscope_events_lost",
             "Events lost, by reason: netlink_overrun counts receive buffer overruns (ENOBUFS; each \
-             lost one event or more), ring_buffer_full eBPF records, skipped_by_kernel runs of the \
-             eBPF programs the kernel skipped (another BPF program running on that CPU; each \
-             might have been an event), resync_backlog events dropped while a resync ran.",
+             lost one event or more), ring_buffer_full eBPF records, skipped_by_kernel events that \
+             runs of the eBPF programs the kernel skipped may have been (another BPF program or \
+             kprobe handler running on that CPU), resync_backlog events dropped while a resync \
+             ran.",
             [
                 ("netlink_overrun", f.netlink_overruns),
                 ("ring_buffer_full", f.ring_full),

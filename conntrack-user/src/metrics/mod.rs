@@ -93,8 +93,8 @@ pub struct FeedCounters {
     pub netlink_overruns: u64,
     /// Records the eBPF programs could not write: the ring was full.
     pub ring_full: u64,
-    /// Runs of the eBPF programs the kernel skipped (0 where it does not
-    /// count them).
+    /// Events the runs of the eBPF programs the kernel skipped may have
+    /// been (0 where it does not count them).
     pub skipped: u64,
     /// Events dropped while a resync ran, past the backlog's bound.
     pub backlog_lost: u64,

@@ -136,8 +136,9 @@ pub struct Event<'a> {
 pub struct Lost {
     /// Records the eBPF programs could not write: the ring was full.
     pub ring_full: u64,
-    /// Runs of the eBPF programs the kernel skipped (each might have been
-    /// an event); `None` where the kernel does not count them, or with
+    /// Events the runs of the eBPF programs the kernel skipped may have
+    /// been (`Tracer::skipped`: a kprobe/kretprobe pair skipped on one call
+    /// is one event); `None` where the kernel does not count them, or with
     /// ctnetlink.
     pub skipped: Option<u64>,
     /// ctnetlink receive buffer overruns (ENOBUFS); each lost an unknown

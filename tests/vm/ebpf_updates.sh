@@ -17,10 +17,10 @@
 #   that never depends on timing.)
 # - `ctscope -U --mark` on a set of entries gives exactly one UPDATE each,
 #   with and without conntrack -E, with fentry and with kprobes.
-# - The runs the kernel skipped (recursion_misses of every program) are
-#   read and reported: 0 with fentry, and with kprobes on 6.12; on 6.1,
-#   which does not count a kprobe's skips, null and said so. (No test
-#   makes the kernel skip ours: see README, "Events lost".)
+# - The runs the kernel skipped (recursion_misses of every program, and
+#   for kprobes the probes' missed) are read and reported: 0 with fentry,
+#   and with kprobes on 6.12; on 6.1, which does not count a kprobe's
+#   skips, null and said so. (ebpf_misses.sh makes the kernel skip ours.)
 # - With nf_conntrack_events=2 ("auto", the default): `-e UPDATE --source
 #   ebpf` exits 1 with one line naming the sysctl; `--source auto` says so
 #   and uses ctnetlink; without -e the tracer runs and says why it has no
@@ -33,19 +33,6 @@ conns=${EBPF_UPDATE_CONNS:-1000}
 ct_counter_table updates
 set_sysctl net.netfilter.nf_conntrack_max 1048576 || true
 long_tcp_timeouts
-
-
-# Waits until FILE has stopped growing for a second (at most SECS).
-wait_quiet() {
-    local file=$1 secs=$2 last=-1 now i=0
-    while [ "$i" -lt "$secs" ]; do
-        now=$(wc -l <"$file")
-        [ "$now" -eq "$last" ] && return 0
-        last=$now
-        sleep 1
-        i=$((i + 1))
-    done
-}
 
 counts() {
     echo "NEW $(grep -c '\[NEW\]' "$1" || true), UPDATE $(grep -c '\[UPDATE\]' "$1" || true), DESTROY $(grep -c '\[DESTROY\]' "$1" || true)"

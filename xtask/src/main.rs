@@ -45,8 +45,8 @@ enum Task {
     /// Boot each Debian test kernel in qemu and run the eBPF end-to-end
     /// tests inside.
     VmTest(vm::VmTestArgs),
-    /// Run a command in a qemu guest with ctscope, conntrack, nft and
-    /// ctchurn on PATH; exits with its status.
+    /// Run a command in a qemu guest with ctscope, conntrack, nft, ctchurn
+    /// and ctmiss on PATH; exits with its status.
     VmRun(vm::VmRunArgs),
 }
 

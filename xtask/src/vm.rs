@@ -91,6 +91,11 @@ pub struct GuestArgs {
     /// (left out, with a warning, when it does not build).
     #[arg(long, env = "CTSCOPE_VM_CTCHURN", value_name = "PATH")]
     pub ctchurn: Option<PathBuf>,
+    /// ctmiss binary for the guest (keeps a CPU inside a BPF program, for
+    /// ebpf_misses.sh); default: build target/release/ctmiss (left out,
+    /// with a warning, when it does not build).
+    #[arg(long, env = "CTSCOPE_VM_CTMISS", value_name = "PATH")]
+    pub ctmiss: Option<PathBuf>,
     /// Another host binary for the guest's /usr/local/bin, with the shared
     /// libraries it uses (repeatable).
     #[arg(long = "bin", value_name = "PATH")]
@@ -174,43 +179,31 @@ fn vm_dir() -> PathBuf {
 /// The binaries that go into the guest.
 struct GuestBins {
     ctscope: PathBuf,
-    ctchurn: Option<PathBuf>,
+    /// The test helpers (ctchurn, ctmiss) that were given or built, by
+    /// the name they get in the guest.
+    helpers: Vec<(&'static str, PathBuf)>,
     extra: Vec<PathBuf>,
 }
 
 impl GuestBins {
-    /// Builds ctscope and ctchurn unless paths were given.
+    /// Builds ctscope and the test helpers unless paths were given.
     fn build(args: &GuestArgs) -> Result<Self> {
-        let release = workspace_root().join("target/release");
         let ctscope = match &args.ctscope {
             Some(path) => existing(path)?,
             None => {
                 run_checked(cargo().args(["build", "--release", "--package", "conntrack-user"]))?;
-                release.join("ctscope")
+                workspace_root().join("target/release/ctscope")
             }
         };
-        let ctchurn = match &args.ctchurn {
-            Some(path) => Some(existing(path)?),
-            None => {
-                let built = run_checked(cargo().args([
-                    "build",
-                    "--release",
-                    "--package",
-                    "xtask",
-                    "--bin",
-                    "ctchurn",
-                ]));
-                match built {
-                    Ok(()) => Some(release.join("ctchurn")),
-                    Err(e) => {
-                        eprintln!(
-                            "xtask: ctchurn does not build, the guest will not have it: {e:#}"
-                        );
-                        None
-                    }
-                }
+        let mut helpers = Vec::new();
+        for (given, package, bin) in [
+            (&args.ctchurn, "xtask", "ctchurn"),
+            (&args.ctmiss, "ctscope-e2e", "ctmiss"),
+        ] {
+            if let Some(path) = helper(given.as_deref(), package, bin)? {
+                helpers.push((bin, path));
             }
-        };
+        }
         let extra = args
             .extra_bins
             .iter()
@@ -218,9 +211,27 @@ impl GuestBins {
             .collect::<Result<_>>()?;
         Ok(Self {
             ctscope,
-            ctchurn,
+            helpers,
             extra,
         })
+    }
+}
+
+/// A test helper for the guest: `given`, or target/release/`bin` built from
+/// `package`; none, with a warning, when it does not build (the scripts
+/// that need it fail, saying so).
+fn helper(given: Option<&Path>, package: &str, bin: &str) -> Result<Option<PathBuf>> {
+    if let Some(path) = given {
+        return existing(path).map(Some);
+    }
+    let built =
+        run_checked(cargo().args(["build", "--release", "--package", package, "--bin", bin]));
+    match built {
+        Ok(()) => Ok(Some(workspace_root().join("target/release").join(bin))),
+        Err(e) => {
+            eprintln!("xtask: {bin} does not build, the guest will not have it: {e:#}");
+            Ok(None)
+        }
     }
 }
 

@@ -122,6 +122,18 @@ assert_list_parity() {
     echo "   $(wc -l </tmp/parity.ctscope) lines alike"
 }
 
+# Waits until FILE has stopped growing for a second (at most SECS).
+wait_quiet() {
+    local file=$1 secs=$2 last=-1 now i=0
+    while [ "$i" -lt "$secs" ]; do
+        now=$(wc -l <"$file")
+        [ "$now" -eq "$last" ] && return 0
+        last=$now
+        sleep 1
+        i=$((i + 1))
+    done
+}
+
 # Waits up to 30 s (scaled by `budget`) for a line matching the grep
 # PATTERN in FILE. Fails, naming WHAT and showing the file, if it does not
 # come, or if the process PID (optional) ends first. FILE must not hold an

@@ -212,8 +212,8 @@ pub(super) fn build_initramfs(
         }
     }
     tree.add_program("/usr/local/bin/ctscope", &bins.ctscope)?;
-    if let Some(ctchurn) = &bins.ctchurn {
-        tree.add_program("/usr/local/bin/ctchurn", ctchurn)?;
+    for (name, helper) in &bins.helpers {
+        tree.add_program(&format!("/usr/local/bin/{name}"), helper)?;
     }
     for bin in &bins.extra {
         let name = bin

@@ -269,7 +269,7 @@ pub enum EventKind {
 }
 
 /// Layer 4 protocol name as conntrack prints it.
-pub fn proto_name(p: u8) -> &'static str {
+pub const fn proto_name(p: u8) -> &'static str {
     match p {
         proto::TCP => "tcp",
         proto::UDP => "udp",

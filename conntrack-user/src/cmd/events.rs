@@ -19,6 +19,8 @@ const WAIT: Duration = Duration::from_millis(100);
 /// Runs `ctscope events`.
 pub fn run(args: &EventArgs) -> Result<()> {
     let filter = args.filter.to_filter()?;
+    // Most runs filter nothing: no need to ask for each event.
+    let everything = filter.is_empty();
     let opts = OutputOptions::parse(args.output.iter().map(String::as_str))?;
     let mask = args.event_mask.unwrap_or_default();
     if !(mask.new || mask.update || mask.destroy) {
@@ -53,7 +55,7 @@ pub fn run(args: &EventArgs) -> Result<()> {
             }
             let read = reader
                 .read(WAIT, |ev| {
-                    if shown >= limit || !out_ok || !filter.matches(ev.ct) {
+                    if shown >= limit || !out_ok || !(everything || filter.matches(ev.ct)) {
                         return;
                     }
                     shown += 1;

@@ -31,7 +31,7 @@ use conntrack_ebpf::ABSENT;
 
 use self::{
     btf::{BtfError, KernelBtf},
-    record::{decode_record, event_kind, to_conntrack},
+    record::RecordDecoder,
     skips::events_skipped,
 };
 use crate::ct::{Conntrack, EventKind};
@@ -246,8 +246,7 @@ pub struct Tracer {
     updates: Result<bool, String>,
     ring: RingBuf<MapData>,
     drops: PerCpuArray<MapData, u64>,
-    hz: u32,
-    mono_to_real_ns: i128,
+    decoder: RecordDecoder,
 }
 
 impl Tracer {
@@ -350,8 +349,10 @@ impl Tracer {
             updates,
             ring,
             drops,
-            hz: kernel_hz(),
-            mono_to_real_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+            decoder: RecordDecoder::new(
+                kernel_hz(),
+                clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+            ),
         })
     }
 
@@ -430,17 +431,14 @@ impl Tracer {
     /// (no program emits one) is counted in `malformed`, never shown.
     pub fn drain(&mut self, mut on_event: impl FnMut(EventKind, &Conntrack, u64, u32)) -> Drained {
         let mut drained = Drained::default();
-        let mut ct = Conntrack::default();
         while let Some(item) = self.ring.next() {
-            let Some((ev, kind)) = decode_record(&item).and_then(|ev| Some((ev, event_kind(&ev)?)))
-            else {
-                drained.malformed += 1;
-                continue;
-            };
-            drained.events += 1;
-            to_conntrack(&ev, kind, self.hz, &mut ct);
-            let real = i128::from(ev.ktime_ns) + self.mono_to_real_ns;
-            on_event(kind, &ct, u64::try_from(real).unwrap_or(0), ev.netns);
+            match self.decoder.decode(&item) {
+                Some((kind, ct, time_ns, netns)) => {
+                    drained.events += 1;
+                    on_event(kind, ct, time_ns, netns);
+                }
+                None => drained.malformed += 1,
+            }
         }
         drained
     }

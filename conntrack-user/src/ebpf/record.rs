@@ -30,6 +30,40 @@ pub fn decode_record(bytes: &[u8]) -> Option<CtEvent> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<CtEvent>()) })
 }
 
+/// Turns ring buffer records into entries, one at a time, reusing one
+/// [`Conntrack`]: what [`crate::ebpf::Tracer::drain`] does with each record
+/// (and what a replay of records does off the ring, to measure it).
+#[derive(Debug)]
+pub struct RecordDecoder {
+    hz: u32,
+    mono_to_real_ns: i128,
+    ct: Conntrack,
+}
+
+impl RecordDecoder {
+    /// A decoder for a kernel of this HZ (timeouts are in jiffies) whose
+    /// CLOCK_REALTIME is CLOCK_MONOTONIC + `mono_to_real_ns`.
+    pub fn new(hz: u32, mono_to_real_ns: i128) -> Self {
+        Self {
+            hz,
+            mono_to_real_ns,
+            ct: Conntrack::default(),
+        }
+    }
+
+    /// One record: its event, entry, wall time in ns and network
+    /// namespace inode; `None` for a record of an unknown size or kind (no
+    /// program emits one).
+    pub fn decode(&mut self, bytes: &[u8]) -> Option<(EventKind, &Conntrack, u64, u32)> {
+        let ev = decode_record(bytes)?;
+        let kind = event_kind(&ev)?;
+        to_conntrack(&ev, kind, self.hz, &mut self.ct);
+        let real = i128::from(ev.ktime_ns) + self.mono_to_real_ns;
+        Some((kind, &self.ct, u64::try_from(real).unwrap_or(0), ev.netns))
+    }
+}
+
+#[inline(always)]
 fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
     if i32::from(family) == libc::AF_INET6 {
         IpAddr::V6(Ipv6Addr::from(*raw))
@@ -38,6 +72,7 @@ fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
+#[inline(always)]
 fn tuple(family: u8, l4: u8, t: &CtTuple) -> Tuple {
     let icmp = is_icmp(l4);
     Tuple {
@@ -56,47 +91,47 @@ fn tuple(family: u8, l4: u8, t: &CtTuple) -> Tuple {
 /// Converts a record into the entry ctnetlink would have reported for the
 /// same event (NEW: timeout and state; UPDATE: timeout, and the state and
 /// mark as its event bits say, as ctnetlink_conntrack_event does; DESTROY:
-/// counters and timestamps).
+/// counters and timestamps). Every field of `ct` is set, one by one: this
+/// runs per event, and building a whole entry to move it in costs a copy.
 pub fn to_conntrack(ev: &CtEvent, kind: EventKind, hz: u32, ct: &mut Conntrack) {
     let timeout = if ev.timeout > i32::MAX as u32 {
         0
     } else {
         ev.timeout / hz.max(1)
     };
-    *ct = Conntrack {
-        family: ev.l3proto,
-        orig: tuple(ev.l3proto, ev.l4proto, &ev.orig),
-        reply: tuple(ev.l3proto, ev.l4proto, &ev.reply),
-        status: Some(ev.status),
-        // ctnetlink leaves the timeout out of DESTROY events once it has run
-        // out (ctnetlink_dump_timeout with skip_zero); so do we.
-        timeout: (kind != EventKind::Destroy || timeout > 0).then_some(timeout),
-        // ctnetlink events carry the mark when it is set, or (UPDATE) when
-        // it is what changed.
-        mark: (ev.mark != 0 || ev.events & IPCT_MARK != 0).then_some(ev.mark),
-        zone: (ev.zone != 0).then_some(ev.zone),
-        // An UPDATE carries the state only when the state changed.
-        proto_state: (ev.l4proto == proto::TCP
-            && (kind != EventKind::Update || ev.events & IPCT_PROTOINFO != 0))
-            .then_some(ProtoState::Tcp(ev.proto_state)),
-        ..Conntrack::default()
-    };
-    if kind == EventKind::Destroy {
-        if ev.flags & FLAG_COUNTERS != 0 {
-            ct.counters_orig = Some(Counters {
-                packets: ev.counters[0],
-                bytes: ev.counters[1],
-            });
-            ct.counters_reply = Some(Counters {
-                packets: ev.counters[2],
-                bytes: ev.counters[3],
-            });
-        }
-        if ev.flags & FLAG_TIMESTAMPS != 0 && ev.start_ns != 0 {
-            ct.timestamp_start = Some(ev.start_ns);
-            ct.timestamp_stop = (ev.stop_ns != 0).then_some(ev.stop_ns);
-        }
+    let destroy = kind == EventKind::Destroy;
+    ct.family = ev.l3proto;
+    ct.orig = tuple(ev.l3proto, ev.l4proto, &ev.orig);
+    ct.reply = tuple(ev.l3proto, ev.l4proto, &ev.reply);
+    ct.status = Some(ev.status);
+    // ctnetlink leaves the timeout out of DESTROY events once it has run
+    // out (ctnetlink_dump_timeout with skip_zero); so do we.
+    ct.timeout = (!destroy || timeout > 0).then_some(timeout);
+    // ctnetlink events carry the mark when it is set, or (UPDATE) when
+    // it is what changed.
+    ct.mark = (ev.mark != 0 || ev.events & IPCT_MARK != 0).then_some(ev.mark);
+    ct.use_count = None;
+    ct.id = None;
+    ct.zone = (ev.zone != 0).then_some(ev.zone);
+    // An UPDATE carries the state only when the state changed.
+    ct.proto_state = (ev.l4proto == proto::TCP
+        && (kind != EventKind::Update || ev.events & IPCT_PROTOINFO != 0))
+        .then_some(ProtoState::Tcp(ev.proto_state));
+    if ct.extra.is_some() {
+        ct.extra = None;
     }
+    let counters = destroy && ev.flags & FLAG_COUNTERS != 0;
+    ct.counters_orig = counters.then_some(Counters {
+        packets: ev.counters[0],
+        bytes: ev.counters[1],
+    });
+    ct.counters_reply = counters.then_some(Counters {
+        packets: ev.counters[2],
+        bytes: ev.counters[3],
+    });
+    let timestamps = destroy && ev.flags & FLAG_TIMESTAMPS != 0 && ev.start_ns != 0;
+    ct.timestamp_start = timestamps.then_some(ev.start_ns);
+    ct.timestamp_stop = (timestamps && ev.stop_ns != 0).then_some(ev.stop_ns);
 }
 
 #[cfg(test)]

@@ -10,7 +10,11 @@
 //! byte.
 use std::{io::Write as _, net::IpAddr};
 
-use super::{OutputOptions, text::ipv4_text};
+use super::{
+    OutputOptions,
+    digits::{put_ipv4, put_u64},
+    line::{Line, Padded, Sink},
+};
 use crate::ct::{
     Conntrack, Counters, EventKind, Tuple, ips, is_dnat, is_snat, label_bits, proto_name,
     state_name,
@@ -29,223 +33,296 @@ pub struct EventMeta<'a> {
     pub netns: Option<u32>,
 }
 
+/// The members an entry of the common kind (no mark, zone, use, id,
+/// timestamps, nor any of the rare attributes) ends with, before `nat`.
+const PLAIN_TAIL: &[u8; 119] =
+    b",\"mark\":null,\"secmark\":null,\"secctx\":null,\"zone\":null,\"use\":null,\
+\"id\":null,\"timestamp\":null,\"helper\":null,\"labels\":null";
+
+/// A tuple's last members when it has no counters and no zone.
+const PLAIN_TUPLE_TAIL: &[u8; 41] = b",\"packets\":null,\"bytes\":null,\"zone\":null}";
+
+/// The line's first members, by event.
+const EVENT_NEW: Padded<19> = Padded::new(b"{\"event\":\"NEW\",");
+const EVENT_UPDATE: Padded<19> = Padded::new(b"{\"event\":\"UPDATE\",");
+const EVENT_DESTROY: Padded<19> = Padded::new(b"{\"event\":\"DESTROY\",");
+
+/// The line's last members, by (SNAT, DNAT).
+const NATS: [Padded<40>; 4] = [
+    Padded::new(b",\"nat\":{\"snat\":false,\"dnat\":false}}\n"),
+    Padded::new(b",\"nat\":{\"snat\":false,\"dnat\":true}}\n"),
+    Padded::new(b",\"nat\":{\"snat\":true,\"dnat\":false}}\n"),
+    Padded::new(b",\"nat\":{\"snat\":true,\"dnat\":true}}\n"),
+];
+
+/// Every protocol number's name and what follows it up to the number:
+/// `udp","protonum":`.
+const PROTOS: [Padded<24>; 256] = {
+    let mut t = [const { Padded::new(b"") }; 256];
+    let mut p = 0;
+    while p < 256 {
+        t[p] = Padded::concat(&[proto_name(p as u8).as_bytes(), b"\",\"protonum\":"]);
+        p += 1;
+    }
+    t
+};
+
+/// Every named status bit's name in quotes and a comma, by bit.
+const STATUS_NAMES: [Padded<16>; 16] = {
+    let mut t = [const { Padded::new(b"") }; 16];
+    let mut i = 0;
+    while i < ips::NAMES.len() {
+        assert!(ips::NAMES[i].1 == 1 << i, "ips::NAMES is in bit order");
+        t[i] = Padded::concat(&[b"\"", ips::NAMES[i].0.as_bytes(), b"\","]);
+        i += 1;
+    }
+    t
+};
+
+/// The status bits with a name.
+const NAMED_STATUS: u32 = (1 << ips::NAMES.len()) - 1;
+
 /// Writes one entry as a JSON object and a newline. Schema in README.md.
 pub fn write_json(out: &mut Vec<u8>, ct: &Conntrack, opts: &OutputOptions, meta: EventMeta<'_>) {
+    write_object(&mut Line::<640>::new(out), ct, opts, meta);
+}
+
+/// [`write_json`]'s line, gathered in a [`Line`] (inlined, so that the
+/// line's length stays in a register).
+#[inline(always)]
+fn write_object(out: &mut impl Sink, ct: &Conntrack, opts: &OutputOptions, meta: EventMeta<'_>) {
     let l4 = ct.l4proto();
-    out.push(b'{');
-    let mut o = Obj { out, first: true };
-    if let Some(kind) = meta.kind {
-        o.key("event");
-        o.name(match kind {
-            EventKind::New => "NEW",
-            EventKind::Update => "UPDATE",
-            EventKind::Destroy => "DESTROY",
-        });
+    // Each member before `family` is written with its comma after it.
+    match meta.kind {
+        Some(EventKind::New) => out.put_padded(&EVENT_NEW),
+        Some(EventKind::Update) => out.put_padded(&EVENT_UPDATE),
+        Some(EventKind::Destroy) => out.put_padded(&EVENT_DESTROY),
+        None => out.push(b'{'),
     }
     if let Some(ns) = meta.time_ns {
-        o.key("time_ns");
-        o.num(ns);
+        out.put(b"\"time_ns\":");
+        put_u64(out, ns);
+        out.push(b',');
     }
-    if let Some(source) = meta.source {
-        o.key("source");
-        o.string(source);
+    match meta.source {
+        Some("ebpf") => out.put(b"\"source\":\"ebpf\","),
+        Some("netlink") => out.put(b"\"source\":\"netlink\","),
+        Some(other) => out.with_vec(|out| {
+            out.extend_from_slice(b"\"source\":");
+            put_string(out, other);
+            out.push(b',');
+        }),
+        None => {}
     }
     if let Some(netns) = meta.netns {
-        o.key("netns");
-        o.num(u64::from(netns));
+        out.put(b"\"netns\":");
+        put_u64(out, netns.into());
+        out.push(b',');
     }
-    o.key("family");
-    o.name(if i32::from(ct.family) == libc::AF_INET6 {
-        "ipv6"
+    out.put(if i32::from(ct.family) == libc::AF_INET6 {
+        b"\"family\":\"ipv6\",\"proto\":\""
     } else {
-        "ipv4"
+        b"\"family\":\"ipv4\",\"proto\":\""
     });
-    o.key("proto");
-    o.name(proto_name(l4));
-    o.key("protonum");
-    o.num(u64::from(l4));
-    o.key("timeout");
-    o.opt_num(ct.timeout.map(u64::from));
-    o.key("state");
+    out.put_padded(&PROTOS[usize::from(l4)]);
+    put_u64(out, l4.into());
+    out.put(b",\"timeout\":");
+    match ct.timeout {
+        Some(t) => put_u64(out, t.into()),
+        None => out.put(b"null"),
+    }
+    out.put(b",\"state\":");
     match ct.proto_state {
-        Some(state) => o.name(state_name(state)),
-        None => o.null(),
-    }
-    o.key("orig");
-    o.tuple(&ct.orig, ct.counters_orig.as_ref());
-    o.key("reply");
-    o.tuple(&ct.reply, ct.counters_reply.as_ref());
-    o.key("status");
-    o.out.push(b'[');
-    let status = ct.status.unwrap_or(0);
-    let mut first = true;
-    for (name, _) in ips::NAMES.iter().filter(|(_, bit)| status & bit != 0) {
-        if !first {
-            o.out.push(b',');
+        Some(state) => {
+            out.push(b'"');
+            out.put_slice(state_name(state).as_bytes());
+            out.push(b'"');
         }
-        first = false;
-        o.name(name);
+        None => out.put(b"null"),
     }
-    o.out.push(b']');
-    o.key("mark");
-    o.opt_num(ct.mark.map(u64::from));
-    o.key("secmark");
-    o.opt_num(ct.secmark().map(u64::from));
-    o.key("secctx");
-    o.opt_string(ct.secctx());
-    o.key("zone");
-    o.opt_num(ct.zone.map(u64::from));
-    o.key("use");
-    o.opt_num(ct.use_count.map(u64::from));
-    o.key("id");
-    o.opt_num(ct.id.map(u64::from));
-    o.key("timestamp");
+    out.put(b",\"orig\":");
+    put_tuple(out, &ct.orig, ct.counters_orig.as_ref());
+    out.put(b",\"reply\":");
+    put_tuple(out, &ct.reply, ct.counters_reply.as_ref());
+    out.put(b",\"status\":[");
+    // The set bits, lowest first, as ips::NAMES lists them, each with a
+    // comma after it but the last.
+    let mut bits = ct.status.unwrap_or(0) & NAMED_STATUS;
+    while bits != 0 {
+        out.put_padded(&STATUS_NAMES[bits.trailing_zeros() as usize % STATUS_NAMES.len()]);
+        bits &= bits - 1;
+    }
+    out.trim(b',');
+    out.push(b']');
+    let plain = ct.mark.is_none()
+        && ct.extra.is_none()
+        && ct.zone.is_none()
+        && ct.use_count.is_none()
+        && ct.id.is_none()
+        && ct.timestamp_start.is_none();
+    if plain {
+        out.put(PLAIN_TAIL);
+    } else {
+        out.with_vec(|out| put_rest(out, ct, opts));
+    }
+    out.put_padded(&NATS[usize::from(is_snat(ct)) * 2 + usize::from(is_dnat(ct))]);
+}
+
+/// The members from `mark` to `labels`, any of them present.
+#[inline(never)]
+fn put_rest(out: &mut Vec<u8>, ct: &Conntrack, opts: &OutputOptions) {
+    out.extend_from_slice(b",\"mark\":");
+    put_opt_u64(out, ct.mark.map(u64::from));
+    out.extend_from_slice(b",\"secmark\":");
+    put_opt_u64(out, ct.secmark().map(u64::from));
+    out.extend_from_slice(b",\"secctx\":");
+    put_opt_string(out, ct.secctx());
+    out.extend_from_slice(b",\"zone\":");
+    put_opt_u64(out, ct.zone.map(u64::from));
+    out.extend_from_slice(b",\"use\":");
+    put_opt_u64(out, ct.use_count.map(u64::from));
+    out.extend_from_slice(b",\"id\":");
+    put_opt_u64(out, ct.id.map(u64::from));
+    out.extend_from_slice(b",\"timestamp\":");
     match ct.timestamp_start {
         Some(start) => {
-            o.out.extend_from_slice(b"{\"start\":");
-            super::text::put_u64(o.out, start);
-            o.out.extend_from_slice(b",\"stop\":");
-            o.opt_num(ct.timestamp_stop);
-            o.out.push(b'}');
+            out.extend_from_slice(b"{\"start\":");
+            put_u64(out, start);
+            out.extend_from_slice(b",\"stop\":");
+            put_opt_u64(out, ct.timestamp_stop);
+            out.push(b'}');
         }
-        None => o.null(),
+        None => out.extend_from_slice(b"null"),
     }
-    o.key("helper");
-    o.opt_string(ct.helper());
-    o.key("labels");
+    out.extend_from_slice(b",\"helper\":");
+    put_opt_string(out, ct.helper());
+    out.extend_from_slice(b",\"labels\":");
     match ct.labels() {
         Some(labels) => {
-            o.out.push(b'[');
+            out.push(b'[');
             for (i, bit) in label_bits(labels).enumerate() {
                 if i > 0 {
-                    o.out.push(b',');
+                    out.push(b',');
                 }
                 match opts.labels.as_ref().and_then(|m| m.name(bit)) {
-                    Some(name) => o.string(name),
+                    Some(name) => put_string(out, name),
                     None => {
-                        o.out.push(b'"');
-                        super::text::put_u64(o.out, u64::from(bit));
-                        o.out.push(b'"');
+                        out.push(b'"');
+                        put_u64(out, u64::from(bit));
+                        out.push(b'"');
                     }
                 }
             }
-            o.out.push(b']');
+            out.push(b']');
         }
-        None => o.null(),
+        None => out.extend_from_slice(b"null"),
     }
-    o.key("nat");
-    o.out.extend_from_slice(if is_snat(ct) {
-        b"{\"snat\":true,"
-    } else {
-        b"{\"snat\":false,"
-    });
-    o.out.extend_from_slice(if is_dnat(ct) {
-        b"\"dnat\":true}}\n"
-    } else {
-        b"\"dnat\":false}}\n"
-    });
 }
 
-/// The members of one JSON object being written.
-struct Obj<'a> {
-    out: &'a mut Vec<u8>,
-    first: bool,
-}
-
-impl Obj<'_> {
-    /// `"k":`, after a comma unless it is the first member. Keys are
-    /// plain ASCII literals: nothing to escape.
-    fn key(&mut self, k: &'static str) {
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
-        self.out.push(b'"');
-        self.out.extend_from_slice(k.as_bytes());
-        self.out.extend_from_slice(b"\":");
-    }
-
-    /// A name from ctscope's own tables (protocols, states, status bits):
-    /// plain ASCII, nothing to escape.
-    fn name(&mut self, s: &str) {
-        self.out.push(b'"');
-        self.out.extend_from_slice(s.as_bytes());
-        self.out.push(b'"');
-    }
-
-    /// A free-form string, escaped by serde_json.
-    fn string(&mut self, s: &str) {
+/// A free-form string as JSON: as it is when nothing in it needs escaping
+/// (what serde_json escapes: controls, quote, backslash), else through
+/// serde_json.
+fn put_string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
         // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *self.out, s);
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
     }
+}
 
-    fn opt_string(&mut self, s: Option<&str>) {
-        match s {
-            Some(s) => self.string(s),
-            None => self.null(),
+fn put_opt_string(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => put_string(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn put_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        Some(v) => put_u64(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// An address in quotes, or null; IPv4 addresses are written inline by
+/// [`put_tuple`].
+#[inline(never)]
+fn put_ip(out: &mut Vec<u8>, a: Option<&IpAddr>) {
+    match a {
+        Some(IpAddr::V4(v4)) => {
+            out.push(b'"');
+            put_ipv4(out, *v4);
+            out.push(b'"');
         }
-    }
-
-    fn num(&mut self, v: u64) {
-        super::text::put_u64(self.out, v);
-    }
-
-    fn opt_num(&mut self, v: Option<u64>) {
-        match v {
-            Some(v) => self.num(v),
-            None => self.null(),
+        Some(IpAddr::V6(v6)) => {
+            let _ = write!(out, "\"{v6}\"");
         }
+        None => out.extend_from_slice(b"null"),
     }
+}
 
-    fn null(&mut self) {
-        self.out.extend_from_slice(b"null");
+/// One direction: addresses, the protocol's keys, counters, zone.
+#[inline(always)]
+fn put_tuple(out: &mut impl Sink, t: &Tuple, c: Option<&Counters>) {
+    if let (Some(IpAddr::V4(src)), Some(IpAddr::V4(dst))) = (t.src, t.dst) {
+        out.put(b"{\"src\":\"");
+        put_ipv4(out, src);
+        out.put(b"\",\"dst\":\"");
+        put_ipv4(out, dst);
+        out.push(b'"');
+    } else {
+        out.with_vec(|out| {
+            out.extend_from_slice(b"{\"src\":");
+            put_ip(out, t.src.as_ref());
+            out.extend_from_slice(b",\"dst\":");
+            put_ip(out, t.dst.as_ref());
+        });
     }
+    if let Some(v) = t.sport {
+        out.put(b",\"sport\":");
+        put_u64(out, v.into());
+    }
+    if let Some(v) = t.dport {
+        out.put(b",\"dport\":");
+        put_u64(out, v.into());
+    }
+    if t.icmp_type.is_some() || t.icmp_code.is_some() || t.icmp_id.is_some() {
+        out.with_vec(|out| put_icmp(out, t));
+    }
+    if c.is_none() && t.zone.is_none() {
+        out.put(PLAIN_TUPLE_TAIL);
+        return;
+    }
+    out.with_vec(|out| put_tuple_rest(out, t, c));
+}
 
-    fn ip(&mut self, a: Option<&IpAddr>) {
-        match a {
-            Some(IpAddr::V4(v4)) => {
-                let (buf, len) = ipv4_text(*v4);
-                self.out.push(b'"');
-                self.out.extend_from_slice(&buf[..len]);
-                self.out.push(b'"');
-            }
-            Some(IpAddr::V6(v6)) => {
-                let _ = write!(self.out, "\"{v6}\"");
-            }
-            None => self.null(),
+/// A tuple's counters and zone, when it has any of them.
+#[inline(never)]
+fn put_tuple_rest(out: &mut Vec<u8>, t: &Tuple, c: Option<&Counters>) {
+    out.extend_from_slice(b",\"packets\":");
+    put_opt_u64(out, c.map(|c| c.packets));
+    out.extend_from_slice(b",\"bytes\":");
+    put_opt_u64(out, c.map(|c| c.bytes));
+    out.extend_from_slice(b",\"zone\":");
+    put_opt_u64(out, t.zone.map(u64::from));
+    out.push(b'}');
+}
+
+/// An ICMP tuple's type, code and id, those it has.
+#[inline(never)]
+fn put_icmp(out: &mut Vec<u8>, t: &Tuple) {
+    for (key, v) in [
+        (b",\"type\":".as_slice(), t.icmp_type.map(u16::from)),
+        (b",\"code\":", t.icmp_code.map(u16::from)),
+        (b",\"id\":", t.icmp_id),
+    ] {
+        if let Some(v) = v {
+            out.extend_from_slice(key);
+            put_u64(out, v.into());
         }
-    }
-
-    /// One direction: addresses, the protocol's keys, counters, zone.
-    fn tuple(&mut self, t: &Tuple, c: Option<&Counters>) {
-        self.out.push(b'{');
-        let mut o = Obj {
-            out: self.out,
-            first: true,
-        };
-        o.key("src");
-        o.ip(t.src.as_ref());
-        o.key("dst");
-        o.ip(t.dst.as_ref());
-        for (k, v) in [
-            ("sport", t.sport),
-            ("dport", t.dport),
-            ("type", t.icmp_type.map(u16::from)),
-            ("code", t.icmp_code.map(u16::from)),
-            ("id", t.icmp_id),
-        ] {
-            if let Some(v) = v {
-                o.key(k);
-                o.num(u64::from(v));
-            }
-        }
-        o.key("packets");
-        o.opt_num(c.map(|c| c.packets));
-        o.key("bytes");
-        o.opt_num(c.map(|c| c.bytes));
-        o.key("zone");
-        o.opt_num(t.zone.map(u64::from));
-        o.out.push(b'}');
     }
 }
 

@@ -6,10 +6,13 @@
 //! an empty label set prints `labels`).
 use std::{
     io::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv6Addr},
 };
 
-use super::OutputOptions;
+use super::{
+    OutputOptions, digits,
+    line::{Line, Sink},
+};
 use crate::ct::{
     Conntrack, Counters, EventKind, Tuple, has_ports, ips, is_icmp, label_bits, proto, proto_name,
     state_name,
@@ -17,21 +20,59 @@ use crate::ct::{
 
 /// The event tag conntrack prints first: "%9s " in libnetfilter_conntrack,
 /// right-aligned in 9 columns.
-fn event_tag(kind: EventKind) -> &'static str {
+fn event_tag(kind: EventKind) -> &'static [u8; 10] {
     match kind {
-        EventKind::New => "    [NEW] ",
-        EventKind::Update => " [UPDATE] ",
-        EventKind::Destroy => "[DESTROY] ",
+        EventKind::New => b"    [NEW] ",
+        EventKind::Update => b" [UPDATE] ",
+        EventKind::Destroy => b"[DESTROY] ",
     }
+}
+
+/// conntrack's "%-8s %u " for every layer 4 protocol number (the name
+/// padded to 8 columns, a space, the number, a space) in the first bytes,
+/// its length in the last: one copy of fixed size per line.
+const PROTO_COLUMNS: [[u8; 16]; 256] = {
+    let mut t = [[b' '; 16]; 256];
+    let mut p = 0;
+    while p < 256 {
+        let name = proto_name(p as u8).as_bytes();
+        let mut i = 0;
+        while i < name.len() {
+            t[p][i] = name[i];
+            i += 1;
+        }
+        let mut len = if name.len() > 8 { name.len() } else { 8 } + 1;
+        if p >= 100 {
+            t[p][len] = b'0' + (p / 100) as u8;
+            len += 1;
+        }
+        if p >= 10 {
+            t[p][len] = b'0' + (p / 10 % 10) as u8;
+            len += 1;
+        }
+        t[p][len] = b'0' + (p % 10) as u8;
+        t[p][15] = len as u8 + 2;
+        p += 1;
+    }
+    t
+};
+
+/// Writes conntrack's protocol column: "udp      17 ".
+#[inline(always)]
+fn put_proto_column(out: &mut impl Sink, l4: u8) {
+    let column = &PROTO_COLUMNS[usize::from(l4)];
+    out.put_prefix(column, usize::from(column[15]));
 }
 
 /// Writes a number in decimal.
 pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    digits::put_u64(out, v);
 }
 
 /// Writes an IPv6 address as glibc's inet_ntop does (which differs from
-/// Rust's Display for IPv4-compatible addresses such as ::1.2.3.4).
+/// Rust's Display for IPv4-compatible addresses such as ::1.2.3.4). Out
+/// of line: the formatting machinery would weigh on IPv4's path.
+#[inline(never)]
 fn put_ipv6(out: &mut Vec<u8>, a: &Ipv6Addr) {
     let s = a.segments();
     if s[..6] == [0; 6] && s[6] != 0 {
@@ -42,87 +83,73 @@ fn put_ipv6(out: &mut Vec<u8>, a: &Ipv6Addr) {
     }
 }
 
-/// An IPv4 address in dotted-quad form, in a stack buffer: (bytes, length).
-/// One digit loop per octet and no formatting machinery: event streams
-/// print four addresses per line.
-pub(crate) fn ipv4_text(a: Ipv4Addr) -> ([u8; 15], usize) {
-    let mut buf = [0u8; 15];
-    let mut len = 0;
-    for (i, o) in a.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[len] = b'.';
-            len += 1;
-        }
-        if o >= 100 {
-            buf[len] = b'0' + o / 100;
-            len += 1;
-        }
-        if o >= 10 {
-            buf[len] = b'0' + (o / 10) % 10;
-            len += 1;
-        }
-        buf[len] = b'0' + o % 10;
-        len += 1;
-    }
-    (buf, len)
-}
-
-/// Writes an address as conntrack does (fast path for IPv4).
-pub(crate) fn put_ip(out: &mut Vec<u8>, a: &IpAddr) {
+/// Writes an address as conntrack does, to any sink.
+#[inline(always)]
+fn put_addr(out: &mut impl Sink, a: &IpAddr) {
     match a {
-        IpAddr::V4(v4) => {
-            let (buf, len) = ipv4_text(*v4);
-            out.extend_from_slice(&buf[..len]);
-        }
-        IpAddr::V6(v6) => put_ipv6(out, v6),
+        IpAddr::V4(v4) => digits::put_ipv4(out, *v4),
+        IpAddr::V6(v6) => out.with_vec(|out| put_ipv6(out, v6)),
     }
 }
 
-fn put_tuple(out: &mut Vec<u8>, t: &Tuple, l4: u8) {
+/// Writes an address as conntrack does.
+#[inline]
+pub(crate) fn put_ip(out: &mut Vec<u8>, a: &IpAddr) {
+    put_addr(out, a);
+}
+
+#[inline(always)]
+fn put_tuple(out: &mut impl Sink, t: &Tuple, l4: u8) {
     put_named_tuple(out, t, l4, b"src=", b" dst=");
 }
 
 /// A tuple with its own names for the addresses (`mask-src=`,
 /// `master-src=` in expectations), then its ports, keys or ICMP fields as
-/// `l4` has them.
-pub(crate) fn put_named_tuple(out: &mut Vec<u8>, t: &Tuple, l4: u8, src_is: &[u8], dst_is: &[u8]) {
+/// `l4` has them. The names are arrays so that each copy has a fixed size.
+#[inline(always)]
+pub(crate) fn put_named_tuple<const S: usize, const D: usize>(
+    out: &mut impl Sink,
+    t: &Tuple,
+    l4: u8,
+    src_is: &[u8; S],
+    dst_is: &[u8; D],
+) {
     if let (Some(src), Some(dst)) = (&t.src, &t.dst) {
-        out.extend_from_slice(src_is);
-        put_ip(out, src);
-        out.extend_from_slice(dst_is);
-        put_ip(out, dst);
+        out.put(src_is);
+        put_addr(out, src);
+        out.put(dst_is);
+        put_addr(out, dst);
         out.push(b' ');
     }
-    let mut b = itoa::Buffer::new();
     if has_ports(l4) {
-        out.extend_from_slice(b"sport=");
-        out.extend_from_slice(b.format(t.sport.unwrap_or(0)).as_bytes());
-        out.extend_from_slice(b" dport=");
-        out.extend_from_slice(b.format(t.dport.unwrap_or(0)).as_bytes());
+        out.put(b"sport=");
+        digits::put_u64(out, t.sport.unwrap_or(0).into());
+        out.put(b" dport=");
+        digits::put_u64(out, t.dport.unwrap_or(0).into());
         out.push(b' ');
     } else if l4 == proto::GRE {
-        let _ = write!(
-            out,
+        out.fmt(format_args!(
             "srckey=0x{:x} dstkey=0x{:x} ",
             t.sport.unwrap_or(0),
             t.dport.unwrap_or(0)
-        );
+        ));
     } else if is_icmp(l4) {
-        out.extend_from_slice(b"type=");
-        out.extend_from_slice(b.format(t.icmp_type.unwrap_or(0)).as_bytes());
-        out.extend_from_slice(b" code=");
-        out.extend_from_slice(b.format(t.icmp_code.unwrap_or(0)).as_bytes());
-        out.extend_from_slice(b" id=");
-        out.extend_from_slice(b.format(t.icmp_id.unwrap_or(0)).as_bytes());
+        out.put(b"type=");
+        digits::put_u64(out, t.icmp_type.unwrap_or(0).into());
+        out.put(b" code=");
+        digits::put_u64(out, t.icmp_code.unwrap_or(0).into());
+        out.put(b" id=");
+        digits::put_u64(out, t.icmp_id.unwrap_or(0).into());
         out.push(b' ');
     }
 }
 
-fn put_counters(out: &mut Vec<u8>, c: &Counters) {
-    out.extend_from_slice(b"packets=");
-    put_u64(out, c.packets);
-    out.extend_from_slice(b" bytes=");
-    put_u64(out, c.bytes);
+#[inline(always)]
+fn put_counters(out: &mut impl Sink, c: &Counters) {
+    out.put(b"packets=");
+    digits::put_u64(out, c.packets);
+    out.put(b" bytes=");
+    digits::put_u64(out, c.bytes);
     out.push(b' ');
 }
 
@@ -167,37 +194,44 @@ pub fn write_text(
     event: Option<EventKind>,
     now_secs: i64,
 ) {
+    write_line(&mut Line::<256>::new(out), ct, opts, event, now_secs);
+}
+
+/// [`write_text`]'s line, gathered in a [`Line`] (inlined, so that the
+/// line's length stays in a register).
+#[inline(always)]
+fn write_line(
+    out: &mut impl Sink,
+    ct: &Conntrack,
+    opts: &OutputOptions,
+    event: Option<EventKind>,
+    now_secs: i64,
+) {
     if let Some(e) = event {
-        out.extend_from_slice(event_tag(e).as_bytes());
+        out.put(event_tag(e));
     }
     let l4 = ct.l4proto();
-    let mut b = itoa::Buffer::new();
     if opts.extended {
         let name = match i32::from(ct.family) {
             libc::AF_INET => "ipv4",
             libc::AF_INET6 => "ipv6",
             _ => "unknown",
         };
-        let _ = write!(out, "{name:<8} {} ", ct.family);
+        out.fmt(format_args!("{name:<8} {} ", ct.family));
     }
-    // "%-8s " without the formatting machinery: this runs per event.
-    let name = proto_name(l4).as_bytes();
-    out.extend_from_slice(name);
-    out.resize(out.len() + 8usize.saturating_sub(name.len()) + 1, b' ');
-    out.extend_from_slice(b.format(l4).as_bytes());
-    out.push(b' ');
+    put_proto_column(out, l4);
     if let Some(t) = ct.timeout {
-        out.extend_from_slice(b.format(t).as_bytes());
+        digits::put_u64(out, t.into());
         out.push(b' ');
     }
     if let Some(state) = ct.proto_state {
-        out.extend_from_slice(state_name(state).as_bytes());
+        out.put_slice(state_name(state).as_bytes());
         out.push(b' ');
     }
     put_tuple(out, &ct.orig, l4);
     if let Some(z) = ct.orig.zone {
-        out.extend_from_slice(b"zone-orig=");
-        out.extend_from_slice(b.format(z).as_bytes());
+        out.put(b"zone-orig=");
+        digits::put_u64(out, z.into());
         out.push(b' ');
     }
     if let Some(c) = &ct.counters_orig {
@@ -206,12 +240,12 @@ pub fn write_text(
     if let Some(s) = ct.status
         && s & ips::SEEN_REPLY == 0
     {
-        out.extend_from_slice(b"[UNREPLIED] ");
+        out.put(b"[UNREPLIED] ");
     }
     put_tuple(out, &ct.reply, ct.reply.l4proto.unwrap_or(l4));
     if let Some(z) = ct.reply.zone {
-        out.extend_from_slice(b"zone-reply=");
-        out.extend_from_slice(b.format(z).as_bytes());
+        out.put(b"zone-reply=");
+        digits::put_u64(out, z.into());
         out.push(b' ');
     }
     if let Some(c) = &ct.counters_reply {
@@ -219,29 +253,29 @@ pub fn write_text(
     }
     if let Some(s) = ct.status {
         if s & ips::HW_OFFLOAD != 0 {
-            out.extend_from_slice(b"[HW_OFFLOAD] ");
+            out.put(b"[HW_OFFLOAD] ");
         } else if s & ips::OFFLOAD != 0 {
-            out.extend_from_slice(b"[OFFLOAD] ");
+            out.put(b"[OFFLOAD] ");
         } else if s & ips::ASSURED != 0 {
-            out.extend_from_slice(b"[ASSURED] ");
+            out.put(b"[ASSURED] ");
         }
     }
     if let Some(m) = ct.mark {
-        out.extend_from_slice(b"mark=");
-        out.extend_from_slice(b.format(m).as_bytes());
+        out.put(b"mark=");
+        digits::put_u64(out, m.into());
         out.push(b' ');
     }
     if let Some(m) = ct.secmark() {
-        out.extend_from_slice(b"secmark=");
-        out.extend_from_slice(b.format(m).as_bytes());
+        out.put(b"secmark=");
+        digits::put_u64(out, m.into());
         out.push(b' ');
     }
     if let Some(ctx) = ct.secctx() {
-        let _ = write!(out, "secctx={ctx} ");
+        out.fmt(format_args!("secctx={ctx} "));
     }
     if let Some(z) = ct.zone {
-        out.extend_from_slice(b"zone=");
-        out.extend_from_slice(b.format(z).as_bytes());
+        out.put(b"zone=");
+        digits::put_u64(out, z.into());
         out.push(b' ');
     }
     if let Some(start) = ct.timestamp_start {
@@ -250,32 +284,38 @@ pub fn write_text(
             _ => now_secs,
         };
         let delta = stop - (start / 1_000_000_000) as i64;
-        out.extend_from_slice(b"delta-time=");
+        out.put(b"delta-time=");
         // conntrack prints the difference as unsigned.
-        put_u64(out, delta as u64);
+        digits::put_u64(out, delta as u64);
         out.push(b' ');
     }
     if opts.ktimestamp {
         if let Some(start) = ct.timestamp_start {
-            let _ = write!(out, "[start={}] ", ctime((start / 1_000_000_000) as i64));
+            out.fmt(format_args!(
+                "[start={}] ",
+                ctime((start / 1_000_000_000) as i64)
+            ));
         }
         if let Some(stop) = ct.timestamp_stop {
-            let _ = write!(out, "[stop={}] ", ctime((stop / 1_000_000_000) as i64));
+            out.fmt(format_args!(
+                "[stop={}] ",
+                ctime((stop / 1_000_000_000) as i64)
+            ));
         }
     }
     if let Some(h) = ct.helper() {
-        let _ = write!(out, "helper={h} ");
+        out.fmt(format_args!("helper={h} "));
     }
     if let Some(u) = ct.use_count {
-        out.extend_from_slice(b"use=");
-        out.extend_from_slice(b.format(u).as_bytes());
+        out.put(b"use=");
+        digits::put_u64(out, u.into());
         out.push(b' ');
     }
     if opts.id
         && let Some(id) = ct.id
     {
-        out.extend_from_slice(b"id=");
-        out.extend_from_slice(b.format(id).as_bytes());
+        out.put(b"id=");
+        digits::put_u64(out, id.into());
         out.push(b' ');
     }
     if let (Some(map), Some(labels)) = (opts.labels.as_ref().filter(|m| m.loaded), ct.labels()) {
@@ -283,14 +323,12 @@ pub fn write_text(
         if names.is_empty() {
             // The library writes "labels=", then removes one character for
             // the trailing comma it expected.
-            out.extend_from_slice(b"labels ");
+            out.put(b"labels ");
         } else {
-            let _ = write!(out, "labels={} ", names.join(","));
+            out.fmt(format_args!("labels={} ", names.join(",")));
         }
     }
-    if out.last() == Some(&b' ') {
-        out.pop();
-    }
+    out.trim(b' ');
     out.push(b'\n');
 }
 
@@ -356,23 +394,6 @@ mod tests {
         assert!(line.starts_with(
             "[DESTROY] gre      47 99 src=1.2.3.4 dst=5.6.7.8 srckey=0x1234 dstkey=0x14"
         ));
-    }
-
-    #[test]
-    fn ipv4_is_the_dotted_quad_of_std() {
-        // Every octet value in every position, checked against std's
-        // Display (an independent formatter).
-        for o in 0..=255u8 {
-            for a in [
-                Ipv4Addr::new(o, 0, 9, 255),
-                Ipv4Addr::new(10, o, 100, 1),
-                Ipv4Addr::new(199, 99, o, 9),
-                Ipv4Addr::new(1, 22, 255, o),
-            ] {
-                let (buf, len) = ipv4_text(a);
-                assert_eq!(std::str::from_utf8(&buf[..len]), Ok(a.to_string().as_str()));
-            }
-        }
     }
 
     #[test]

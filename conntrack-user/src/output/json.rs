@@ -332,7 +332,7 @@ mod tests {
 
     use super::*;
     use crate::ct::{
-        CtExtra,
+        CtExtra, ProtoState,
         samples::{flow, tcp_established as tcp_entry},
     };
 
@@ -575,6 +575,139 @@ mod tests {
             ours.contains(r#""labels":["zero","tw\"o\\","127"]"#),
             "{ours}"
         );
+    }
+
+    /// The common eBPF entry (an unreplied UDP flow), then one member at a
+    /// time set or changed: every branch between the encoder's literal
+    /// fragments and its member-by-member path.
+    fn shapes() -> Vec<Conntrack> {
+        let base = {
+            let mut ct = flow("127.11.0.3", "127.0.0.1", 17, 34405, 10123);
+            ct.timeout = Some(3600);
+            ct.status = Some(ips::CONFIRMED);
+            ct
+        };
+        let with = |change: &dyn Fn(&mut Conntrack)| {
+            let mut ct = base.clone();
+            change(&mut ct);
+            ct
+        };
+        let mut shapes = vec![
+            base.clone(),
+            with(&|ct| ct.mark = Some(0)),
+            with(&|ct| ct.mark = Some(u32::MAX)),
+            with(&|ct| ct.zone = Some(7)),
+            with(&|ct| ct.use_count = Some(1)),
+            with(&|ct| ct.id = Some(123_456_789)),
+            with(&|ct| ct.timestamp_start = Some(1_700_000_000_000_000_001)),
+            with(&|ct| {
+                ct.timestamp_start = Some(1);
+                ct.timestamp_stop = Some(u64::MAX);
+            }),
+            with(&|ct| ct.extra = Some(Box::default())),
+            with(&|ct| ct.extra_mut().secmark = Some(4)),
+            with(&|ct| ct.extra_mut().helper = Some("tftp".into())),
+            with(&|ct| ct.extra_mut().secctx = Some("\u{7f}\u{1f}\"".into())),
+            with(&|ct| ct.extra_mut().labels = Some([0; 16])),
+            with(&|ct| ct.orig.zone = Some(1)),
+            with(&|ct| ct.reply.zone = Some(65535)),
+            with(&|ct| {
+                ct.counters_orig = Some(Counters {
+                    packets: 1,
+                    bytes: u64::MAX,
+                });
+            }),
+            with(&|ct| {
+                ct.counters_reply = Some(Counters {
+                    packets: 0,
+                    bytes: 0,
+                });
+            }),
+            with(&|ct| ct.timeout = None),
+            with(&|ct| ct.timeout = Some(0)),
+            with(&|ct| ct.status = Some(u32::MAX)),
+            with(&|ct| ct.status = Some(0)),
+            with(&|ct| ct.proto_state = Some(ProtoState::Tcp(3))),
+            with(&|ct| ct.proto_state = Some(ProtoState::Tcp(200))),
+            with(&|ct| ct.family = 0),
+            with(&|ct| ct.orig.dst = Some("::1".parse().expect("addr"))),
+            with(&|ct| ct.reply.src = None),
+            with(&|ct| {
+                ct.status = Some(ips::SRC_NAT_DONE | ips::DST_NAT_DONE);
+                ct.reply.dst = Some("10.0.0.1".parse().expect("addr"));
+            }),
+            with(&|ct| {
+                ct.status = Some(ips::DST_NAT_DONE);
+                ct.reply.sport = Some(1);
+            }),
+        ];
+        for bit in 0..32 {
+            shapes.push(with(&|ct| ct.status = Some(1 << bit)));
+        }
+        // Every protocol number, with the keys its tuples have.
+        for l4 in 0..=255u8 {
+            shapes.push(with(&|ct| {
+                for t in [&mut ct.orig, &mut ct.reply] {
+                    t.l4proto = Some(l4);
+                    if crate::ct::is_icmp(l4) {
+                        (t.sport, t.dport) = (None, None);
+                        (t.icmp_type, t.icmp_code, t.icmp_id) = (Some(8), Some(0), Some(65535));
+                    } else if !crate::ct::has_ports(l4) && l4 != crate::ct::proto::GRE {
+                        (t.sport, t.dport) = (None, None);
+                    }
+                }
+            }));
+        }
+        shapes
+    }
+
+    #[test]
+    fn every_shape_matches_the_serde_reference() {
+        let metas = [
+            EventMeta::default(),
+            EventMeta {
+                kind: Some(EventKind::New),
+                time_ns: Some(1_700_000_001_000_000_000),
+                source: Some("ebpf"),
+                netns: None,
+            },
+            EventMeta {
+                kind: Some(EventKind::Destroy),
+                time_ns: Some(0),
+                source: Some("netlink"),
+                netns: Some(u32::MAX),
+            },
+            EventMeta {
+                kind: Some(EventKind::Update),
+                time_ns: Some(u64::MAX),
+                source: Some("a\"b\\c\u{1}\u{7f}\u{e9}"),
+                netns: Some(0),
+            },
+            EventMeta {
+                source: Some(""),
+                ..EventMeta::default()
+            },
+        ];
+        for ct in shapes() {
+            for meta in metas {
+                let (ours, theirs) = line(&ct, &OutputOptions::default(), meta);
+                assert_eq!(ours, theirs);
+            }
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_does() {
+        let mut texts: Vec<String> = (0..=0x7fu8).map(|b| format!("x{}y", b as char)).collect();
+        texts.extend(
+            ["", "\u{e9}", "\u{2028}", "\u{10ffff}", "plain", "\\\"\u{0}"].map(String::from),
+        );
+        for text in texts {
+            let mut ours = Vec::new();
+            put_string(&mut ours, &text);
+            let theirs = serde_json::to_vec(&text).expect("a string serializes");
+            assert_eq!(ours, theirs, "{text:?}");
+        }
     }
 
     #[test]

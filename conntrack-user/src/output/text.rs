@@ -397,6 +397,83 @@ mod tests {
     }
 
     #[test]
+    fn protocol_column_and_event_tags_are_conntracks_printf() {
+        // "%-8s %u " and "%9s " through std's formatting.
+        for l4 in 0..=255u8 {
+            let mut out = Vec::new();
+            put_proto_column(&mut out, l4);
+            let expected = format!("{:<8} {l4} ", proto_name(l4));
+            assert_eq!(String::from_utf8(out), Ok(expected));
+        }
+        for (kind, name) in [
+            (EventKind::New, "[NEW]"),
+            (EventKind::Update, "[UPDATE]"),
+            (EventKind::Destroy, "[DESTROY]"),
+        ] {
+            assert_eq!(event_tag(kind), format!("{name:>9} ").as_bytes());
+        }
+    }
+
+    #[test]
+    fn event_lines_of_the_common_kind_are_as_formatted_by_std() {
+        // The eBPF source's common line (an IPv4 flow with ports or ICMP
+        // keys), across address, port and timeout widths, against the same
+        // line put together with format!.
+        let addrs = ["0.0.0.0", "127.11.0.3", "9.99.100.255", "255.255.255.255"];
+        let mut checked = 0;
+        for (i, (src, dst)) in addrs.iter().flat_map(|s| addrs.map(|d| (s, d))).enumerate() {
+            for (sport, dport) in [(0, 65535), (9, 10), (99, 100), (32768, 1)] {
+                for l4 in [6, 17, 132, 1] {
+                    let mut ct = crate::ct::samples::flow(src, dst, l4, sport, dport);
+                    ct.timeout = [None, Some(0), Some(3600), Some(u32::MAX)][i % 4];
+                    ct.status = Some(if i % 2 == 0 {
+                        ips::CONFIRMED
+                    } else {
+                        ips::SEEN_REPLY
+                    });
+                    let tuple = |a: &str, b: &str, p: u16, q: u16| match l4 {
+                        1 => {
+                            format!(
+                                "src={a} dst={b} type={} code={} id={} ",
+                                8 + p % 2,
+                                q % 3,
+                                p
+                            )
+                        }
+                        _ => format!("src={a} dst={b} sport={p} dport={q} "),
+                    };
+                    if l4 == 1 {
+                        for t in [&mut ct.orig, &mut ct.reply] {
+                            (t.icmp_type, t.icmp_code, t.icmp_id) = (Some(0), Some(0), Some(0));
+                        }
+                        ct.orig.icmp_type = Some(8 + (sport % 2) as u8);
+                        ct.orig.icmp_code = Some((dport % 3) as u8);
+                        ct.orig.icmp_id = Some(sport);
+                        ct.reply.icmp_type = Some(8 + (dport % 2) as u8);
+                        ct.reply.icmp_code = Some((sport % 3) as u8);
+                        ct.reply.icmp_id = Some(dport);
+                    }
+                    let timeout = ct.timeout.map(|t| format!("{t} ")).unwrap_or_default();
+                    let unreplied = if i % 2 == 0 { "[UNREPLIED] " } else { "" };
+                    let expected = format!(
+                        "[DESTROY] {:<8} {l4} {timeout}{}{unreplied}{}",
+                        proto_name(l4),
+                        tuple(src, dst, sport, dport),
+                        tuple(dst, src, dport, sport)
+                    );
+                    let expected = format!("{}\n", expected.trim_end());
+                    assert_eq!(
+                        text(&ct, &OutputOptions::default(), Some(EventKind::Destroy)),
+                        expected
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 256);
+    }
+
+    #[test]
     fn ipv6_is_spelled_like_inet_ntop() {
         let cases = [
             ("::1", "::1"),

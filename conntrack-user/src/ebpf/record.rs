@@ -72,20 +72,22 @@ fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// Sets one direction of an entry from the record's tuple.
 #[inline(always)]
-fn tuple(family: u8, l4: u8, t: &CtTuple) -> Tuple {
-    let icmp = is_icmp(l4);
-    Tuple {
-        src: Some(addr(family, &t.src)),
-        dst: Some(addr(family, &t.dst)),
-        l4proto: Some(l4),
-        sport: (!icmp).then_some(t.sport),
-        dport: (!icmp).then_some(t.dport),
-        icmp_type: icmp.then_some(t.icmp_type),
-        icmp_code: icmp.then_some(t.icmp_code),
-        icmp_id: icmp.then_some(t.sport),
-        zone: None,
+fn set_tuple(t: &mut Tuple, family: u8, l4: u8, icmp: bool, raw: &CtTuple) {
+    t.src = Some(addr(family, &raw.src));
+    t.dst = Some(addr(family, &raw.dst));
+    t.l4proto = Some(l4);
+    if icmp {
+        (t.sport, t.dport) = (None, None);
+        t.icmp_type = Some(raw.icmp_type);
+        t.icmp_code = Some(raw.icmp_code);
+        t.icmp_id = Some(raw.sport);
+    } else {
+        (t.sport, t.dport) = (Some(raw.sport), Some(raw.dport));
+        (t.icmp_type, t.icmp_code, t.icmp_id) = (None, None, None);
     }
+    t.zone = None;
 }
 
 /// Converts a record into the entry ctnetlink would have reported for the
@@ -93,6 +95,7 @@ fn tuple(family: u8, l4: u8, t: &CtTuple) -> Tuple {
 /// mark as its event bits say, as ctnetlink_conntrack_event does; DESTROY:
 /// counters and timestamps). Every field of `ct` is set, one by one: this
 /// runs per event, and building a whole entry to move it in costs a copy.
+#[inline]
 pub fn to_conntrack(ev: &CtEvent, kind: EventKind, hz: u32, ct: &mut Conntrack) {
     let timeout = if ev.timeout > i32::MAX as u32 {
         0
@@ -101,8 +104,9 @@ pub fn to_conntrack(ev: &CtEvent, kind: EventKind, hz: u32, ct: &mut Conntrack) 
     };
     let destroy = kind == EventKind::Destroy;
     ct.family = ev.l3proto;
-    ct.orig = tuple(ev.l3proto, ev.l4proto, &ev.orig);
-    ct.reply = tuple(ev.l3proto, ev.l4proto, &ev.reply);
+    let icmp = is_icmp(ev.l4proto);
+    set_tuple(&mut ct.orig, ev.l3proto, ev.l4proto, icmp, &ev.orig);
+    set_tuple(&mut ct.reply, ev.l3proto, ev.l4proto, icmp, &ev.reply);
     ct.status = Some(ev.status);
     // ctnetlink leaves the timeout out of DESTROY events once it has run
     // out (ctnetlink_dump_timeout with skip_zero); so do we.
@@ -183,6 +187,143 @@ mod tests {
         assert_eq!(ct.timeout, None);
         to_conntrack(&expired, EventKind::New, 250, &mut ct);
         assert_eq!(ct.timeout, Some(0));
+    }
+
+    /// The entry a record stands for, built whole (as the decoder did
+    /// before it set fields in place): the reference it must equal.
+    fn reference(ev: &CtEvent, kind: EventKind, hz: u32) -> Conntrack {
+        let tuple = |t: &CtTuple| {
+            let icmp = is_icmp(ev.l4proto);
+            Tuple {
+                src: Some(addr(ev.l3proto, &t.src)),
+                dst: Some(addr(ev.l3proto, &t.dst)),
+                l4proto: Some(ev.l4proto),
+                sport: (!icmp).then_some(t.sport),
+                dport: (!icmp).then_some(t.dport),
+                icmp_type: icmp.then_some(t.icmp_type),
+                icmp_code: icmp.then_some(t.icmp_code),
+                icmp_id: icmp.then_some(t.sport),
+                zone: None,
+            }
+        };
+        let timeout = if ev.timeout > i32::MAX as u32 {
+            0
+        } else {
+            ev.timeout / hz
+        };
+        let destroy = kind == EventKind::Destroy;
+        let counters = destroy && ev.flags & FLAG_COUNTERS != 0;
+        let timestamps = destroy && ev.flags & FLAG_TIMESTAMPS != 0 && ev.start_ns != 0;
+        Conntrack {
+            family: ev.l3proto,
+            orig: tuple(&ev.orig),
+            reply: tuple(&ev.reply),
+            status: Some(ev.status),
+            timeout: (!destroy || timeout > 0).then_some(timeout),
+            mark: (ev.mark != 0 || ev.events & IPCT_MARK != 0).then_some(ev.mark),
+            zone: (ev.zone != 0).then_some(ev.zone),
+            proto_state: (ev.l4proto == proto::TCP
+                && (kind != EventKind::Update || ev.events & IPCT_PROTOINFO != 0))
+                .then_some(ProtoState::Tcp(ev.proto_state)),
+            counters_orig: counters.then_some(Counters {
+                packets: ev.counters[0],
+                bytes: ev.counters[1],
+            }),
+            counters_reply: counters.then_some(Counters {
+                packets: ev.counters[2],
+                bytes: ev.counters[3],
+            }),
+            timestamp_start: timestamps.then_some(ev.start_ns),
+            timestamp_stop: (timestamps && ev.stop_ns != 0).then_some(ev.stop_ns),
+            ..Conntrack::default()
+        }
+    }
+
+    /// A record as the ring holds it.
+    fn bytes_of(ev: &CtEvent) -> Vec<u8> {
+        let mut bytes = vec![0u8; CT_EVENT_SIZE];
+        // SAFETY: writing a POD record into a buffer of its size.
+        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast::<CtEvent>(), *ev) };
+        bytes
+    }
+
+    #[test]
+    fn a_reused_entry_is_the_record_s_whole_entry() {
+        // The decoder sets every field of its one entry in place: after any
+        // record, the entry must equal the one built whole from the record,
+        // whatever the record before it set (ICMP keys after ports, IPv6
+        // after IPv4, counters and timestamps after none, rare attributes
+        // left from elsewhere).
+        let mut udp = CtEvent {
+            event: EVENT_NEW,
+            l3proto: 2,
+            l4proto: 17,
+            status: 0x8,
+            timeout: 250 * 30,
+            ..CtEvent::default()
+        };
+        udp.orig.src[..4].copy_from_slice(&[10, 0, 0, 1]);
+        udp.orig.dst[..4].copy_from_slice(&[10, 0, 0, 2]);
+        (udp.orig.sport, udp.orig.dport) = (1000, 53);
+        udp.reply = CtTuple {
+            src: udp.orig.dst,
+            dst: udp.orig.src,
+            sport: 53,
+            dport: 1000,
+            ..CtTuple::default()
+        };
+        let mut icmp = CtEvent { l4proto: 1, ..udp };
+        (icmp.orig.icmp_type, icmp.orig.icmp_code, icmp.orig.sport) = (8, 0, 77);
+        (icmp.reply.icmp_type, icmp.reply.sport) = (0, 77);
+        let mut v6 = CtEvent {
+            l3proto: 10,
+            l4proto: 6,
+            proto_state: 3,
+            mark: 5,
+            zone: 2,
+            ..udp
+        };
+        v6.orig.src = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        v6.reply.dst = v6.orig.src;
+        let gone = CtEvent {
+            event: EVENT_DESTROY,
+            flags: FLAG_COUNTERS | FLAG_TIMESTAMPS,
+            counters: [1, 2, 3, 4],
+            start_ns: 5,
+            stop_ns: 6,
+            ..v6
+        };
+        let update = CtEvent {
+            event: EVENT_UPDATE,
+            events: IPCT_MARK,
+            ..icmp
+        };
+        let mut decoder = RecordDecoder::new(250, 1_000);
+        decoder.ct = Conntrack {
+            use_count: Some(1),
+            id: Some(2),
+            ..crate::ct::samples::tcp_established()
+        };
+        decoder.ct.extra_mut().helper = Some("ftp".into());
+        for ev in [udp, icmp, gone, v6, udp, update, gone, icmp, udp] {
+            let kind = event_kind(&ev).expect("a kind");
+            let expected = reference(&ev, kind, 250);
+            let (got_kind, got, time_ns, _) = decoder.decode(&bytes_of(&ev)).expect("decodes");
+            assert_eq!((got_kind, got), (kind, &expected), "{ev:?}");
+            assert_eq!(time_ns, ev.ktime_ns + 1_000);
+        }
+        // The ICMP entry has keys and no ports; the UDP one the reverse.
+        let mut ct = Conntrack::default();
+        to_conntrack(&icmp, EventKind::New, 250, &mut ct);
+        assert_eq!(
+            (ct.orig.icmp_type, ct.orig.icmp_id, ct.orig.sport),
+            (Some(8), Some(77), None)
+        );
+        to_conntrack(&udp, EventKind::New, 250, &mut ct);
+        assert_eq!(
+            (ct.orig.icmp_type, ct.orig.sport, ct.reply.dport),
+            (None, Some(1000), Some(1000))
+        );
     }
 
     #[test]

@@ -8,12 +8,20 @@
 //! times the budget of an event stream on a busy box (BENCHMARKS.md). The
 //! tests keep that derive as the reference this encoder must equal byte for
 //! byte.
+//!
+//! The keys go out in fragments as long as the common event allows: one
+//! literal from a member's value to the next (`,"timeout":`), the whole
+//! run of null members of an entry without rare attributes, a tuple's null
+//! counters and zone, the `nat` object; names from tables padded to a fixed
+//! size (`Padded`); numbers and addresses from `output::digits`. That
+//! took an event line of the eBPF source from about 3,400 instructions to
+//! about 1,000 (callgrind of examples/replay_events.rs, 2026-11-27).
 use std::{io::Write as _, net::IpAddr};
 
 use super::{
     OutputOptions,
+    append::{Append, Padded},
     digits::{put_ipv4, put_u64},
-    line::{Line, Padded, Sink},
 };
 use crate::ct::{
     Conntrack, Counters, EventKind, Tuple, ips, is_dnat, is_snat, label_bits, proto_name,
@@ -42,7 +50,8 @@ const PLAIN_TAIL: &[u8; 119] =
 /// A tuple's last members when it has no counters and no zone.
 const PLAIN_TUPLE_TAIL: &[u8; 41] = b",\"packets\":null,\"bytes\":null,\"zone\":null}";
 
-/// The line's first members, by event.
+/// The line's first members, by event (padded to one size, so that the
+/// copy has a fixed size).
 const EVENT_NEW: Padded<19> = Padded::new(b"{\"event\":\"NEW\",");
 const EVENT_UPDATE: Padded<19> = Padded::new(b"{\"event\":\"UPDATE\",");
 const EVENT_DESTROY: Padded<19> = Padded::new(b"{\"event\":\"DESTROY\",");
@@ -84,13 +93,6 @@ const NAMED_STATUS: u32 = (1 << ips::NAMES.len()) - 1;
 
 /// Writes one entry as a JSON object and a newline. Schema in README.md.
 pub fn write_json(out: &mut Vec<u8>, ct: &Conntrack, opts: &OutputOptions, meta: EventMeta<'_>) {
-    write_object(&mut Line::<640>::new(out), ct, opts, meta);
-}
-
-/// [`write_json`]'s line, gathered in a [`Line`] (inlined, so that the
-/// line's length stays in a register).
-#[inline(always)]
-fn write_object(out: &mut impl Sink, ct: &Conntrack, opts: &OutputOptions, meta: EventMeta<'_>) {
     let l4 = ct.l4proto();
     // Each member before `family` is written with its comma after it.
     match meta.kind {
@@ -107,11 +109,11 @@ fn write_object(out: &mut impl Sink, ct: &Conntrack, opts: &OutputOptions, meta:
     match meta.source {
         Some("ebpf") => out.put(b"\"source\":\"ebpf\","),
         Some("netlink") => out.put(b"\"source\":\"netlink\","),
-        Some(other) => out.with_vec(|out| {
-            out.extend_from_slice(b"\"source\":");
+        Some(other) => {
+            out.put(b"\"source\":");
             put_string(out, other);
             out.push(b',');
-        }),
+        }
         None => {}
     }
     if let Some(netns) = meta.netns {
@@ -135,7 +137,7 @@ fn write_object(out: &mut impl Sink, ct: &Conntrack, opts: &OutputOptions, meta:
     match ct.proto_state {
         Some(state) => {
             out.push(b'"');
-            out.put_slice(state_name(state).as_bytes());
+            out.extend_from_slice(state_name(state).as_bytes());
             out.push(b'"');
         }
         None => out.put(b"null"),
@@ -163,7 +165,7 @@ fn write_object(out: &mut impl Sink, ct: &Conntrack, opts: &OutputOptions, meta:
     if plain {
         out.put(PLAIN_TAIL);
     } else {
-        out.with_vec(|out| put_rest(out, ct, opts));
+        put_rest(out, ct, opts);
     }
     out.put_padded(&NATS[usize::from(is_snat(ct)) * 2 + usize::from(is_dnat(ct))]);
 }
@@ -266,7 +268,7 @@ fn put_ip(out: &mut Vec<u8>, a: Option<&IpAddr>) {
 
 /// One direction: addresses, the protocol's keys, counters, zone.
 #[inline(always)]
-fn put_tuple(out: &mut impl Sink, t: &Tuple, c: Option<&Counters>) {
+fn put_tuple(out: &mut Vec<u8>, t: &Tuple, c: Option<&Counters>) {
     if let (Some(IpAddr::V4(src)), Some(IpAddr::V4(dst))) = (t.src, t.dst) {
         out.put(b"{\"src\":\"");
         put_ipv4(out, src);
@@ -274,12 +276,10 @@ fn put_tuple(out: &mut impl Sink, t: &Tuple, c: Option<&Counters>) {
         put_ipv4(out, dst);
         out.push(b'"');
     } else {
-        out.with_vec(|out| {
-            out.extend_from_slice(b"{\"src\":");
-            put_ip(out, t.src.as_ref());
-            out.extend_from_slice(b",\"dst\":");
-            put_ip(out, t.dst.as_ref());
-        });
+        out.put(b"{\"src\":");
+        put_ip(out, t.src.as_ref());
+        out.put(b",\"dst\":");
+        put_ip(out, t.dst.as_ref());
     }
     if let Some(v) = t.sport {
         out.put(b",\"sport\":");
@@ -290,13 +290,13 @@ fn put_tuple(out: &mut impl Sink, t: &Tuple, c: Option<&Counters>) {
         put_u64(out, v.into());
     }
     if t.icmp_type.is_some() || t.icmp_code.is_some() || t.icmp_id.is_some() {
-        out.with_vec(|out| put_icmp(out, t));
+        put_icmp(out, t);
     }
     if c.is_none() && t.zone.is_none() {
         out.put(PLAIN_TUPLE_TAIL);
         return;
     }
-    out.with_vec(|out| put_tuple_rest(out, t, c));
+    put_tuple_rest(out, t, c);
 }
 
 /// A tuple's counters and zone, when it has any of them.

@@ -4,10 +4,10 @@
 //! conntrack's summary lines.
 use std::collections::BTreeMap;
 
+mod append;
 mod digits;
 pub mod expect;
 pub mod json;
-mod line;
 mod printer;
 pub mod save;
 pub mod text;

@@ -4,15 +4,20 @@
 //! `__snprintf_conntrack_default` (what conntrack 1.4.7 prints), field by
 //! field, including its quirks (DCCP states are named from the SCTP table;
 //! an empty label set prints `labels`).
+//!
+//! Written by hand with appends of fixed size (`output::append`) and the
+//! number and address writers of `output::digits` rather than `write!`
+//! or itoa: an event stream prints this line for every event, and the
+//! formatting machinery or a memcpy call per piece was most of the
+//! consumer's cost per event (BENCHMARKS.md, "What a conntrack listener
+//! costs"). Rare fields (helper, security context, labels, times) still
+//! use `write!`.
 use std::{
     io::Write as _,
     net::{IpAddr, Ipv6Addr},
 };
 
-use super::{
-    OutputOptions, digits,
-    line::{Line, Sink},
-};
+use super::{OutputOptions, append::Append, digits};
 use crate::ct::{
     Conntrack, Counters, EventKind, Tuple, has_ports, ips, is_icmp, label_bits, proto, proto_name,
     state_name,
@@ -59,7 +64,7 @@ const PROTO_COLUMNS: [[u8; 16]; 256] = {
 
 /// Writes conntrack's protocol column: "udp      17 ".
 #[inline(always)]
-fn put_proto_column(out: &mut impl Sink, l4: u8) {
+fn put_proto_column(out: &mut Vec<u8>, l4: u8) {
     let column = &PROTO_COLUMNS[usize::from(l4)];
     out.put_prefix(column, usize::from(column[15]));
 }
@@ -83,23 +88,22 @@ fn put_ipv6(out: &mut Vec<u8>, a: &Ipv6Addr) {
     }
 }
 
-/// Writes an address as conntrack does, to any sink.
-#[inline(always)]
-fn put_addr(out: &mut impl Sink, a: &IpAddr) {
-    match a {
-        IpAddr::V4(v4) => digits::put_ipv4(out, *v4),
-        IpAddr::V6(v6) => out.with_vec(|out| put_ipv6(out, v6)),
-    }
-}
-
 /// Writes an address as conntrack does.
-#[inline]
 pub(crate) fn put_ip(out: &mut Vec<u8>, a: &IpAddr) {
     put_addr(out, a);
 }
 
+/// [`put_ip`], inlined into the line writers.
 #[inline(always)]
-fn put_tuple(out: &mut impl Sink, t: &Tuple, l4: u8) {
+fn put_addr(out: &mut Vec<u8>, a: &IpAddr) {
+    match a {
+        IpAddr::V4(v4) => digits::put_ipv4(out, *v4),
+        IpAddr::V6(v6) => put_ipv6(out, v6),
+    }
+}
+
+#[inline(always)]
+fn put_tuple(out: &mut Vec<u8>, t: &Tuple, l4: u8) {
     put_named_tuple(out, t, l4, b"src=", b" dst=");
 }
 
@@ -108,7 +112,7 @@ fn put_tuple(out: &mut impl Sink, t: &Tuple, l4: u8) {
 /// `l4` has them. The names are arrays so that each copy has a fixed size.
 #[inline(always)]
 pub(crate) fn put_named_tuple<const S: usize, const D: usize>(
-    out: &mut impl Sink,
+    out: &mut Vec<u8>,
     t: &Tuple,
     l4: u8,
     src_is: &[u8; S],
@@ -128,11 +132,12 @@ pub(crate) fn put_named_tuple<const S: usize, const D: usize>(
         digits::put_u64(out, t.dport.unwrap_or(0).into());
         out.push(b' ');
     } else if l4 == proto::GRE {
-        out.fmt(format_args!(
+        let _ = write!(
+            out,
             "srckey=0x{:x} dstkey=0x{:x} ",
             t.sport.unwrap_or(0),
             t.dport.unwrap_or(0)
-        ));
+        );
     } else if is_icmp(l4) {
         out.put(b"type=");
         digits::put_u64(out, t.icmp_type.unwrap_or(0).into());
@@ -145,7 +150,7 @@ pub(crate) fn put_named_tuple<const S: usize, const D: usize>(
 }
 
 #[inline(always)]
-fn put_counters(out: &mut impl Sink, c: &Counters) {
+fn put_counters(out: &mut Vec<u8>, c: &Counters) {
     out.put(b"packets=");
     digits::put_u64(out, c.packets);
     out.put(b" bytes=");
@@ -194,19 +199,6 @@ pub fn write_text(
     event: Option<EventKind>,
     now_secs: i64,
 ) {
-    write_line(&mut Line::<256>::new(out), ct, opts, event, now_secs);
-}
-
-/// [`write_text`]'s line, gathered in a [`Line`] (inlined, so that the
-/// line's length stays in a register).
-#[inline(always)]
-fn write_line(
-    out: &mut impl Sink,
-    ct: &Conntrack,
-    opts: &OutputOptions,
-    event: Option<EventKind>,
-    now_secs: i64,
-) {
     if let Some(e) = event {
         out.put(event_tag(e));
     }
@@ -217,7 +209,7 @@ fn write_line(
             libc::AF_INET6 => "ipv6",
             _ => "unknown",
         };
-        out.fmt(format_args!("{name:<8} {} ", ct.family));
+        let _ = write!(out, "{name:<8} {} ", ct.family);
     }
     put_proto_column(out, l4);
     if let Some(t) = ct.timeout {
@@ -225,7 +217,7 @@ fn write_line(
         out.push(b' ');
     }
     if let Some(state) = ct.proto_state {
-        out.put_slice(state_name(state).as_bytes());
+        out.extend_from_slice(state_name(state).as_bytes());
         out.push(b' ');
     }
     put_tuple(out, &ct.orig, l4);
@@ -271,7 +263,7 @@ fn write_line(
         out.push(b' ');
     }
     if let Some(ctx) = ct.secctx() {
-        out.fmt(format_args!("secctx={ctx} "));
+        let _ = write!(out, "secctx={ctx} ");
     }
     if let Some(z) = ct.zone {
         out.put(b"zone=");
@@ -291,20 +283,14 @@ fn write_line(
     }
     if opts.ktimestamp {
         if let Some(start) = ct.timestamp_start {
-            out.fmt(format_args!(
-                "[start={}] ",
-                ctime((start / 1_000_000_000) as i64)
-            ));
+            let _ = write!(out, "[start={}] ", ctime((start / 1_000_000_000) as i64));
         }
         if let Some(stop) = ct.timestamp_stop {
-            out.fmt(format_args!(
-                "[stop={}] ",
-                ctime((stop / 1_000_000_000) as i64)
-            ));
+            let _ = write!(out, "[stop={}] ", ctime((stop / 1_000_000_000) as i64));
         }
     }
     if let Some(h) = ct.helper() {
-        out.fmt(format_args!("helper={h} "));
+        let _ = write!(out, "helper={h} ");
     }
     if let Some(u) = ct.use_count {
         out.put(b"use=");
@@ -325,7 +311,7 @@ fn write_line(
             // the trailing comma it expected.
             out.put(b"labels ");
         } else {
-            out.fmt(format_args!("labels={} ", names.join(",")));
+            let _ = write!(out, "labels={} ", names.join(","));
         }
     }
     out.trim(b' ');

@@ -64,13 +64,31 @@ const NATS: [Padded<40>; 4] = [
     Padded::new(b",\"nat\":{\"snat\":true,\"dnat\":true}}\n"),
 ];
 
-/// Every protocol number's name and what follows it up to the number:
-/// `udp","protonum":`.
-const PROTOS: [Padded<24>; 256] = {
+/// Every protocol number's name, its number and the key after it:
+/// `udp","protonum":17,"timeout":`.
+const PROTOS: [Padded<40>; 256] = {
     let mut t = [const { Padded::new(b"") }; 256];
     let mut p = 0;
     while p < 256 {
-        t[p] = Padded::concat(&[proto_name(p as u8).as_bytes(), b"\",\"protonum\":"]);
+        let digits = [
+            b'0' + (p / 100) as u8,
+            b'0' + (p / 10 % 10) as u8,
+            b'0' + (p % 10) as u8,
+        ];
+        let skip = if p >= 100 {
+            0
+        } else if p >= 10 {
+            1
+        } else {
+            2
+        };
+        let (_, number) = digits.split_at(skip);
+        t[p] = Padded::concat(&[
+            proto_name(p as u8).as_bytes(),
+            b"\",\"protonum\":",
+            number,
+            b",\"timeout\":",
+        ]);
         p += 1;
     }
     t
@@ -127,22 +145,18 @@ pub fn write_json(out: &mut Vec<u8>, ct: &Conntrack, opts: &OutputOptions, meta:
         b"\"family\":\"ipv4\",\"proto\":\""
     });
     out.put_padded(&PROTOS[usize::from(l4)]);
-    put_u64(out, l4.into());
-    out.put(b",\"timeout\":");
     match ct.timeout {
         Some(t) => put_u64(out, t.into()),
         None => out.put(b"null"),
     }
-    out.put(b",\"state\":");
     match ct.proto_state {
         Some(state) => {
-            out.push(b'"');
+            out.put(b",\"state\":\"");
             out.extend_from_slice(state_name(state).as_bytes());
-            out.push(b'"');
+            out.put(b"\",\"orig\":");
         }
-        None => out.put(b"null"),
+        None => out.put(b",\"state\":null,\"orig\":"),
     }
-    out.put(b",\"orig\":");
     put_tuple(out, &ct.orig, ct.counters_orig.as_ref());
     out.put(b",\"reply\":");
     put_tuple(out, &ct.reply, ct.counters_reply.as_ref());

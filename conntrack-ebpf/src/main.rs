@@ -220,6 +220,30 @@ fn fill_tuple<K: Kernel>(k: &K, dir: u32, t: *mut CtTuple) -> (u16, u8) {
     (l3, l4)
 }
 
+/// Copies `len` bytes of the entry's extension `id` (its extension area
+/// at `ext`) to `dst`: false when the entry or the kernel has no such
+/// extension, or it cannot be read. Where an extension lies is the
+/// kernel's choice, known only at run time: the helper reads there, for
+/// both kinds of program.
+#[inline(always)]
+fn copy_ext<K: Kernel>(k: &K, ext: u64, id: u32, dst: *mut core::ffi::c_void, len: u32) -> bool {
+    let offsets = off!(ext_offset);
+    if ext == 0 || offsets == ABSENT || id == ABSENT {
+        return false;
+    }
+    let at = k.at::<u8>(ext, offsets + id);
+    // SAFETY: dst is `len` bytes of the reserved record; the helper checks
+    // the kernel address (and zeroes dst when it cannot read it).
+    at != 0
+        && unsafe {
+            generated::bpf_probe_read_kernel(
+                dst,
+                len,
+                (ext + u64::from(at)) as *const core::ffi::c_void,
+            )
+        } == 0
+}
+
 /// Fills and submits one record for the entry `ct` read through `k`;
 /// counts a drop when the ring is full. The record is written in place:
 /// it is too large for the BPF stack. An entry whose status has a bit of
@@ -283,37 +307,28 @@ fn emit<K: Kernel>(k: &K, ct: u64, event: u8, status_or: u32, skip_if: u64, even
             (*ev).proto_state = k.ct_opt::<u8>(off!(ct_tcp_state));
         }
         // Counters and timestamps are what a DESTROY reports (user space
-        // shows neither for NEW, as ctnetlink). The extension's offsets
-        // are the kernel's, known only at run time: the helper reads
-        // there, for both kinds of program.
-        let ext = k.ct::<u64>(off!(ct_ext));
-        let (ext_offset, acct, tstamp) = (off!(ext_offset), off!(ext_acct_id), off!(ext_tstamp_id));
-        if event == EVENT_DESTROY && ext != 0 && ext_offset != ABSENT {
-            if acct != ABSENT {
-                let off = k.at::<u8>(ext, ext_offset + acct);
-                if off != 0
-                    && generated::bpf_probe_read_kernel(
-                        (&raw mut (*ev).counters).cast(),
-                        32,
-                        (ext + u64::from(off)) as *const core::ffi::c_void,
-                    ) == 0
-                {
-                    (*ev).flags |= FLAG_COUNTERS;
-                }
+        // shows neither for NEW, as ctnetlink).
+        if event == EVENT_DESTROY {
+            let ext = k.ct::<u64>(off!(ct_ext));
+            if copy_ext(
+                k,
+                ext,
+                off!(ext_acct_id),
+                (&raw mut (*ev).counters).cast(),
+                32,
+            ) {
+                (*ev).flags |= FLAG_COUNTERS;
             }
-            if tstamp != ABSENT {
-                let off = k.at::<u8>(ext, ext_offset + tstamp);
-                // The extension's start and stop, into the record's
-                // start_ns and stop_ns (adjacent, as in the kernel).
-                if off != 0
-                    && generated::bpf_probe_read_kernel(
-                        (&raw mut (*ev).start_ns).cast(),
-                        16,
-                        (ext + u64::from(off)) as *const core::ffi::c_void,
-                    ) == 0
-                {
-                    (*ev).flags |= FLAG_TIMESTAMPS;
-                }
+            // The extension's start and stop, into the record's start_ns
+            // and stop_ns (adjacent, as in the kernel).
+            if copy_ext(
+                k,
+                ext,
+                off!(ext_tstamp_id),
+                (&raw mut (*ev).start_ns).cast(),
+                16,
+            ) {
+                (*ev).flags |= FLAG_TIMESTAMPS;
             }
         }
     }

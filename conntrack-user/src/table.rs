@@ -146,6 +146,10 @@ pub struct Table {
     last_resync: Option<Instant>,
     /// Keys destroyed recently, to drop a late NEW (per-CPU reordering).
     recently_destroyed: HashMap<Key, Instant>,
+    /// Entries the last resync's dump no longer had, until the next one: a
+    /// dump that overtakes their DESTROY events (a flush while it ran)
+    /// must not cost those connections their lifetimes.
+    vanished: HashMap<Key, Tracked>,
     /// Churn, drift and histograms.
     pub stats: Stats,
     /// Entries held, by protocol, TCP state, zone (and address).
@@ -161,6 +165,7 @@ impl Default for Table {
             epoch: Instant::now(),
             last_resync: None,
             recently_destroyed: HashMap::new(),
+            vanished: HashMap::new(),
             stats: Stats::default(),
             census: Census::default(),
         }
@@ -328,7 +333,8 @@ impl Table {
                     .entry(proto_name(ct.l4proto()))
                     .or_default() += 1;
                 self.recently_destroyed.insert(key, now);
-                match self.remove(&key) {
+                let gone = self.remove(&key);
+                match gone.or_else(|| self.vanished.remove(&key)) {
                     Some(t) => {
                         // The kernel's start time (nf_conntrack_timestamp=1)
                         // when the DESTROY or an earlier dump carried it; the
@@ -432,6 +438,11 @@ impl Table {
         }
         let _ = kept;
         drift.stale = old.entries.len() as u64;
+        self.vanished = old
+            .entries
+            .into_iter()
+            .filter_map(|t| Some((Key::of(&t.ct)?, t)))
+            .collect();
         self.last_resync = Some(now);
         self.stats.resyncs += 1;
         self.stats.last_drift = drift;
@@ -621,6 +632,41 @@ mod tests {
         // After the window, the same tuple is a new connection.
         t.apply(EventKind::New, &udp(7), now + Duration::from_secs(5), None);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_destroy_the_dump_overtook_still_gives_a_lifetime() {
+        let mut t = Table::new();
+        let now = Instant::now();
+        t.apply(EventKind::New, &udp(1), now, None);
+        t.apply(EventKind::New, &udp(2), now, None);
+        // A flush ran while the dump was made: 1 is gone from it, and its
+        // DESTROY, queued behind the dump, comes after the resync.
+        let drift = t.resync([udp(2)], now + Duration::from_secs(1));
+        assert_eq!(drift.stale, 1);
+        t.apply(
+            EventKind::Destroy,
+            &udp(1),
+            now + Duration::from_secs(3),
+            None,
+        );
+        assert_eq!(t.stats.destroy_unknown, 0);
+        let lifetimes = &t.stats.lifetime_ms["udp"];
+        assert_eq!(lifetimes.len(), 1);
+        assert!(lifetimes.max() >= 2_900, "{}", lifetimes.max());
+        // Only until the next resync: then an entry the dump dropped and no
+        // DESTROY followed is simply gone.
+        t.apply(EventKind::New, &udp(3), now, None);
+        t.resync([udp(2)], now + Duration::from_secs(4));
+        t.resync([udp(2)], now + Duration::from_secs(6));
+        t.apply(
+            EventKind::Destroy,
+            &udp(3),
+            now + Duration::from_secs(7),
+            None,
+        );
+        assert_eq!(t.stats.destroy_unknown, 1);
+        assert_eq!(t.stats.lifetime_ms["udp"].len(), 1);
     }
 
     #[test]

@@ -72,22 +72,35 @@ fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// Sets one direction of an entry from the record's tuple.
+/// Sets one direction of an entry from the record's tuple: every field
+/// (the destructuring names them all, so a field added to [`Tuple`] must
+/// be set here too).
 #[inline(always)]
 fn set_tuple(t: &mut Tuple, family: u8, l4: u8, icmp: bool, raw: &CtTuple) {
-    t.src = Some(addr(family, &raw.src));
-    t.dst = Some(addr(family, &raw.dst));
-    t.l4proto = Some(l4);
+    let Tuple {
+        src,
+        dst,
+        l4proto,
+        sport,
+        dport,
+        icmp_type,
+        icmp_code,
+        icmp_id,
+        zone,
+    } = t;
+    *src = Some(addr(family, &raw.src));
+    *dst = Some(addr(family, &raw.dst));
+    *l4proto = Some(l4);
     if icmp {
-        (t.sport, t.dport) = (None, None);
-        t.icmp_type = Some(raw.icmp_type);
-        t.icmp_code = Some(raw.icmp_code);
-        t.icmp_id = Some(raw.sport);
+        (*sport, *dport) = (None, None);
+        *icmp_type = Some(raw.icmp_type);
+        *icmp_code = Some(raw.icmp_code);
+        *icmp_id = Some(raw.sport);
     } else {
-        (t.sport, t.dport) = (Some(raw.sport), Some(raw.dport));
-        (t.icmp_type, t.icmp_code, t.icmp_id) = (None, None, None);
+        (*sport, *dport) = (Some(raw.sport), Some(raw.dport));
+        (*icmp_type, *icmp_code, *icmp_id) = (None, None, None);
     }
-    t.zone = None;
+    *zone = None;
 }
 
 /// Converts a record into the entry ctnetlink would have reported for the
@@ -103,39 +116,57 @@ pub fn to_conntrack(ev: &CtEvent, kind: EventKind, hz: u32, ct: &mut Conntrack) 
         ev.timeout / hz.max(1)
     };
     let destroy = kind == EventKind::Destroy;
-    ct.family = ev.l3proto;
+    // Every field, named (a field added to Conntrack must be set here).
+    let Conntrack {
+        family,
+        orig,
+        reply,
+        status,
+        timeout: ct_timeout,
+        mark,
+        use_count,
+        id,
+        zone,
+        counters_orig,
+        counters_reply,
+        timestamp_start,
+        timestamp_stop,
+        proto_state,
+        extra,
+    } = ct;
+    *family = ev.l3proto;
     let icmp = is_icmp(ev.l4proto);
-    set_tuple(&mut ct.orig, ev.l3proto, ev.l4proto, icmp, &ev.orig);
-    set_tuple(&mut ct.reply, ev.l3proto, ev.l4proto, icmp, &ev.reply);
-    ct.status = Some(ev.status);
+    set_tuple(orig, ev.l3proto, ev.l4proto, icmp, &ev.orig);
+    set_tuple(reply, ev.l3proto, ev.l4proto, icmp, &ev.reply);
+    *status = Some(ev.status);
     // ctnetlink leaves the timeout out of DESTROY events once it has run
     // out (ctnetlink_dump_timeout with skip_zero); so do we.
-    ct.timeout = (!destroy || timeout > 0).then_some(timeout);
+    *ct_timeout = (!destroy || timeout > 0).then_some(timeout);
     // ctnetlink events carry the mark when it is set, or (UPDATE) when
     // it is what changed.
-    ct.mark = (ev.mark != 0 || ev.events & IPCT_MARK != 0).then_some(ev.mark);
-    ct.use_count = None;
-    ct.id = None;
-    ct.zone = (ev.zone != 0).then_some(ev.zone);
+    *mark = (ev.mark != 0 || ev.events & IPCT_MARK != 0).then_some(ev.mark);
+    *use_count = None;
+    *id = None;
+    *zone = (ev.zone != 0).then_some(ev.zone);
     // An UPDATE carries the state only when the state changed.
-    ct.proto_state = (ev.l4proto == proto::TCP
+    *proto_state = (ev.l4proto == proto::TCP
         && (kind != EventKind::Update || ev.events & IPCT_PROTOINFO != 0))
         .then_some(ProtoState::Tcp(ev.proto_state));
-    if ct.extra.is_some() {
-        ct.extra = None;
+    if extra.is_some() {
+        *extra = None;
     }
     let counters = destroy && ev.flags & FLAG_COUNTERS != 0;
-    ct.counters_orig = counters.then_some(Counters {
+    *counters_orig = counters.then_some(Counters {
         packets: ev.counters[0],
         bytes: ev.counters[1],
     });
-    ct.counters_reply = counters.then_some(Counters {
+    *counters_reply = counters.then_some(Counters {
         packets: ev.counters[2],
         bytes: ev.counters[3],
     });
     let timestamps = destroy && ev.flags & FLAG_TIMESTAMPS != 0 && ev.start_ns != 0;
-    ct.timestamp_start = timestamps.then_some(ev.start_ns);
-    ct.timestamp_stop = (timestamps && ev.stop_ns != 0).then_some(ev.stop_ns);
+    *timestamp_start = timestamps.then_some(ev.start_ns);
+    *timestamp_stop = (timestamps && ev.stop_ns != 0).then_some(ev.stop_ns);
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Decimal numbers and IPv4 addresses appended straight to an output
-//! buffer: most of an event line's bytes, in text and in JSON.
+//! buffer: most of an event line's bytes, in text and in JSON. The one
+//! decimal writer of every output (and of `top`'s cells, which `--once`
+//! writes for every entry).
 //!
 //! Hand-written rather than with itoa, and why: itoa formats into a buffer
 //! of its own and hands back a string of some length, which the caller then

@@ -12,7 +12,8 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use super::{
-    text::{put_named_tuple, put_u64},
+    digits::put_u64,
+    text::put_named_tuple,
     xml::{element, element_str, l3_name, put_l4, put_when},
 };
 use crate::{

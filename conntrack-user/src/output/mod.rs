@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 mod append;
-mod digits;
+pub(crate) mod digits;
 pub mod expect;
 pub mod json;
 mod printer;

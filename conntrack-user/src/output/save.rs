@@ -8,7 +8,7 @@
 //! counters, the labels, the helper and the timestamps are not saved, and
 //! `-u` names only EXPECTED, SEEN_REPLY, ASSURED and FIXED_TIMEOUT (UNSET
 //! when none is set).
-use super::text::{put_ip, put_u64};
+use super::{digits::put_u64, text::put_ip};
 use crate::ct::{
     Conntrack, DCCP_STATES, EventKind, ProtoState, SCTP_STATES, TCP_STATES, Tuple, ips, proto,
     proto_name,

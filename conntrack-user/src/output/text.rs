@@ -69,11 +69,6 @@ fn put_proto_column(out: &mut Vec<u8>, l4: u8) {
     out.put_prefix(column, usize::from(column[15]));
 }
 
-/// Writes a number in decimal.
-pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64) {
-    digits::put_u64(out, v);
-}
-
 /// Writes an IPv6 address as glibc's inet_ntop does (which differs from
 /// Rust's Display for IPv4-compatible addresses such as ::1.2.3.4). Out
 /// of line: the formatting machinery would weigh on IPv4's path.

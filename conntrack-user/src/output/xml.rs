@@ -13,7 +13,8 @@ use std::io::Write as _;
 
 use super::{
     OutputOptions,
-    text::{local_tm, put_ip, put_u64},
+    digits::put_u64,
+    text::{local_tm, put_ip},
 };
 use crate::ct::{
     Conntrack, Counters, EventKind, ProtoState, TCP_STATES, Tuple, has_ports, ips, label_bits,

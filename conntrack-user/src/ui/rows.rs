@@ -9,6 +9,7 @@ use super::{
 };
 use crate::{
     ct::{Conntrack, ProtoState, Tuple, is_dnat, is_icmp, is_snat, proto_name, state_name},
+    output::digits::put_u64,
     table::Tracked,
 };
 
@@ -281,13 +282,12 @@ pub fn state_text(ct: &Conntrack) -> String {
 }
 
 fn state_into(buf: &mut Vec<u8>, ct: &Conntrack) {
-    let mut n = itoa::Buffer::new();
     match (ct.proto_state, ct.l4proto()) {
         (Some(s), _) => buf.extend_from_slice(state_name(s).as_bytes()),
         (None, l4) if is_icmp(l4) => {
-            buf.extend_from_slice(n.format(ct.orig.icmp_type.unwrap_or(0)).as_bytes());
+            put_u64(buf, ct.orig.icmp_type.unwrap_or(0).into());
             buf.push(b'/');
-            buf.extend_from_slice(n.format(ct.orig.icmp_code.unwrap_or(0)).as_bytes());
+            put_u64(buf, ct.orig.icmp_code.unwrap_or(0).into());
         }
         _ => {}
     }
@@ -301,7 +301,7 @@ pub fn ttl_text(secs: Option<u32>) -> String {
 }
 
 fn ttl_into(buf: &mut Vec<u8>, secs: u32) {
-    buf.extend_from_slice(itoa::Buffer::new().format(secs / 3600).as_bytes());
+    put_u64(buf, (secs / 3600).into());
     for part in [secs / 60 % 60, secs % 60] {
         buf.push(b':');
         buf.push(b'0' + (part / 10) as u8);
@@ -399,7 +399,7 @@ fn endpoint_into(
         buf.push(b':');
         match names.and_then(|n| n.service(p, l4)) {
             Some(service) => buf.extend_from_slice(service.as_bytes()),
-            None => buf.extend_from_slice(itoa::Buffer::new().format(p).as_bytes()),
+            None => put_u64(buf, p.into()),
         }
     }
 }
@@ -419,7 +419,6 @@ pub fn cells_into(
     let ct = &t.ct;
     let l4 = ct.l4proto();
     let names = view.names.as_ref();
-    let mut n = itoa::Buffer::new();
     endpoint_into(arena, ct.orig.src, ct.orig.sport, l4, names);
     end(arena);
     endpoint_into(arena, ct.orig.dst, ct.orig.dport, l4, names);
@@ -431,9 +430,9 @@ pub fn cells_into(
     ttl_into(arena, t.ttl_at(view.now_ms).unwrap_or(0));
     end(arena);
     if counters {
-        arena.extend_from_slice(n.format(bytes(t)).as_bytes());
+        put_u64(arena, bytes(t));
         end(arena);
-        arena.extend_from_slice(n.format(packets(t)).as_bytes());
+        put_u64(arena, packets(t));
         end(arena);
         let _ = write!(arena, "{}/s", human(rate(t)));
         end(arena);
@@ -441,11 +440,11 @@ pub fn cells_into(
     nat_into(arena, ct);
     end(arena);
     if let Some(m) = ct.mark.filter(|m| *m != 0) {
-        arena.extend_from_slice(n.format(m).as_bytes());
+        put_u64(arena, m.into());
     }
     end(arena);
     if let Some(z) = ct.zone {
-        arena.extend_from_slice(n.format(z).as_bytes());
+        put_u64(arena, z.into());
     }
     end(arena);
 }
